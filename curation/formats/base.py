@@ -1,0 +1,118 @@
+"""The contract every source format implements.
+
+A reader is split in two so that Ray can parallelise it:
+
+* ``list_episodes()`` runs on the driver (or one task per source) and is cheap: it reads
+  metadata only and returns one :class:`EpisodeRef` per episode;
+* ``load(ref)`` runs in a worker and returns a validated :class:`~schemas.Episode` whose
+  frames are *references* (decoded later by :mod:`curation.frames`), or raises
+  :class:`LoadError` with a machine-readable reason.
+
+Nothing is dropped silently: a file that cannot even be listed gives a :class:`LoadError`
+from ``list_episodes`` (or a ``ListFailure`` entry), which becomes a rejection-ledger entry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from curation.formats.mapping import SourceMapping
+from schemas import Episode, Rejection
+
+
+class LoadError(Exception):
+    """An episode (or a whole file) could not be read. ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str, path: str | Path, episode: str = ""):
+        self.reason = reason
+        self.detail = detail
+        self.path = str(path)
+        self.episode = episode
+        super().__init__(f"{path}{'#' + episode if episode else ''}: {reason}: {detail}")
+
+    def to_rejection(self, stage: str = "load", source: str = "") -> Rejection:
+        return Rejection(
+            stage=stage,
+            reason=self.reason,
+            path=self.path,
+            episode=self.episode or f"{Path(self.path).name}#?",
+            detail=self.detail,
+            source=source,
+        )
+
+
+class UnknownLayoutError(LoadError):
+    def __init__(self, path: str | Path, looked_for: str):
+        super().__init__("unknown_layout", f"not a known dataset layout; looked for {looked_for}", path)
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """Enough to find one episode again in another process (JSON-serialisable)."""
+
+    format: str
+    root: str  # the source root: a folder or a single file
+    path: str  # the file that holds the episode (named in rejections)
+    index: int  # index of the episode within the source
+    source: str  # source dataset name
+    locator: dict[str, Any] = field(default_factory=dict)  # format-specific, JSON-safe
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.path).name}#{self.index}"
+
+    def to_row(self) -> dict[str, Any]:
+        import json
+
+        return {
+            "format": self.format,
+            "root": self.root,
+            "path": self.path,
+            "index": self.index,
+            "source": self.source,
+            "locator": json.dumps(self.locator, sort_keys=True),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EpisodeRef:
+        import json
+
+        return cls(
+            format=row["format"],
+            root=row["root"],
+            path=row["path"],
+            index=int(row["index"]),
+            source=row["source"],
+            locator=json.loads(row["locator"]) if isinstance(row["locator"], str) else row["locator"],
+        )
+
+
+class SourceReader(ABC):
+    """Base class of the format readers; subclasses set ``format`` and implement three methods."""
+
+    format: ClassVar[str]
+
+    def __init__(self, root: str | Path, mapping: SourceMapping | None = None, source: str | None = None):
+        self.root = Path(root)
+        self.mapping = mapping if mapping is not None else SourceMapping.for_source(self.root, self.format)
+        self.source = source or self.mapping.source or self.root.stem
+
+    @staticmethod
+    @abstractmethod
+    def detect(root: Path) -> bool:
+        """True if ``root`` looks like this format (cheap: file names and headers only)."""
+
+    @abstractmethod
+    def list_episodes(self) -> list[EpisodeRef]:
+        """One ref per episode; raises LoadError if the source cannot be listed at all."""
+
+    @abstractmethod
+    def load(self, ref: EpisodeRef) -> Episode:
+        """The episode, validated, frames as references; raises LoadError."""
+
+    def __iter__(self):
+        for ref in self.list_episodes():
+            yield self.load(ref)

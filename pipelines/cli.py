@@ -1,0 +1,44 @@
+"""``gwp`` — one command, one subcommand per pipeline driver.
+
+Each subcommand is a module ``pipelines.<name>`` exposing ``build_parser()`` and
+``main(argv)``, so ``gwp generate-sim …`` and ``python -m pipelines.generate_sim …`` are the
+same program. Modules are imported only when their subcommand runs, to keep start-up fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate-sim": ("pipelines.generate_sim", "generate Meta-World expert demonstrations (LeRobot v3.0)"),
+    "ingest": ("pipelines.ingest", "read heterogeneous sources into one episode stream; count and ledger"),
+    "convert": ("pipelines.convert", "write episodes of any source in another format"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser = argparse.ArgumentParser(prog="gwp", description=__doc__.splitlines()[0])
+        sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+        for name, (_, help_text) in COMMANDS.items():
+            sub.add_parser(name, help=help_text)
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(f"gwp: unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
