@@ -1,0 +1,142 @@
+"""CoCa captions, CLIP scores and text embeddings on a tiny randomly initialised CoCa."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from curation.stages.caption import (
+    CaptionConfig,
+    Captioner,
+    CaptionStage,
+    WeightsUnavailableError,
+    text_embedding_fallback,
+)
+
+TINY = {
+    "embed_dim": 64,
+    "vision_cfg": {
+        "image_size": 64,
+        "layers": 2,
+        "width": 64,
+        "patch_size": 16,
+        "attentional_pool": True,
+        "attn_pooler_heads": 4,
+        "output_tokens": True,
+    },
+    "text_cfg": {
+        "context_length": 76,
+        "vocab_size": 49408,
+        "width": 64,
+        "heads": 4,
+        "layers": 2,
+        "embed_cls": True,
+        "output_tokens": True,
+    },
+    "multimodal_cfg": {
+        "context_length": 76,
+        "vocab_size": 49408,
+        "width": 64,
+        "heads": 4,
+        "layers": 2,
+        "attn_pooler_heads": 4,
+    },
+    "custom_text": True,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_coca(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "coca_test_tiny.json"
+    path.write_text(json.dumps(TINY))
+    open_clip.add_model_config(path)
+    return "coca_test_tiny"
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_coca):
+    return Captioner(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=6))
+
+
+def images(n=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (n, 72, 96, 3), dtype=np.uint8)
+
+
+def test_scores_captions_and_embeddings(captioner):
+    texts = ["open the drawer", "push the puck", "open the drawer"]
+    scores, captions = captioner.score_and_caption(images(), texts)
+    assert scores.shape == (3,) and scores.dtype == np.float32
+    assert np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosine similarities
+    assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
+    emb = captioner.embed_text(texts)
+    assert emb.shape == (3, 64)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(emb[0], emb[2])
+    assert not np.allclose(emb[0], emb[1])
+    # the score is the cosine of the image and text embeddings
+    with torch.no_grad():
+        img = captioner.model.encode_image(captioner._pixels(images()[:1]), normalize=True)[0].numpy()
+    np.testing.assert_allclose(scores[0], img @ emb[0], rtol=1e-4, atol=1e-5)
+
+
+def test_greedy_decoding_is_deterministic_and_bounded(captioner):
+    a = captioner.score_and_caption(images(2, seed=1), ["a", "b"])[1]
+    b = captioner.score_and_caption(images(2, seed=1), ["a", "b"])[1]
+    assert a == b
+    # at most max_tokens tokens per caption
+    assert all(len(captioner.tokenizer.encode(c)) <= captioner.cfg.max_tokens for c in a)
+
+
+def test_local_checkpoint_loads_the_same_weights(captioner, tiny_coca, tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": captioner.model.state_dict()}, ckpt)
+    other = Captioner(CaptionConfig(model=tiny_coca, pretrained=str(ckpt), seed=123, max_tokens=6))
+    texts = ["stack the blocks"]
+    np.testing.assert_array_equal(other.embed_text(texts), captioner.embed_text(texts))
+    assert other.score_and_caption(images(1), texts)[1] == captioner.score_and_caption(images(1), texts)[1]
+
+
+def test_stage_adds_columns(tiny_coca):
+    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4))
+    frames = []
+    for img in images(2):
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        frames.append(buf.getvalue())
+    out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["x", "y"])})
+    assert set(out) >= {"caption", "clip_score", "text_embedding", "obs_frame"}
+    assert len(out["caption"]) == 2 and out["text_embedding"][0].shape == (64,)
+
+
+def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    start = time.monotonic()
+    with pytest.raises(
+        WeightsUnavailableError, match=r"coca_ViT-B-32/mscoco_finetuned_laion2b_s13b_b90k.*cache"
+    ):
+        Captioner(CaptionConfig())
+    assert time.monotonic() - start < 30
+
+
+def test_unknown_model_and_tag():
+    with pytest.raises(ValueError, match="unknown open_clip model 'coca_vit-b-32'"):
+        Captioner(CaptionConfig(model="coca_vit-b-32"))
+    with pytest.raises(ValueError, match="no pretrained tag 'laion9'"):
+        Captioner(CaptionConfig(pretrained="laion9"))
+
+
+def test_fallback_embedding_separates_instructions():
+    e = text_embedding_fallback(["open the drawer", "push the puck", "open the drawer"])
+    np.testing.assert_array_equal(e[0], e[2])
+    assert not np.allclose(e[0], e[1])
