@@ -1,0 +1,366 @@
+"""Video encode / probe / decode: the one place the toolkit touches codecs.
+
+Design:
+
+* **Encoding** goes through PyAV (its wheels carry libx264, libsvtav1 and FFmpeg's mpeg4),
+  always to ``yuv420p`` mp4 at a constant frame rate with frame ``i`` at ``pts = i / fps``.
+  The default GOP is one keyframe per second so that a span in the middle of a long,
+  concatenated mp4 (LeRobot v3.0 packs many episodes per file) is reached by one seek plus
+  at most ``fps`` decoded frames. :class:`VideoWriter` streams: episodes are appended to an
+  open file one batch at a time, never all held in memory.
+* **Decoding** uses decord for h264 / mpeg4 / vp9 (fast frame-accurate random access via
+  ``get_batch``) and PyAV for AV1 (decord's bundled FFmpeg has no AV1 decoder; PyAV brings
+  dav1d) and as the fallback when decord refuses a file. The PyAV path seeks to the keyframe
+  before the first wanted frame and maps each decoded frame to its index by its timestamp,
+  re-seeking only across long gaps.
+* **Errors** are :class:`~curation.formats.base.LoadError` naming the file:
+  ``missing_video`` (no such file), ``bad_video`` (not a video, truncated, undecodable),
+  ``video_too_short`` (asked for frames past the end).
+
+Frames are ``uint8 [T, H, W, 3]`` RGB everywhere (``frames_THWC``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from curation.formats.base import LoadError
+
+# SVT-AV1 prints its banner through its own logger unless told otherwise (1 = errors only).
+os.environ.setdefault("SVT_LOG", "1")
+
+CODECS = {"h264": "libx264", "av1": "libsvtav1", "mpeg4": "mpeg4"}
+# Codec names as FFmpeg reports them on decode -> our short names.
+_DECODED_NAMES = {
+    "h264": "h264",
+    "av1": "av1",
+    "libdav1d": "av1",
+    "mpeg4": "mpeg4",
+    "vp9": "vp9",
+    "hevc": "hevc",
+}
+_DECORD_CODECS = ("h264", "mpeg4", "vp9")
+DEFAULT_CRF = {"h264": 20, "av1": 30}
+_SVT_PRESET = "8"  # speed/quality middle ground; 64–256 px frames encode in milliseconds
+_SEEK_GAP = 48  # re-seek instead of decoding through a gap longer than this many frames
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    codec: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    duration_s: float
+
+
+# ---- encode --------------------------------------------------------------------------
+
+
+def _check_frames(frames_THWC: np.ndarray) -> None:
+    if not isinstance(frames_THWC, np.ndarray) or frames_THWC.dtype != np.uint8:
+        raise ValueError(
+            f"frames must be a uint8 ndarray, got {getattr(frames_THWC, 'dtype', type(frames_THWC))}"
+        )
+    if frames_THWC.ndim != 4 or frames_THWC.shape[-1] != 3 or frames_THWC.shape[0] == 0:
+        raise ValueError(f"frames must be [T>0, H, W, 3], got {frames_THWC.shape}")
+    h, w = frames_THWC.shape[1:3]
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs even height and width, got {h}x{w}")
+
+
+class VideoWriter:
+    """Streaming mp4 encoder: ``write`` batches of frames, then ``close``.
+
+    Frame ``i`` (counted over all writes) gets ``pts = i / fps``, so a span of frames written
+    by one call sits at ``[first / fps, (first + n) / fps)`` in the file — what LeRobot v3
+    records as ``from_timestamp`` / ``to_timestamp`` when it packs episodes in one file.
+    ``target`` is a path or a writable binary file object.
+    """
+
+    def __init__(
+        self,
+        target: str | Path | io.BytesIO,
+        fps: float,
+        codec: str = "h264",
+        crf: int | None = None,
+        gop: int | None = None,
+        pix_fmt: str = "yuv420p",
+    ):
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}; choose one of {sorted(CODECS)}")
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        self.fps, self.codec, self.crf, self.gop, self.pix_fmt = float(fps), codec, crf, gop, pix_fmt
+        self.num_frames = 0
+        self.bytes_muxed = 0  # compressed bytes handed to the muxer so far (encoders lag by their lookahead)
+        self._target = str(target) if isinstance(target, (str, Path)) else target
+        self._container: av.container.OutputContainer | None = None
+        self._stream = None
+        self._size: tuple[int, int] | None = None
+
+    def _open(self, h: int, w: int) -> None:
+        self._container = av.open(self._target, mode="w", format="mp4")
+        rate = Fraction(self.fps).limit_denominator(1001)
+        stream = self._container.add_stream(CODECS[self.codec], rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, self.pix_fmt
+        stream.codec_context.time_base = 1 / rate
+        stream.codec_context.gop_size = int(self.gop) if self.gop else max(1, round(self.fps))
+        options: dict[str, str] = {}
+        if self.codec == "h264":
+            options["crf"] = str(DEFAULT_CRF["h264"] if self.crf is None else self.crf)
+        elif self.codec == "av1":
+            options["crf"] = str(DEFAULT_CRF["av1"] if self.crf is None else self.crf)
+            options["preset"] = _SVT_PRESET
+        else:  # mpeg4 has no CRF: a generous bit rate, scaled down by ``crf`` if given (higher = worse)
+            bits_per_pixel = 2.0 / (1 + (self.crf or 0) / 10)
+            stream.bit_rate = int(max(2e5, w * h * self.fps * bits_per_pixel))
+        stream.options = options
+        self._stream, self._size = stream, (h, w)
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self.bytes_muxed += packet.size
+            self._container.mux(packet)
+
+    def write(self, frames_THWC: np.ndarray) -> tuple[int, int]:
+        """Encode frames; returns their ``[first, stop)`` frame numbers in the file."""
+        _check_frames(frames_THWC)
+        t, h, w, _ = frames_THWC.shape
+        if self._container is None:
+            self._open(h, w)
+        elif self._size != (h, w):
+            raise ValueError(f"frame size {h}x{w} differs from the stream's {self._size[0]}x{self._size[1]}")
+        first = self.num_frames
+        stream = self._stream
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_THWC[i]), format="rgb24")
+            frame.pts = first + i
+            frame.time_base = stream.codec_context.time_base
+            self._mux(stream.encode(frame))
+        self.num_frames += t
+        return first, self.num_frames
+
+    def close(self) -> None:
+        if self._container is None:
+            raise ValueError("VideoWriter closed before any frame was written")
+        self._mux(self._stream.encode())
+        self._container.close()
+        self._container = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._container is not None:
+            if exc_type is None:
+                self.close()
+            else:
+                self._container.close()
+                self._container = None
+
+
+def encode_video(
+    frames_THWC: np.ndarray,
+    path: str | Path,
+    fps: float,
+    codec: str = "h264",
+    crf: int | None = None,
+    gop: int | None = None,
+    pix_fmt: str = "yuv420p",
+) -> None:
+    """Write ``frames_THWC`` (uint8 [T, H, W, 3]) to an mp4 at ``path``.
+
+    ``gop=None`` puts a keyframe every second (``round(fps)`` frames).
+    """
+    _check_frames(frames_THWC)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with VideoWriter(tmp, fps, codec, crf, gop, pix_fmt) as writer:
+        writer.write(frames_THWC)
+    tmp.replace(path)  # readers never see half-written files
+
+
+def encode_video_bytes(
+    frames_THWC: np.ndarray, fps: float, codec: str = "h264", crf: int | None = None
+) -> bytes:
+    """The same mp4 as :func:`encode_video`, in memory (for shard rows)."""
+    _check_frames(frames_THWC)
+    buf = io.BytesIO()
+    with VideoWriter(buf, fps, codec, crf) as writer:
+        writer.write(frames_THWC)
+    return buf.getvalue()
+
+
+def decode_video_bytes(data: bytes) -> np.ndarray:
+    """All frames of an in-memory video, uint8 [T, H, W, 3]."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, ValueError, IndexError) as err:
+        raise LoadError("bad_video", f"cannot decode in-memory video: {err}", "<bytes>") from err
+    if not frames:
+        raise LoadError("bad_video", "in-memory video has no frames", "<bytes>")
+    return np.stack(frames)
+
+
+# ---- probe ---------------------------------------------------------------------------
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise LoadError("missing_video", "file does not exist", path)
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise LoadError("bad_video", f"cannot open as a video: {err}", path) from err
+    if not container.streams.video:
+        container.close()
+        raise LoadError("bad_video", "has no video stream", path)
+    return container
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Codec, frame count, fps and size from the container header (no decoding)."""
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        n = int(stream.frames)
+        if n <= 0:  # header without a frame count: count packets (demux only, no decoding)
+            n = sum(1 for p in container.demux(stream) if p.size)
+        duration = float(stream.duration * stream.time_base) if stream.duration else (n / fps if fps else 0.0)
+        name = stream.codec_context.name
+        info = VideoInfo(
+            codec=_DECODED_NAMES.get(name, name),
+            num_frames=n,
+            fps=fps,
+            width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height),
+            duration_s=duration,
+        )
+    if info.num_frames <= 0 or info.width <= 0 or info.fps <= 0:
+        raise LoadError("bad_video", f"empty or unreadable video stream ({info})", path)
+    return info
+
+
+# ---- decode --------------------------------------------------------------------------
+
+# A few open decord readers per process: loading many episodes' spans from one long mp4
+# must not re-open (and re-index) the file each time.
+_READERS: OrderedDict[tuple[str, float], object] = OrderedDict()
+_READERS_LOCK = threading.Lock()
+_READERS_MAX = 4
+
+
+def _decord_reader(path: Path):
+    import decord
+
+    key = (str(path.resolve()), path.stat().st_mtime)
+    with _READERS_LOCK:
+        if key in _READERS:
+            _READERS.move_to_end(key)
+            return _READERS[key]
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    with _READERS_LOCK:
+        _READERS[key] = reader
+        while len(_READERS) > _READERS_MAX:
+            _READERS.popitem(last=False)
+    return reader
+
+
+def _read_decord(path: Path, wanted: np.ndarray) -> np.ndarray:
+    reader = _decord_reader(path)
+    return reader.get_batch(wanted.tolist()).asnumpy()
+
+
+def _read_pyav(path: Path, wanted: np.ndarray, fps: float) -> np.ndarray:
+    """Frames ``wanted`` (sorted, unique) by seeking to keyframes and matching timestamps."""
+    out: dict[int, np.ndarray] = {}
+    pending = deque(int(i) for i in wanted)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = stream.time_base
+        t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        while pending:
+            # Seek to the keyframe at or before the next wanted frame (half a frame early: float safety).
+            ts = int(max(0.0, (pending[0] - 0.5) / fps + t0) / tb)
+            container.seek(ts, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                idx = round((float(frame.pts * tb) - t0) * fps)
+                if idx < pending[0]:
+                    continue
+                if idx > pending[0]:
+                    raise LoadError("bad_video", f"frame {pending[0]} missing from the stream", path)
+                out[idx] = frame.to_ndarray(format="rgb24")
+                pending.popleft()
+                if not pending or pending[0] - idx > _SEEK_GAP:
+                    break  # done, or a long gap: seek again rather than decode through it
+            else:
+                raise LoadError("video_too_short", f"frames from {pending[0]} not found while decoding", path)
+    return np.stack([out[int(i)] for i in wanted])
+
+
+def read_video(
+    path: str | Path,
+    start: int = 0,
+    stop: int | None = None,
+    indices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Frames of ``path`` as uint8 [N, H, W, 3].
+
+    ``indices`` (absolute frame numbers, any order, repeats allowed) wins over the span
+    ``[start, stop)``; ``stop=None`` means the end of the video.
+    """
+    path = Path(path)
+    info = probe_video(path)
+    if indices is None:
+        stop = info.num_frames if stop is None else stop
+        if start < 0 or stop < start:
+            raise ValueError(f"{path}: bad span [{start}, {stop})")
+        want = np.arange(start, stop, dtype=np.int64)
+    else:
+        want = np.asarray(list(indices), dtype=np.int64)
+    if want.size == 0:
+        return np.zeros((0, info.height, info.width, 3), np.uint8)
+    if want.min() < 0:
+        raise ValueError(f"{path}: negative frame index {int(want.min())}")
+    if want.max() >= info.num_frames:
+        raise LoadError(
+            "video_too_short", f"frame {int(want.max())} requested but the video has {info.num_frames}", path
+        )
+    uniq, inverse = np.unique(want, return_inverse=True)
+    frames = None
+    if info.codec in _DECORD_CODECS:
+        try:
+            frames = _read_decord(path, uniq)
+        except Exception:  # decord raises its own DECORDError / RuntimeError: fall back to PyAV
+            frames = None
+    if frames is None:
+        try:
+            frames = _read_pyav(path, uniq, info.fps)
+        except LoadError:
+            raise
+        except (av.error.FFmpegError, ValueError, RuntimeError) as err:
+            raise LoadError("bad_video", f"decoding failed: {err}", path) from err
+    if frames.shape[0] != uniq.size or frames.shape[1:] != (info.height, info.width, 3):
+        raise LoadError("bad_video", f"decoder returned {frames.shape} for {uniq.size} frames", path)
+    return frames[inverse.reshape(-1)]
