@@ -1,0 +1,343 @@
+"""Typed curation config: frozen dataclasses, named presets and a strict file loader.
+
+One :class:`CurationConfig` holds everything a curation run decides; its sections are
+
+* :class:`FilterConfig` — episode filter thresholds (DESIGN.md §4 stage 3),
+* :class:`WindowConfig` — window geometry p (chunk), Δ (frame stride), K (future frames)
+  and the stride between window starts (stage 4),
+* :class:`VideoConfig`  — composed image size and how the 1+K frames are encoded (stage 5),
+* :class:`NormConfig`   — quantile sketch size and normalisation guards (stages 7–8),
+* :class:`ShardConfig`  — shard size and compression (stage 9).
+
+Presets are plain functions' results kept in one registry (openpi style): ``default``
+(CPU-sized, 128×128 images), ``debug`` (tiny, for tests) and ``paper`` (the GWP geometry
+p = 48, Δ = 12, K = 4 at 384×320). :func:`load_config` reads a JSON or TOML file whose
+top level may name a ``preset`` to start from and override any section field; an unknown
+key anywhere is an error naming the key and the allowed ones, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FILTER_NAMES = (
+    "length",
+    "finite",
+    "frozen_actions",
+    "exploding_actions",
+    "static_video",
+    "dark_video",
+    "blurred_video",
+    "duplicate",
+)
+TAIL_MODES = ("drop", "pad")
+FIT_MODES = ("stretch", "pad")
+FRAME_FORMATS = ("png", "mp4")
+VIDEO_CODECS = ("h264", "av1", "mpeg4")
+
+
+class ConfigError(ValueError):
+    """A config value or file is wrong: ``<where>.<field>: <problem>``."""
+
+    def __init__(self, where: str, field: str, problem: str):
+        self.where, self.field, self.problem = where, field, problem
+        super().__init__(f"{where}.{field}: {problem}")
+
+
+def _check(ok: bool, where: str, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(where, name, problem)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    enabled: tuple[str, ...] = FILTER_NAMES
+    # length, in control steps
+    min_steps: int = 16
+    max_steps: int = 100_000
+    # frozen: std over time of every action dim below this
+    frozen_action_std: float = 1e-6
+    # exploding: any |a| above max_abs_action, or any |a[t+1] - a[t]| above max_action_jump
+    # (absolute units of the raw action; generous defaults that catch corrupt rows, tune per robot)
+    max_abs_action: float = 1e4
+    max_action_jump: float = 1e3
+    # video quality: low-res grayscale frames sampled at `sample_fps` (at most `max_sampled_frames`)
+    quality_camera: str = "auto"  # a camera role, or "auto" = high, else the first present
+    analysis_size: int = 32  # side of the square grayscale frame for motion, brightness and pHash
+    sharpness_size: int = 96  # blur needs more pixels than 32² to be visible
+    sample_fps: float = 4.0
+    max_sampled_frames: int = 16
+    min_motion: float = 0.3  # mean |Δ gray| between consecutive sampled frames, 0..255 scale
+    min_brightness: float = 12.0  # mean gray level, 0..255
+    min_sharpness: float = 4.0  # variance of the 4-neighbour Laplacian at sharpness_size², gray 0..255
+    # near duplicates: pHash of `hash_frames` evenly spaced frames + action SimHash
+    hash_frames: int = 4
+    max_hamming: int = 4  # duplicate when every 64-bit component differs in at most this many bits
+
+    def __post_init__(self) -> None:
+        w = "FilterConfig"
+        for name in self.enabled:
+            _check(
+                name in FILTER_NAMES, w, "enabled", f"unknown filter {name!r}; allowed: {list(FILTER_NAMES)}"
+            )
+        _check(1 <= self.min_steps <= self.max_steps, w, "min_steps", "need 1 <= min_steps <= max_steps")
+        for name in ("frozen_action_std", "max_abs_action", "max_action_jump", "sample_fps"):
+            _check(getattr(self, name) > 0, w, name, "must be positive")
+        _check(self.analysis_size >= 8, w, "analysis_size", "must be >= 8 (pHash uses an 8×8 DCT block)")
+        _check(self.sharpness_size >= 8, w, "sharpness_size", "must be >= 8")
+        _check(self.max_sampled_frames >= 2, w, "max_sampled_frames", "must be >= 2 (motion needs a pair)")
+        _check(self.hash_frames >= 1, w, "hash_frames", "must be >= 1")
+        _check(0 <= self.max_hamming < 32, w, "max_hamming", "must be in [0, 32)")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    chunk: int = 16  # p: actions a[t : t+p]
+    frame_stride: int = 4  # Δ: future frames at t + kΔ
+    num_future: int = 4  # K
+    stride: int = 4  # steps between consecutive window starts
+    # "drop": a window needing steps past the end is not made (counted as dropped);
+    # "pad": it is made, the action chunk repeats the last action and frames past the end
+    # repeat the last frame.
+    tail: str = "drop"
+
+    def __post_init__(self) -> None:
+        w = "WindowConfig"
+        for name in ("chunk", "frame_stride", "stride"):
+            _check(getattr(self, name) >= 1, w, name, "must be >= 1")
+        _check(self.num_future >= 0, w, "num_future", "must be >= 0")
+        _check(self.tail in TAIL_MODES, w, "tail", f"must be one of {list(TAIL_MODES)}, got {self.tail!r}")
+
+    @property
+    def span(self) -> int:
+        """Steps a window needs from its start: max(p, KΔ + 1)."""
+        return max(self.chunk, self.num_future * self.frame_stride + 1)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    width: int = 128
+    height: int = 128
+    fit: str = "stretch"  # each view resized to its slot; "pad" keeps the aspect ratio (black bars)
+    format: str = "png"  # how a sample's 1+K composed frames are stored
+    codec: str = "h264"  # for format "mp4"
+    crf: int | None = None
+
+    def __post_init__(self) -> None:
+        w = "VideoConfig"
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            _check(v >= 4 and v % 2 == 0, w, name, f"must be even and >= 4 (halves + yuv420p), got {v}")
+        _check(self.fit in FIT_MODES, w, "fit", f"must be one of {list(FIT_MODES)}, got {self.fit!r}")
+        _check(
+            self.format in FRAME_FORMATS,
+            w,
+            "format",
+            f"must be one of {list(FRAME_FORMATS)}, got {self.format!r}",
+        )
+        _check(
+            self.codec in VIDEO_CODECS, w, "codec", f"must be one of {list(VIDEO_CODECS)}, got {self.codec!r}"
+        )
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    sketch_k: int = 1024  # KLL top-level capacity; rank error ~ 1.7/k (0.17 % at 1024)
+    low_quantile: float = 0.01
+    high_quantile: float = 0.99
+    min_range: float = 1e-6  # q99 - q01 below this: the dim is only centred, not scaled
+
+    def __post_init__(self) -> None:
+        w = "NormConfig"
+        _check(self.sketch_k >= 8, w, "sketch_k", "must be >= 8")
+        _check(
+            0 <= self.low_quantile < self.high_quantile <= 1, w, "low_quantile", "need 0 <= low < high <= 1"
+        )
+        _check(self.min_range > 0, w, "min_range", "must be positive")
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    target_bytes: int = 256 * 2**20
+    max_rows: int = 50_000
+    row_group_rows: int = 256
+    compression: str = "zstd"
+
+    def __post_init__(self) -> None:
+        w = "ShardConfig"
+        for name in ("target_bytes", "max_rows", "row_group_rows"):
+            _check(getattr(self, name) >= 1, w, name, "must be >= 1")
+        allowed = ("zstd", "snappy", "gzip", "lz4", "none")
+        _check(self.compression in allowed, w, "compression", f"must be one of {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    name: str = "default"
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (recorded in the manifest); ``from_dict`` reads it back."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "CurationConfig") -> CurationConfig:
+        return _build(cls, data, where)
+
+    def replace(self, **sections: Any) -> CurationConfig:
+        return dataclasses.replace(self, **sections)
+
+
+# ---- presets --------------------------------------------------------------------------
+
+_PRESETS: dict[str, CurationConfig] = {}
+
+
+def register_preset(cfg: CurationConfig) -> CurationConfig:
+    if cfg.name in _PRESETS and _PRESETS[cfg.name] != cfg:
+        raise ConfigError("presets", cfg.name, "a different preset with this name is already registered")
+    _PRESETS[cfg.name] = cfg
+    return cfg
+
+
+register_preset(CurationConfig(name="default"))
+register_preset(
+    CurationConfig(
+        name="debug",
+        filters=FilterConfig(min_steps=8, max_sampled_frames=6),
+        windows=WindowConfig(chunk=8, frame_stride=2, num_future=2, stride=4),
+        video=VideoConfig(width=64, height=64),
+        norm=NormConfig(sketch_k=256),
+        shards=ShardConfig(target_bytes=4 * 2**20, max_rows=2_000, row_group_rows=64),
+    )
+)
+register_preset(
+    CurationConfig(
+        name="paper",
+        filters=FilterConfig(min_steps=60),
+        windows=WindowConfig(chunk=48, frame_stride=12, num_future=4, stride=12),
+        video=VideoConfig(width=384, height=320, format="mp4"),
+    )
+)
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> CurationConfig:
+    if name in _PRESETS:
+        return _PRESETS[name]
+    close = difflib.get_close_matches(name, list(_PRESETS), n=3)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ConfigError("presets", name, f"unknown curation preset{hint} (known: {list_presets()})")
+
+
+# ---- strict loading -------------------------------------------------------------------
+
+
+def _coerce(tp: Any, value: Any, where: str, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, where, name)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(where, name, f"expected a table/object, got {type(value).__name__}")
+        return value  # merged by the caller
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(where, name, f"expected a list, got {type(value).__name__}")
+        (inner, _) = typing.get_args(tp)
+        return tuple(_coerce(inner, v, where, name) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, name, f"expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, name, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, name, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, name, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config field type {tp!r} not supported")  # a bug in this module, not in the file
+
+
+def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any:
+    """``cls`` from ``data`` over ``base`` (or the defaults); unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(where, unknown[0], f"unknown field{hint}; allowed: {allowed}")
+    base = base if base is not None else cls()
+    changes = {}
+    for key, value in data.items():
+        tp = hints[key]
+        value = _coerce(tp, value, where, key)
+        if dataclasses.is_dataclass(tp):
+            value = _build(tp, value, f"{where}.{key}", getattr(base, key))
+        changes[key] = value
+    try:
+        return dataclasses.replace(base, **changes)
+    except ConfigError as err:
+        raise ConfigError(where, err.field, err.problem) from None
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationConfig:
+    """Start from ``data["preset"]`` (default ``"default"``) and override the given fields."""
+    data = dict(data)
+    preset = data.pop("preset", None)
+    base = get_preset(preset if preset is not None else "default")
+    if preset is not None and "name" not in data:
+        data["name"] = preset
+    return _build(CurationConfig, data, where, base)
+
+
+def load_config(path: str | Path) -> CurationConfig:
+    """A config from a ``.json`` or ``.toml`` file (see :func:`config_from_dict`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(str(path), "<file>", f"cannot read: {err}") from err
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            data = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(str(path), "<file>", "expected a .json or .toml file")
+    except (json.JSONDecodeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(str(path), "<file>", f"cannot parse: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "<file>", "top level must be an object/table")
+    return config_from_dict(data, where=str(path))

@@ -1,0 +1,195 @@
+"""Compose camera views into one image and encode a sample's 1+K frames (DESIGN.md §4 stage 5).
+
+Layout (the paper's): an output of W × H is split into three slots::
+
+    +-----------------------+
+    |      top: high        |   H/2 rows, full width
+    +-----------+-----------+
+    | left_wrist|right_wrist|   H/2 rows, W/2 columns each
+    +-----------+-----------+
+
+Slot roles, first present wins: top ← ``high``, ``side``, ``low``; bottom-left ←
+``left_wrist``, ``wrist`` (a single-arm robot's wrist camera); bottom-right ←
+``right_wrist``. A slot with no view stays black; views in no slot are not used.
+
+Each view is resized to its slot with PIL's bicubic filter, which widens its kernel when
+shrinking (antialiased). ``fit="stretch"`` fills the slot; ``fit="pad"`` keeps the aspect
+ratio and centres the view on black.
+
+Encoding of the composed frames ``[N, H, W, 3]``:
+
+* ``png`` — one tall PNG (N·H rows) with a ``gwp_frames`` text chunk holding N: lossless,
+  a plain PNG any viewer shows as a filmstrip, and self-describing for
+  :func:`decode_sample_frames`;
+* ``mp4`` — :func:`curation.video.encode_video_bytes` (lossy, much smaller at 384×320).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from curation.config import VideoConfig
+
+TOP_ROLES = ("high", "side", "low")
+LEFT_ROLES = ("left_wrist", "wrist")
+RIGHT_ROLES = ("right_wrist",)
+PNG_FRAMES_KEY = "gwp_frames"
+
+
+def slot_roles(available: Sequence[str]) -> dict[str, str | None]:
+    """Which role fills each slot (``top``, ``left``, ``right``), given the roles present."""
+
+    def first(roles: Sequence[str]) -> str | None:
+        return next((r for r in roles if r in available), None)
+
+    return {"top": first(TOP_ROLES), "left": first(LEFT_ROLES), "right": first(RIGHT_ROLES)}
+
+
+def resize_frames(frames_NHWC: np.ndarray, width: int, height: int, fit: str = "stretch") -> np.ndarray:
+    """uint8 ``[N, height, width, 3]``: every frame resized (antialiased bicubic)."""
+    if frames_NHWC.ndim != 4 or frames_NHWC.shape[-1] != 3 or frames_NHWC.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames [N, H, W, 3], got {frames_NHWC.dtype} {frames_NHWC.shape}")
+    n, h, w, _ = frames_NHWC.shape
+    out = np.zeros((n, height, width, 3), np.uint8)
+    if fit == "stretch" or (h * width == w * height):
+        tw, th, x0, y0 = width, height, 0, 0
+    elif fit == "pad":
+        scale = min(width / w, height / h)
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+        x0, y0 = (width - tw) // 2, (height - th) // 2
+    else:
+        raise ValueError(f"fit must be 'stretch' or 'pad', got {fit!r}")
+    for i in range(n):
+        if (h, w) == (th, tw):
+            out[i, y0 : y0 + th, x0 : x0 + tw] = frames_NHWC[i]
+        else:
+            im = Image.fromarray(frames_NHWC[i]).resize((tw, th), Image.Resampling.BICUBIC)
+            out[i, y0 : y0 + th, x0 : x0 + tw] = np.asarray(im)
+    return out
+
+
+def compose_views(
+    views: Mapping[str, np.ndarray], width: int, height: int, fit: str = "stretch"
+) -> np.ndarray:
+    """Compose ``role -> uint8 [N, h, w, 3]`` views (same N) into ``[N, height, width, 3]``."""
+    if height % 2 or width % 2:
+        raise ValueError(f"composed size must be even, got {width}x{height}")
+    counts = {role: v.shape[0] for role, v in views.items()}
+    if not counts:
+        raise ValueError("compose_views needs at least one view")
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"views have different frame counts: {counts}")
+    n = next(iter(counts.values()))
+    out = np.zeros((n, height, width, 3), np.uint8)
+    roles = slot_roles(list(views))
+    hh, hw = height // 2, width // 2
+    boxes = {"top": (0, 0, width, hh), "left": (hh, 0, hw, hh), "right": (hh, hw, hw, hh)}
+    if not any(roles.values()):
+        raise ValueError(f"no view fits a slot; roles present: {sorted(views)}")
+    for slot, role in roles.items():
+        if role is None:
+            continue
+        y, x, w, h = boxes[slot]
+        out[:, y : y + h, x : x + w] = resize_frames(views[role], w, h, fit)
+    return out
+
+
+# ---- encoding a sample's frames -----------------------------------------------------
+
+
+def encode_frames(
+    frames_NHWC: np.ndarray,
+    fmt: str = "png",
+    *,
+    fps: float = 1.0,
+    codec: str = "h264",
+    crf: int | None = None,
+) -> bytes:
+    """Encode ``[N, H, W, 3]`` uint8 frames as one tall PNG or an mp4."""
+    if not isinstance(frames_NHWC, np.ndarray) or frames_NHWC.dtype != np.uint8:
+        raise ValueError(
+            f"frames must be a uint8 ndarray, got {getattr(frames_NHWC, 'dtype', type(frames_NHWC))}"
+        )
+    if frames_NHWC.ndim != 4 or frames_NHWC.shape[-1] != 3 or frames_NHWC.shape[0] == 0:
+        raise ValueError(f"frames must be [N>0, H, W, 3], got {frames_NHWC.shape}")
+    if fmt == "png":
+        n, h, w, _ = frames_NHWC.shape
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PNG_FRAMES_KEY, str(n))
+        buf = io.BytesIO()
+        Image.fromarray(frames_NHWC.reshape(n * h, w, 3)).save(
+            buf, format="PNG", pnginfo=info, compress_level=6
+        )
+        return buf.getvalue()
+    if fmt == "mp4":
+        from curation.video import encode_video_bytes
+
+        return encode_video_bytes(frames_NHWC, fps=fps, codec=codec, crf=crf)
+    raise ValueError(f"unknown frame format {fmt!r}; choose 'png' or 'mp4'")
+
+
+def decode_sample_frames(data: bytes, fmt: str) -> np.ndarray:
+    """Inverse of :func:`encode_frames`: uint8 ``[N, H, W, 3]``."""
+    if fmt == "png":
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                text = getattr(im, "text", {}) or {}
+                arr = np.asarray(im.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"sample frames are not a decodable PNG: {err}") from err
+        if PNG_FRAMES_KEY not in text:
+            raise ValueError(
+                f"sample PNG has no {PNG_FRAMES_KEY!r} text chunk (not written by encode_frames)"
+            )
+        n = int(text[PNG_FRAMES_KEY])
+        if n < 1 or arr.shape[0] % n:
+            raise ValueError(f"sample PNG of {arr.shape[0]} rows cannot hold {n} frames")
+        return arr.reshape(n, arr.shape[0] // n, arr.shape[1], 3)
+    if fmt == "mp4":
+        from curation.video import decode_video_bytes
+
+        return decode_video_bytes(data)
+    raise ValueError(f"unknown frame format {fmt!r}; choose 'png' or 'mp4'")
+
+
+# ---- the stage ------------------------------------------------------------------------
+
+
+FrameDecoder = Callable[[Any, Sequence[int]], np.ndarray]
+
+
+def render_window(window: Any, cfg: VideoConfig, decode: FrameDecoder | None = None) -> np.ndarray:
+    """Decode the window's 1+K frames from every camera and compose them: ``[1+K, H, W, 3]``."""
+    if decode is None:
+        from curation.frames import decode_frames as decode
+    views = {role: decode(ref, list(window.camera_indices)) for role, ref in window.cameras.items()}
+    if not views:
+        raise ValueError(f"window {window.sample_id} of episode {window.episode_id} has no cameras")
+    return compose_views(views, cfg.width, cfg.height, cfg.fit)
+
+
+def encode_window(
+    window: Any, cfg: VideoConfig, fps: float, decode: FrameDecoder | None = None
+) -> tuple[bytes, int, int]:
+    """``(bytes, height, width)`` of the window's composed, encoded frames."""
+    frames = render_window(window, cfg, decode)
+    return encode_frames(frames, cfg.format, fps=fps, codec=cfg.codec, crf=cfg.crf), cfg.height, cfg.width
+
+
+def make_compose_fn(cfg: VideoConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Per-row (1:1) function for ``Dataset.map``: a window row gains ``video``,
+    ``video_format``, ``height`` and ``width`` (see :class:`curation.stages.windowing.Window`)."""
+    from curation.stages.windowing import Window
+
+    def compose_row(row: dict[str, Any]) -> dict[str, Any]:
+        window = Window.from_row(row)
+        video, h, w = encode_window(window, cfg, fps=window.frames_fps)
+        return {**row, "video": video, "video_format": cfg.format, "height": h, "width": w}
+
+    return compose_row

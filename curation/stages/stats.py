@@ -1,0 +1,190 @@
+"""Per-embodiment normalisation statistics (DESIGN.md §4 stage 7, N:1, distributed).
+
+Statistics are taken over exactly what the model trains on:
+
+* actions in the *training representation* of each window: the chunk ``a[t : t+p]`` with
+  delta dims made relative to ``s[t]`` (:func:`curation.stages.normalize.to_training_action`),
+  real steps only (padding from ``tail="pad"`` would bias the tails);
+* states ``s[t]`` at the window starts.
+
+One :class:`StatsAccumulator` per embodiment holds a :class:`~curation.stages.sketch.QuantileSketch`
+for each vector; accumulators built in different Ray tasks serialise to bytes, merge, and
+finalise to :class:`schemas.EmbodimentStats` (mean, population std, min, max, q01, q99,
+count). The ``q01``/``q99`` fields hold ``NormConfig.low_quantile``/``high_quantile``
+(0.01/0.99 unless configured otherwise). Quantiles carry the sketch's rank error, about
+1.7 / ``NormConfig.sketch_k``; mean/std/min/max are exact up to float64 rounding.
+
+Driver pattern (Ray Data): ``ds.map_batches(make_stats_batch_fn(wcfg, ncfg),
+batch_format="pyarrow")`` gives one small row per (batch, embodiment); collect them and
+call :func:`merge_stats_rows`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import NormConfig, WindowConfig
+from curation.stages.normalize import to_training_action
+from curation.stages.sketch import QuantileSketch
+from curation.stages.windowing import Window, plan_windows
+from schemas import DimStats, EmbodimentStats, Episode, get_embodiment
+
+_NORM = NormConfig()
+
+
+def episode_training_values(episode: Episode, wcfg: WindowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(actions [M, Da], states [N, Ds])`` float64 the windows of ``episode`` train on."""
+    spec = get_embodiment(episode.embodiment)
+    starts = np.asarray(plan_windows(episode.length, wcfg).made, dtype=np.int64)
+    if starts.size == 0:
+        return np.empty((0, spec.action_dim)), np.empty((0, spec.state_dim))
+    steps_NP = starts[:, None] + np.arange(wcfg.chunk)[None, :]
+    real_NP = steps_NP < episode.length
+    chunks_NPD = episode.action[np.minimum(steps_NP, episode.length - 1)]
+    states_ND = episode.state[starts]
+    x_NPD = to_training_action(chunks_NPD, states_ND, spec)
+    return x_NPD[real_NP], states_ND.astype(np.float64)
+
+
+class StatsAccumulator:
+    """Action and state sketches of one embodiment."""
+
+    def __init__(self, embodiment: str, k: int = _NORM.sketch_k):
+        spec = get_embodiment(embodiment)
+        self.embodiment = embodiment
+        self.action = QuantileSketch(spec.action_dim, k)
+        self.state = QuantileSketch(spec.state_dim, k)
+
+    def add_values(self, actions_MDa: np.ndarray, states_NDs: np.ndarray) -> StatsAccumulator:
+        self.action.update(actions_MDa)
+        self.state.update(states_NDs)
+        return self
+
+    def add_episode(self, episode: Episode, wcfg: WindowConfig) -> StatsAccumulator:
+        if episode.embodiment != self.embodiment:
+            raise ValueError(
+                f"episode {episode.episode_id} is {episode.embodiment}, accumulator is {self.embodiment}"
+            )
+        return self.add_values(*episode_training_values(episode, wcfg))
+
+    def add_window(self, window: Window) -> StatsAccumulator:
+        spec = get_embodiment(self.embodiment)
+        if window.embodiment != self.embodiment:
+            raise ValueError(
+                f"window {window.sample_id} is {window.embodiment}, accumulator is {self.embodiment}"
+            )
+        x = to_training_action(window.action[: window.valid_steps], window.state, spec)
+        return self.add_values(x, window.state[None].astype(np.float64))
+
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
+        if other.embodiment != self.embodiment:
+            raise ValueError(f"cannot merge stats of {other.embodiment} into {self.embodiment}")
+        self.action.merge(other.action)
+        self.state.merge(other.state)
+        return self
+
+    def to_bytes(self) -> bytes:
+        a, s = self.action.to_bytes(), self.state.to_bytes()
+        name = self.embodiment.encode()
+        return b"".join(len(p).to_bytes(8, "little") + p for p in (name, a, s))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StatsAccumulator:
+        parts, pos = [], 0
+        for _ in range(3):
+            n = int.from_bytes(data[pos : pos + 8], "little")
+            parts.append(data[pos + 8 : pos + 8 + n])
+            pos += 8 + n
+        if pos != len(data):
+            raise ValueError(
+                f"stats accumulator bytes: {len(data) - pos} trailing bytes (corrupt or not ours)"
+            )
+        acc = cls.__new__(cls)
+        acc.embodiment = parts[0].decode()
+        acc.action = QuantileSketch.from_bytes(parts[1])
+        acc.state = QuantileSketch.from_bytes(parts[2])
+        return acc
+
+    def finalize(self, cfg: NormConfig = _NORM) -> EmbodimentStats:
+        return EmbodimentStats(self.embodiment, _dim_stats(self.action, cfg), _dim_stats(self.state, cfg))
+
+
+def _dim_stats(sketch: QuantileSketch, cfg: NormConfig) -> DimStats:
+    if sketch.n == 0:
+        raise ValueError("no values to compute statistics from (no window was made)")
+    m = sketch.moments
+    lo, hi = sketch.quantiles([cfg.low_quantile, cfg.high_quantile])
+
+    def t(v: np.ndarray) -> tuple[float, ...]:
+        return tuple(float(x) for x in v)
+
+    return DimStats(t(m.mean), t(m.std), t(m.min), t(m.max), t(lo), t(hi), count=int(sketch.n)).validate()
+
+
+def accumulate(
+    episodes: Iterable[Episode], wcfg: WindowConfig, k: int = _NORM.sketch_k
+) -> dict[str, StatsAccumulator]:
+    """One accumulator per embodiment over ``episodes``."""
+    out: dict[str, StatsAccumulator] = {}
+    for ep in episodes:
+        acc = out.get(ep.embodiment) or out.setdefault(ep.embodiment, StatsAccumulator(ep.embodiment, k))
+        acc.add_episode(ep, wcfg)
+    return out
+
+
+def compute_stats(
+    episodes: Iterable[Episode], wcfg: WindowConfig, cfg: NormConfig = _NORM
+) -> dict[str, EmbodimentStats]:
+    """In-process convenience: ``embodiment -> EmbodimentStats`` over ``episodes``."""
+    return {name: acc.finalize(cfg) for name, acc in accumulate(episodes, wcfg, cfg.sketch_k).items()}
+
+
+def _rows_of(batch: Any) -> list[dict[str, Any]]:
+    if isinstance(batch, pa.Table):
+        return batch.to_pylist()
+    if isinstance(batch, list):
+        return batch
+    raise TypeError(
+        f"stats batch must be a pyarrow.Table (map_batches(..., batch_format='pyarrow')) or a list of rows, "
+        f"got {type(batch).__name__}"
+    )
+
+
+def make_stats_batch_fn(wcfg: WindowConfig, cfg: NormConfig = _NORM) -> Callable[[Any], pa.Table]:
+    """Batch function for ``Dataset.map_batches`` over episode rows: one row per embodiment
+    in the batch, ``{"embodiment": str, "sketch": bytes}`` (a serialised accumulator)."""
+
+    def stats_batch(batch: Any) -> pa.Table:
+        accs = accumulate((Episode.from_row(r) for r in _rows_of(batch)), wcfg, cfg.sketch_k)
+        names = sorted(accs)
+        return pa.table(
+            {
+                "embodiment": pa.array(names, pa.string()),
+                "sketch": pa.array([accs[n].to_bytes() for n in names], pa.binary()),
+            }
+        )
+
+    return stats_batch
+
+
+def merge_stats_rows(rows: Iterable[dict[str, Any]], cfg: NormConfig = _NORM) -> dict[str, EmbodimentStats]:
+    """Merge the rows of :func:`make_stats_batch_fn` into final statistics.
+
+    Rows are merged in the order of their content hash, so the result does not depend on
+    the order in which Ray hands them back.
+    """
+    merged: dict[str, StatsAccumulator] = {}
+    for row in sorted(rows, key=lambda r: hashlib.sha256(r["sketch"]).digest()):
+        acc = StatsAccumulator.from_bytes(row["sketch"])
+        if acc.embodiment != row["embodiment"]:
+            raise ValueError(f"stats row says {row['embodiment']!r} but its sketch is {acc.embodiment!r}")
+        if acc.embodiment in merged:
+            merged[acc.embodiment].merge(acc)
+        else:
+            merged[acc.embodiment] = acc
+    return {name: acc.finalize(cfg) for name, acc in sorted(merged.items())}
