@@ -3,7 +3,7 @@
 # Installs only what is missing; needs root (or sudo) the first time, nothing after.
 set -euo pipefail
 
-PACKAGES=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglvnd0)
+PACKAGES=(libegl1 libopengl0 libegl-mesa0 libgl1-mesa-dri libglvnd0 libgbm1)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
