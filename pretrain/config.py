@@ -1,0 +1,181 @@
+"""Model configuration: one frozen dataclass and a registry of named presets.
+
+``ModelConfig`` fixes the geometry of the action-centred video transformer
+(``pretrain/model.py``, DESIGN.md §5). Every preset runs the same code:
+
+* ``debug``    — CPU, tiny (2 layers, 64 wide); a training step on a small latent grid takes
+                 milliseconds. Used by the tests and the CPU embedded default.
+* ``small``    — ~130 M parameters, one GPU.
+* ``wan22-5b`` — the paper's backbone geometry (Wan2.2-TI2V-5B): 30 layers, 24 heads × 128 =
+                 3072 hidden, FFN 14336, 48 latent channels, patch (1, 2, 2), text dim 4096.
+                 GPU only; its Wan weights load through ``pretrain/wan_adapter.py``.
+
+All presets use 48 latent channels (the Wan2.2 VAE; a 4×4 RGB pixel-patch codec has the same
+channel count), action/state vectors padded to 32 dims, p = 48 action tokens and K = 4 future
+latent frames (the paper's window geometry). Derive variants with ``dataclasses.replace``.
+
+Presets live in one registry: ``register_model_config`` rejects duplicate names and
+``get_model_config`` answers a misspelt name with "did you mean …".
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    dim: int  # model width D = heads · head_dim
+    layers: int
+    heads: int
+    head_dim: int
+    ffn_dim: int
+    latent_channels: int = 48  # C of the latent video [B, C, F, H, W]
+    patch: tuple[int, int, int] = (1, 2, 2)  # (frames, height, width) per video token
+    text_dim: int = 4096  # width of the text-encoder states fed to cross-attention
+    action_dim: int = 32  # padded action width (schemas.embodiment.MAX_DIM)
+    state_dim: int = 32  # padded state width
+    chunk: int = 48  # p: action tokens per sample
+    num_future: int = 4  # K: future latent frames the data provides (the model accepts any K ≥ 1)
+    max_embodiments: int = 16  # rows of the per-embodiment first/last linear layers
+    mlp_hidden: int = 1024  # width of the embodiment MLP encoders/decoders
+    mlp_inner_layers: int = 1  # shared hidden→hidden layers inside those MLPs
+    freq_dim: int = 256  # sinusoidal timestep features
+    eps: float = 1e-6
+    qk_norm: bool = True  # RMSNorm over all heads on q and k (Wan "rms_norm_across_heads")
+    cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (Wan norm2)
+    rope_theta: float = 10000.0
+    timestep_scale: float = 1000.0  # σ ∈ [0, 1] enters the embedding as σ·1000, as Wan's t
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"ModelConfig {self.name!r}: {field} {why}")
+
+        for f in (
+            "dim",
+            "layers",
+            "heads",
+            "head_dim",
+            "ffn_dim",
+            "latent_channels",
+            "text_dim",
+            "action_dim",
+            "state_dim",
+            "chunk",
+            "num_future",
+            "max_embodiments",
+            "mlp_hidden",
+            "freq_dim",
+        ):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(f, f"must be a positive int, got {v!r}")
+        if not isinstance(self.mlp_inner_layers, int) or self.mlp_inner_layers < 0:
+            raise bad("mlp_inner_layers", f"must be an int ≥ 0, got {self.mlp_inner_layers!r}")
+        if self.dim != self.heads * self.head_dim:
+            raise bad("dim", f"must equal heads·head_dim = {self.heads * self.head_dim}, got {self.dim}")
+        if self.head_dim % 2:
+            raise bad("head_dim", f"must be even for RoPE, got {self.head_dim}")
+        if self.head_dim < 6:
+            raise bad(
+                "head_dim", f"must be ≥ 6 to split RoPE over (frame, height, width), got {self.head_dim}"
+            )
+        if len(self.patch) != 3 or any(not isinstance(p, int) or p < 1 for p in self.patch):
+            raise bad("patch", f"must be three positive ints, got {self.patch!r}")
+        if self.patch[0] != 1:
+            raise bad("patch", f"frame patch must be 1 (the observation is a single frame), got {self.patch}")
+        if self.freq_dim % 2:
+            raise bad("freq_dim", f"must be even, got {self.freq_dim}")
+        if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
+            raise bad("eps/rope_theta/timestep_scale", "must be positive")
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """Head dims rotated by (frame, height, width) position, as Wan splits them."""
+        hw = 2 * (self.head_dim // 6)
+        return (self.head_dim - 2 * hw, hw, hw)
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per video token: C · pt · ph · pw."""
+        return self.latent_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
+        d = dict(d)
+        if "patch" in d:
+            d["patch"] = tuple(d["patch"])
+        return cls(**d)
+
+
+_REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register_model_config(cfg: ModelConfig) -> ModelConfig:
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"model config {cfg.name!r} is already registered")
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def get_model_config(name: str) -> ModelConfig:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise KeyError(f"unknown model config {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+
+
+def list_model_configs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+register_model_config(
+    ModelConfig(
+        name="debug",
+        dim=64,
+        layers=2,
+        heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=512,  # CLIP ViT-B text embedding, the curation default
+        mlp_hidden=64,
+        freq_dim=64,
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="small",
+        dim=768,
+        layers=12,
+        heads=12,
+        head_dim=64,
+        ffn_dim=3072,
+        text_dim=512,
+        mlp_hidden=512,
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="wan22-5b",
+        dim=3072,
+        layers=30,
+        heads=24,
+        head_dim=128,
+        ffn_dim=14336,
+        text_dim=4096,  # umT5-XXL states, as Wan2.2
+        mlp_hidden=1024,
+    )
+)

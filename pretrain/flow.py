@@ -1,0 +1,162 @@
+"""Rectified-flow objective and Euler sampler (DESIGN.md §5).
+
+Shape legend: B batch · P action chunk · 32 padded action dims · C, K, H, W latent video.
+
+* Interpolation ``x_σ = (1 − σ)·x + σ·ε`` with σ ∈ [0, 1] (σ = 1 pure noise); the network
+  predicts the velocity ``v = ε − x`` = dx_σ/dσ.
+* Training σ: uniform u, then the shift ``σ' = s·u / (1 + (s − 1)·u)`` which pushes mass
+  towards noise for s > 1. Actions and video get separate shifts (video 2, action 5).
+* Loss: ``λ_a · MSE(actions, over valid dims only) + λ_v · MSE(future latents)`` with
+  λ_a = 5, λ_v = 1; the components are returned for logging.
+* Sampling: Euler steps over a σ grid from 1 to 0 (10 steps by default, no guidance); the grid
+  is shifted with the same shift as training, so steps are denser near σ = 1 where the shift
+  put the training mass. ``x ← x + (σ_next − σ)·v``; for a straight path Euler is exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    action_shift: float = 5.0
+    video_shift: float = 2.0
+    action_weight: float = 5.0  # λ_a
+    video_weight: float = 1.0  # λ_v
+    num_steps: int = 10  # Euler steps at inference
+
+    def __post_init__(self) -> None:
+        for f in ("action_shift", "video_shift"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"FlowConfig: {f} must be > 0, got {getattr(self, f)}")
+        for f in ("action_weight", "video_weight"):
+            if not getattr(self, f) >= 0:
+                raise ValueError(f"FlowConfig: {f} must be ≥ 0, got {getattr(self, f)}")
+        if self.num_steps < 1:
+            raise ValueError(f"FlowConfig: num_steps must be ≥ 1, got {self.num_steps}")
+
+
+def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
+    """σ' = s·σ / (1 + (s − 1)·σ); keeps 0 and 1 fixed, monotone in σ."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def sample_sigma(
+    batch: int, shift: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
+    """[B] training noise levels: uniform, then shifted."""
+    u = torch.rand(batch, generator=generator, device=device)
+    return shift_sigma(u, shift)
+
+
+def add_noise(x: Tensor, noise: Tensor, sigma_B: Tensor) -> Tensor:
+    """x_σ = (1 − σ)·x + σ·ε with σ per sample [B] (or already broadcastable)."""
+    s = sigma_B.reshape(sigma_B.shape + (1,) * (x.ndim - sigma_B.ndim)).to(x.dtype)
+    return (1 - s) * x + s * noise
+
+
+def velocity_target(x: Tensor, noise: Tensor) -> Tensor:
+    return noise - x
+
+
+@dataclass(frozen=True)
+class NoisedBatch:
+    """Network inputs and regression targets for one training step."""
+
+    actions_noisy_BP32: Tensor | None
+    video_noisy_BCKHW: Tensor | None
+    sigma_action_B: Tensor | None
+    sigma_video_B: Tensor | None
+    action_target_BP32: Tensor | None
+    video_target_BCKHW: Tensor | None
+
+
+def noise_batch(
+    cfg: FlowConfig,
+    actions_BP32: Tensor | None = None,
+    future_BCKHW: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> NoisedBatch:
+    """Draw σ (separate shifts) and ε for whichever of actions / future latents are given."""
+    if actions_BP32 is None and future_BCKHW is None:
+        raise ValueError("noise_batch: give actions_BP32, future_BCKHW or both")
+    a_noisy = v_noisy = s_a = s_v = a_tgt = v_tgt = None
+    if actions_BP32 is not None:
+        B, dev = actions_BP32.shape[0], actions_BP32.device
+        s_a = sample_sigma(B, cfg.action_shift, generator, dev)
+        eps = torch.randn(actions_BP32.shape, generator=generator, device=dev, dtype=actions_BP32.dtype)
+        a_noisy, a_tgt = add_noise(actions_BP32, eps, s_a), velocity_target(actions_BP32, eps)
+    if future_BCKHW is not None:
+        B, dev = future_BCKHW.shape[0], future_BCKHW.device
+        s_v = sample_sigma(B, cfg.video_shift, generator, dev)
+        eps = torch.randn(future_BCKHW.shape, generator=generator, device=dev, dtype=future_BCKHW.dtype)
+        v_noisy, v_tgt = add_noise(future_BCKHW, eps, s_v), velocity_target(future_BCKHW, eps)
+    return NoisedBatch(a_noisy, v_noisy, s_a, s_v, a_tgt, v_tgt)
+
+
+@dataclass(frozen=True)
+class FlowLoss:
+    total: Tensor  # scalar, λ_a·action + λ_v·video
+    action: Tensor | None  # unweighted masked MSE of the action velocity
+    video: Tensor | None  # unweighted MSE of the video velocity
+
+
+def masked_mse(pred_BP32: Tensor, target_BP32: Tensor, mask_B32: Tensor) -> Tensor:
+    """Mean squared error over valid dims only (mask [B, 32] broadcast over the chunk)."""
+    if pred_BP32.shape != target_BP32.shape:
+        raise ValueError(f"masked_mse: pred {list(pred_BP32.shape)} ≠ target {list(target_BP32.shape)}")
+    m = mask_B32.to(pred_BP32.dtype)[:, None, :].expand_as(pred_BP32)
+    sq = (pred_BP32.float() - target_BP32.float()) ** 2 * m
+    return sq.sum() / m.sum().clamp_min(1)
+
+
+def flow_loss(
+    cfg: FlowConfig,
+    action_pred_BP32: Tensor | None = None,
+    action_target_BP32: Tensor | None = None,
+    action_mask_B32: Tensor | None = None,
+    video_pred_BCKHW: Tensor | None = None,
+    video_target_BCKHW: Tensor | None = None,
+) -> FlowLoss:
+    """λ_a·MSE(actions, masked) + λ_v·MSE(future latents); either term may be absent."""
+    a_loss = v_loss = None
+    terms = []
+    if action_pred_BP32 is not None:
+        if action_target_BP32 is None or action_mask_B32 is None:
+            raise ValueError("flow_loss: an action prediction needs action_target_BP32 and action_mask_B32")
+        a_loss = masked_mse(action_pred_BP32, action_target_BP32, action_mask_B32)
+        terms.append(cfg.action_weight * a_loss)
+    if video_pred_BCKHW is not None:
+        if video_target_BCKHW is None or video_pred_BCKHW.shape != video_target_BCKHW.shape:
+            raise ValueError("flow_loss: video prediction and target must both be given with the same shape")
+        v_loss = torch.mean((video_pred_BCKHW.float() - video_target_BCKHW.float()) ** 2)
+        terms.append(cfg.video_weight * v_loss)
+    if not terms:
+        raise ValueError("flow_loss: no prediction given")
+    return FlowLoss(total=torch.stack(terms).sum(), action=a_loss, video=v_loss)
+
+
+def sigma_schedule(num_steps: int, shift: float = 1.0, device: torch.device | str = "cpu") -> Tensor:
+    """[num_steps + 1] noise levels from 1 down to 0, shifted."""
+    if num_steps < 1:
+        raise ValueError(f"sigma_schedule: num_steps must be ≥ 1, got {num_steps}")
+    return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, device=device), shift)
+
+
+def euler_sample(velocity_fn: Callable[[Tensor, Tensor], Tensor], noise: Tensor, sigmas: Tensor) -> Tensor:
+    """Integrate dx/dσ = v(x, σ) from σ[0] (= 1, x = noise) to σ[-1] (= 0).
+
+    ``velocity_fn(x, sigma_B)`` gets the current sample and σ as a [B] tensor.
+    """
+    x = noise
+    B = noise.shape[0]
+    for s, s_next in itertools.pairwise(sigmas):
+        v = velocity_fn(x, s.expand(B).to(noise.device))
+        x = x + (s_next - s).to(x.dtype) * v
+    return x

@@ -1,0 +1,423 @@
+"""The action-centred video transformer shared by pretraining and the policy (DESIGN.md §5).
+
+Shape legend (suffixes on tensor names):
+    B batch · C latent channels · F=1 observation frame · K future latent frames ·
+    H, W latent height/width · h, w token grid (H/ph, W/pw) · P action chunk (cfg.chunk) ·
+    32 padded action/state dims · L text tokens · N tokens · G timestep groups ·
+    D model width, except in ``text_BLD`` where it is the text-encoder width cfg.text_dim
+
+Architecture (Wan2.x DiT, so that a Wan checkpoint maps onto it; see ``pretrain/layers.py``):
+
+* video tokens: Conv3d patch embedding (1, 2, 2) of the latents; the observation frame is
+  frame 0, future frames 1..K; output norm + linear + unpatchify back to ``[B, C, K, H, W]``.
+* time: sinusoidal features of σ·1000 → MLP → ``temb`` (D) → SiLU → linear → 6·D modulation.
+  **Per-token timesteps**: context tokens 0, action tokens σ_a, future frames σ_v (per sample
+  ``[B]`` or per frame ``[B, K]``), as Wan2.2-TI2V's expanded timesteps.
+* text: MLP text_dim → D, then cross-attention in every block (optional padding mask).
+* state and actions: embodiment-specific MLPs (per-embodiment first/last layer, shared inner
+  layers) on the 32-dim padded vectors; actions decoded by a third such MLP after their own
+  modulated output norm.
+
+Token groups in one self-attention sequence, in this order::
+
+    C  [state token] + h·w observation tokens   timestep 0     attends to C
+    A  P action tokens                          σ_a (or 0)     attends to C, A
+    V  K·h·w future-frame tokens                σ_v            attends to C, A, V
+
+Modes of ``forward``:
+
+    joint     noisy A and noisy V; returns both velocities (policy training, joint inference)
+    pretrain  clean actions as conditioning at timestep 0, or none (human video; per sample
+              with ``actions_present_B``); noisy V; returns the video velocity
+    video     no A tokens; noisy V; returns the video velocity
+    action    no V tokens; noisy A; returns the action velocity
+
+Because C attends only to C, its keys/values never change while A and V are denoised:
+``encode_context`` runs C once and caches its per-layer K/V (and the text K/V), and
+``forward_actions`` runs only the P action tokens against that cache — action-only decoding.
+
+``attention="full"`` drops the block-causal mask (every token sees every token). It exists to
+run a converted Wan checkpoint exactly as Wan does (``pretrain/wan_adapter.py``); it breaks the
+causal property and is not used for training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from pretrain.config import ModelConfig
+from pretrain.layers import (
+    KV,
+    Block,
+    EmbodimentMLP,
+    OutputHead,
+    Rope,
+    Runs,
+    TwoLayerMLP,
+    rope_for_positions,
+    sequence_positions,
+    sinusoidal_embedding,
+    video_positions,
+)
+
+MODES = ("joint", "pretrain", "video", "action")
+ATTENTION = ("block_causal", "full")
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    action_velocity_BP32: Tensor | None  # [B, P, 32] predicted ε − x for the actions
+    video_velocity_BCKHW: Tensor | None  # [B, C, K, H, W] predicted ε − x for the future latents
+
+
+@dataclass(frozen=True)
+class ContextCache:
+    """What action-only decoding needs from the clean context, computed once per observation."""
+
+    self_kv: tuple[KV, ...]  # per layer: K/V [B, heads, N_C, Dh] of the C tokens
+    text_kv: tuple[KV, ...]  # per layer: cross-attention K/V [B, heads, L, Dh] of the text
+    text_mask_B11L: Tensor | None
+    embodiment_id_B: Tensor
+    num_context: int  # N_C = (1 if state) + h·w
+
+
+@dataclass(frozen=True)
+class _Tokens:
+    """One assembled sequence: tokens, runs of timestep groups, RoPE, attention segments."""
+
+    x_BND: Tensor
+    runs: Runs
+    rope: Rope
+    segments: tuple[int, ...]
+    n_ctx: int
+    n_act: int
+    n_vid: int
+
+
+def _err(name: str, why: str) -> ValueError:
+    return ValueError(f"ActionVideoTransformer.forward: {name} {why}")
+
+
+def _expect(name: str, t: Tensor | None, shape: Sequence[int | None]) -> Tensor:
+    """Check ``t`` has len(shape) dims and the given sizes (None = any)."""
+    if t is None:
+        raise _err(name, "is required (in this mode)")
+    if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=True)):
+        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+        raise _err(name, f"must have shape {want}, got {list(t.shape)}")
+    return t
+
+
+class ActionVideoTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D, E, Hm, inner = cfg.dim, cfg.max_embodiments, cfg.mlp_hidden, cfg.mlp_inner_layers
+        self.video_in = nn.Conv3d(cfg.latent_channels, D, kernel_size=cfg.patch, stride=cfg.patch)
+        self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU())
+        self.time_modulation = nn.Linear(D, 6 * D)
+        self.text_in = TwoLayerMLP(cfg.text_dim, D, nn.GELU(approximate="tanh"))
+        self.state_in = EmbodimentMLP(cfg.state_dim, Hm, D, E, inner)
+        self.action_in = EmbodimentMLP(cfg.action_dim, Hm, D, E, inner)
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.heads, cfg.ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm)
+            for _ in range(cfg.layers)
+        )
+        self.video_out = OutputHead(D, cfg.eps, nn.Linear(D, cfg.patch_dim))
+        self.action_out = OutputHead(D, cfg.eps, EmbodimentMLP(D, Hm, cfg.action_dim, E, inner))
+        self.activation_checkpointing = False
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.video_in.weight.dtype
+
+    def _time(self, sigma_BG: Tensor) -> tuple[Tensor, Tensor]:
+        """σ per group [B, G] → temb [B, G, D] and block modulation [B, G, 6, D].
+
+        One small matmul per group rather than one over all B·G rows: a group's numbers then do
+        not depend on how many other groups there are (bit-identical actions whatever V holds).
+        """
+        temb, mod = [], []
+        for sigma_B in sigma_BG.unbind(1):
+            feats = sinusoidal_embedding(sigma_B.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
+            t = self.time_embed(feats.to(self.dtype))
+            temb.append(t)
+            mod.append(self.time_modulation(F.silu(t)).unflatten(-1, (6, -1)))
+        return torch.stack(temb, dim=1), torch.stack(mod, dim=1)
+
+    def _text(self, text_BLD: Tensor, text_mask_BL: Tensor | None) -> tuple[tuple[KV, ...], Tensor | None]:
+        t = self.text_in(text_BLD.to(self.dtype))
+        mask = None
+        if text_mask_BL is not None:
+            mask = text_mask_BL.bool()
+            if not bool(mask.any(dim=1).all()):
+                raise _err("text_mask_BL", "leaves a sample with no valid text token")
+            mask = mask[:, None, None, :]
+        return tuple(block.text_kv(t) for block in self.blocks), mask
+
+    def _check_embodiment(self, embodiment_id_B: Tensor | None, B: int) -> Tensor:
+        e = _expect("embodiment_id_B", embodiment_id_B, (B,))
+        if e.dtype.is_floating_point or e.dtype == torch.bool:
+            raise _err("embodiment_id_B", f"must be an integer tensor, got {e.dtype}")
+        if bool((e < 0).any()) or bool((e >= self.cfg.max_embodiments).any()):
+            raise _err("embodiment_id_B", f"must lie in [0, {self.cfg.max_embodiments}), got {e.tolist()}")
+        return e
+
+    def _context_tokens(
+        self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """C tokens [B, N_C, D] and their RoPE positions [N_C, 3]."""
+        cfg = self.cfg
+        B, (H, W) = obs_BC1HW.shape[0], obs_BC1HW.shape[-2:]
+        h, w = H // cfg.patch[1], W // cfg.patch[2]
+        x = rearrange(self.video_in(obs_BC1HW.to(self.dtype)), "b d f h w -> b (f h w) d")
+        pos = video_positions([0], h, w, x.device)
+        if state_B32 is not None:
+            e = self._check_embodiment(embodiment_id_B, B)
+            s = self.state_in(_expect("state_B32", state_B32, (B, cfg.state_dim)).to(self.dtype)[:, None], e)
+            x = torch.cat([s, x], dim=1)
+            pos = torch.cat([sequence_positions(0, 1, x.device), pos])
+        return x, pos
+
+    def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.action_in(actions_BP32.to(self.dtype), embodiment_id_B)
+        return x, sequence_positions(1, actions_BP32.shape[1], x.device)
+
+    def _run_blocks(
+        self,
+        tok: _Tokens,
+        mod_BG6D: Tensor,
+        text_kv: Sequence[KV],
+        text_mask: Tensor | None,
+        prefix: Sequence[KV] | None = None,
+        key_mask_BM: Tensor | None = None,
+    ) -> tuple[Tensor, list[KV]]:
+        x, kvs = tok.x_BND, []
+        for i, block in enumerate(self.blocks):
+            args = (x, mod_BG6D, tok.runs, tok.rope, tok.segments, text_kv[i], text_mask)
+            kw = {"prefix": prefix[i] if prefix is not None else None, "key_mask_BM": key_mask_BM}
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x, kv = checkpoint(block, *args, use_reentrant=False, **kw)
+            else:
+                x, kv = block(*args, **kw)
+            kvs.append(kv)
+        return x, kvs
+
+    # ------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        obs_latent_BCFHW: Tensor,
+        future_latent_BCKHW: Tensor | None = None,
+        state_B32: Tensor | None = None,
+        embodiment_id_B: Tensor | None = None,
+        actions_BP32: Tensor | None = None,
+        sigma_action_B: Tensor | None = None,
+        sigma_video_B: Tensor | None = None,
+        text_BLD: Tensor | None = None,
+        text_mask_BL: Tensor | None = None,
+        mode: str = "joint",
+        *,
+        actions_present_B: Tensor | None = None,
+        attention: str = "block_causal",
+    ) -> ModelOutput:
+        """Velocities for the noisy token groups of ``mode`` (see the module docstring).
+
+        obs_latent_BCFHW     [B, C, 1, H, W]  clean observation latent (F = 1)
+        future_latent_BCKHW  [B, C, K, H, W]  noisy future latents (joint, pretrain, video)
+        state_B32            [B, 32]          normalised padded state; None → no state token
+        embodiment_id_B      [B] int          needed with state or actions
+        actions_BP32         [B, P, 32]       noisy (joint, action) or clean (pretrain) actions
+        sigma_action_B       [B]              noise level of the actions (joint, action)
+        sigma_video_B        [B] or [B, K]    noise level of the future latents
+        text_BLD             [B, L, text_dim] text-encoder states (required)
+        text_mask_BL         [B, L] bool      True = valid text token; None = all valid
+        actions_present_B    [B] bool         pretrain: False hides a sample's actions from V
+        attention            "block_causal" | "full" (Wan-equivalent, for checking a backbone)
+        """
+        cfg = self.cfg
+        if mode not in MODES:
+            raise _err("mode", f"must be one of {MODES}, got {mode!r}")
+        if attention not in ATTENTION:
+            raise _err("attention", f"must be one of {ATTENTION}, got {attention!r}")
+        obs = _expect("obs_latent_BCFHW", obs_latent_BCFHW, (None, cfg.latent_channels, 1, None, None))
+        B, _, _, H, W = obs.shape
+        if H % cfg.patch[1] or W % cfg.patch[2]:
+            raise _err(
+                "obs_latent_BCFHW", f"height/width {H}×{W} must be divisible by the patch {cfg.patch[1:]}"
+            )
+        h, w = H // cfg.patch[1], W // cfg.patch[2]
+
+        wants_video = mode in ("joint", "pretrain", "video")
+        noisy_actions = mode in ("joint", "action")
+        has_actions = noisy_actions or (mode == "pretrain" and actions_BP32 is not None)
+        if not wants_video and future_latent_BCKHW is not None:
+            raise _err("future_latent_BCKHW", f"must be None in mode {mode!r}")
+        if mode == "video" and actions_BP32 is not None:
+            raise _err("actions_BP32", "must be None in mode 'video'")
+        if not noisy_actions and sigma_action_B is not None:
+            raise _err("sigma_action_B", f"must be None in mode {mode!r} (actions, if any, are clean)")
+        if actions_present_B is not None and not (mode == "pretrain" and has_actions):
+            raise _err("actions_present_B", "is only meaningful in mode 'pretrain' with actions")
+
+        # ---- timestep groups: 0 = clean (C, and clean actions), 1 = noisy actions, then video
+        sigmas = [torch.zeros(B, device=obs.device)]
+        if noisy_actions:
+            sigmas.append(_expect("sigma_action_B", sigma_action_B, (B,)).float())
+        K = 0
+        if wants_video:
+            fut = _expect("future_latent_BCKHW", future_latent_BCKHW, (B, cfg.latent_channels, None, H, W))
+            K = fut.shape[2]
+            if K < 1:
+                raise _err("future_latent_BCKHW", "needs at least one future frame")
+            if sigma_video_B is None:
+                raise _err("sigma_video_B", "is required in this mode")
+            if sigma_video_B.ndim == 1:
+                sigmas.append(_expect("sigma_video_B", sigma_video_B, (B,)).float())
+            else:
+                sigmas.extend(_expect("sigma_video_B", sigma_video_B, (B, K)).float().unbind(1))
+        elif sigma_video_B is not None:
+            raise _err("sigma_video_B", f"must be None in mode {mode!r}")
+        temb_BGD, mod_BG6D = self._time(torch.stack(sigmas, dim=1))
+
+        # ---- tokens, runs (contiguous tokens sharing a group), RoPE positions
+        ctx_BND, pos = self._context_tokens(obs, state_B32, embodiment_id_B)
+        parts, positions = [ctx_BND], [pos]
+        runs: list[tuple[int, int]] = [(ctx_BND.shape[1], 0)]
+        n_act = 0
+        vid_runs: list[tuple[int, int]] = []
+        if has_actions:
+            e = self._check_embodiment(embodiment_id_B, B)
+            acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
+            a_BND, a_pos = self._action_tokens(acts, e)
+            n_act = cfg.chunk
+            parts.append(a_BND)
+            positions.append(a_pos)
+            runs.append((n_act, 1 if noisy_actions else 0))
+        if wants_video:
+            v_BND = rearrange(self.video_in(fut.to(self.dtype)), "b d k h w -> b (k h w) d")
+            parts.append(v_BND)
+            positions.append(video_positions(range(1, K + 1), h, w, obs.device))
+            first_v = 2 if noisy_actions else 1
+            if sigma_video_B.ndim == 1:
+                vid_runs = [(K * h * w, first_v)]
+            else:
+                vid_runs = [(h * w, first_v + k) for k in range(K)]
+            runs.extend(vid_runs)
+        n_ctx, n_vid = ctx_BND.shape[1], K * h * w
+        N = n_ctx + n_act + n_vid
+        if attention == "full":
+            segments: tuple[int, ...] = (N,)
+        else:
+            segments = tuple(n for n in (n_ctx, n_act, n_vid) if n)
+        tok = _Tokens(
+            x_BND=torch.cat(parts, dim=1),
+            runs=tuple(runs),
+            rope=rope_for_positions(torch.cat(positions), cfg.rope_split, cfg.rope_theta),
+            segments=segments,
+            n_ctx=n_ctx,
+            n_act=n_act,
+            n_vid=n_vid,
+        )
+
+        key_mask = None
+        if actions_present_B is not None:
+            present = _expect("actions_present_B", actions_present_B, (B,)).bool()
+            key_mask = torch.ones(B, N, dtype=torch.bool, device=obs.device)
+            key_mask[:, n_ctx : n_ctx + n_act] = present[:, None]
+
+        text_kv, text_mask = self._text(_expect("text_BLD", text_BLD, (B, None, cfg.text_dim)), text_mask_BL)
+        x_BND, _ = self._run_blocks(tok, mod_BG6D, text_kv, text_mask, key_mask_BM=key_mask)
+
+        # ---- heads
+        action_v = video_v = None
+        if noisy_actions:
+            a = x_BND[:, n_ctx : n_ctx + n_act]
+            action_v = self.action_out(a, temb_BGD, ((n_act, 1),), embodiment_id_B)
+        if wants_video:
+            v = x_BND[:, n_ctx + n_act :]
+            v = self.video_out(v, temb_BGD, tuple(vid_runs))
+            video_v = rearrange(
+                v,
+                "b (k h w) (pt ph pw c) -> b c (k pt) (h ph) (w pw)",
+                k=K,
+                h=h,
+                w=w,
+                pt=cfg.patch[0],
+                ph=cfg.patch[1],
+                pw=cfg.patch[2],
+            )
+        return ModelOutput(action_velocity_BP32=action_v, video_velocity_BCKHW=video_v)
+
+    # ------------------------------------------------------------ action-only decoding
+
+    def encode_context(
+        self,
+        obs_latent_BCFHW: Tensor,
+        *,
+        state_B32: Tensor | None = None,
+        embodiment_id_B: Tensor,
+        text_BLD: Tensor,
+        text_mask_BL: Tensor | None = None,
+    ) -> ContextCache:
+        """Run the clean C tokens once; keep each layer's K/V for ``forward_actions``."""
+        cfg = self.cfg
+        obs = _expect("obs_latent_BCFHW", obs_latent_BCFHW, (None, cfg.latent_channels, 1, None, None))
+        B = obs.shape[0]
+        e = self._check_embodiment(embodiment_id_B, B)
+        ctx_BND, pos = self._context_tokens(obs, state_B32, e)
+        n_ctx = ctx_BND.shape[1]
+        tok = _Tokens(
+            x_BND=ctx_BND,
+            runs=((n_ctx, 0),),
+            rope=rope_for_positions(pos, cfg.rope_split, cfg.rope_theta),
+            segments=(n_ctx,),
+            n_ctx=n_ctx,
+            n_act=0,
+            n_vid=0,
+        )
+        _, mod_BG6D = self._time(torch.zeros(B, 1, device=obs.device))
+        text_kv, text_mask = self._text(_expect("text_BLD", text_BLD, (B, None, cfg.text_dim)), text_mask_BL)
+        _, kvs = self._run_blocks(tok, mod_BG6D, text_kv, text_mask)
+        return ContextCache(tuple(kvs), text_kv, text_mask, e, n_ctx)
+
+    def forward_actions(self, cache: ContextCache, actions_BP32: Tensor, sigma_action_B: Tensor) -> Tensor:
+        """Action velocity [B, P, 32] of noisy actions, attending to the cached context only."""
+        cfg = self.cfg
+        B = cache.embodiment_id_B.shape[0]
+        acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
+        temb_BGD, mod_BG6D = self._time(_expect("sigma_action_B", sigma_action_B, (B,)).float()[:, None])
+        a_BND, a_pos = self._action_tokens(acts, cache.embodiment_id_B)
+        P = a_BND.shape[1]
+        tok = _Tokens(
+            x_BND=a_BND,
+            runs=((P, 0),),
+            rope=rope_for_positions(a_pos, cfg.rope_split, cfg.rope_theta),
+            segments=(P,),
+            n_ctx=0,
+            n_act=P,
+            n_vid=0,
+        )
+        x_BND, _ = self._run_blocks(tok, mod_BG6D, cache.text_kv, cache.text_mask_B11L, prefix=cache.self_kv)
+        return self.action_out(x_BND, temb_BGD, ((P, 0),), cache.embodiment_id_B)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> ActionVideoTransformer:
+    """Instantiate on ``device`` (``"meta"`` builds the module without allocating weights)."""
+    with torch.device(device or "cpu"):
+        return ActionVideoTransformer(cfg)
+
+
+def param_count(cfg_or_model: ModelConfig | nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters; a config is instantiated on the meta device (nothing allocated)."""
+    model = build_model(cfg_or_model, "meta") if isinstance(cfg_or_model, ModelConfig) else cfg_or_model
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
