@@ -79,7 +79,8 @@ class FilterConfig:
     min_sharpness: float = 4.0  # variance of the 4-neighbour Laplacian at sharpness_size², gray 0..255
     # near duplicates: pHash of `hash_frames` evenly spaced frames + action SimHash
     hash_frames: int = 4
-    max_hamming: int = 4  # duplicate when every 64-bit component differs in at most this many bits
+    max_hamming: int = 4  # duplicate when every 64-bit frame pHash differs in at most this many bits
+    max_action_hamming: int = 1  # … and the action SimHash in at most this many
 
     def __post_init__(self) -> None:
         w = "FilterConfig"
@@ -95,6 +96,7 @@ class FilterConfig:
         _check(self.max_sampled_frames >= 2, w, "max_sampled_frames", "must be >= 2 (motion needs a pair)")
         _check(self.hash_frames >= 1, w, "hash_frames", "must be >= 1")
         _check(0 <= self.max_hamming < 32, w, "max_hamming", "must be in [0, 32)")
+        _check(0 <= self.max_action_hamming < 32, w, "max_action_hamming", "must be in [0, 32)")
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,19 @@ Two stages, each a pure function so it can be tested without Ray (STYLE.md):
 * ``discover(spec)``  source → episode references            (1:N, cheap, metadata only)
 * ``load(ref)``       reference → Episode, or a Rejection      (1:1, runs in the workers)
 
+``discover_sources(folder)`` turns a folder of datasets into one SourceSpec per dataset.
+``load`` stays cheap (readers check headers, never decode); with ``decode=True`` it also
+decodes every frame, and a video that only fails then (data cut behind an intact header)
+is rejected at stage ``"decode"``.
+
 Every input ends up as exactly one Episode or one Rejection: a source that cannot be
 listed at all (unknown layout, unreadable folder) is one rejected input, an episode that
 fails to load or validate is one rejected input. Nothing raises out of a worker and
 nothing is dropped, so ``inputs = episodes + rejections`` always holds.
 
-Rows on the Ray path are :class:`StreamItem` rows: ``kind`` plus either an Episode row or a
-Rejection row, so downstream stages can split the ledger off with one ``filter``.
+Rows on the Ray path are StreamItem rows (:data:`STREAM_ITEM_SCHEMA`): ``kind`` plus either
+an Episode row or a Rejection row, so downstream stages can split the ledger off with one
+``filter``. Every block is built against that schema, never inferred from Python rows.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from curation.formats import EpisodeRef, LoadError, SourceMapping, detect_format, reader_class
+from curation.formats import FORMATS, EpisodeRef, LoadError, SourceMapping, detect_format, reader_class
 from curation.formats.base import SourceReader
+from curation.formats.mapping import SIDECAR_NAME
 from schemas import Episode, FrameRef, Rejection, SchemaError
 
 
@@ -96,8 +104,47 @@ def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
         reader = _reader(fmt, spec.path, mapping_json, spec.name or "")
         refs = reader.list_episodes()
     except Exception as err:  # every failure goes to the ledger
-        return [], [_rejection(err, "discover", spec.path, f"{Path(spec.path).name}#*", spec.name or "")]
+        name = spec.name or Path(spec.path).stem  # the reader's default source name
+        return [], [_rejection(err, "discover", spec.path, f"{Path(spec.path).name}#*", name)]
     return [_with_mapping(ref, mapping_json) for ref in refs], []
+
+
+def _is_dataset(path: Path) -> bool:
+    """Some format's ``detect`` accepts ``path`` (one or several: ambiguity is discover's to report)."""
+    return any(reader_class(fmt).detect(path) for fmt in FORMATS)
+
+
+def discover_sources(folder: str | Path, *, max_depth: int = 2) -> list[SourceSpec]:
+    """One SourceSpec per dataset in ``folder``: each child that is one, in name order.
+
+    A child folder that no format accepts is searched ``max_depth`` levels further for
+    datasets (TFDS/RLDS keeps its episodes in ``<name>/<version>/``); if none is found the
+    child itself is listed, so that ``discover`` turns it into an ``unknown_layout``
+    rejection instead of it vanishing. Hidden entries and mapping sidecars
+    (``<file>.gwp_source.json``, read by the reader of ``<file>``) are not sources.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: not a folder of sources")
+
+    def found_below(path: Path, depth: int) -> list[Path]:
+        if _is_dataset(path):
+            return [path]
+        if depth == 0 or not path.is_dir():
+            return []
+        return [hit for child in _children(path) for hit in found_below(child, depth - 1)]
+
+    specs = []
+    for child in _children(folder):
+        hits = [child] if _is_dataset(child) else found_below(child, max_depth) if child.is_dir() else []
+        specs += [SourceSpec(path=str(p)) for p in hits or [child]]
+    return specs
+
+
+def _children(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and not p.name.endswith(SIDECAR_NAME)
+    )
 
 
 def _with_mapping(ref: EpisodeRef, mapping_json: str) -> EpisodeRef:
@@ -109,30 +156,46 @@ def _with_mapping(ref: EpisodeRef, mapping_json: str) -> EpisodeRef:
 
 
 def load(ref: EpisodeRef, *, decode: bool = False) -> Episode | Rejection:
-    """Load and validate one episode; ``decode`` materialises its frames (in the worker)."""
+    """Load and validate one episode; ``decode`` materialises its frames (in the worker).
+
+    Loading is cheap: readers check video headers (does the file exist, open, hold enough
+    frames) but never decode. A video whose header is intact but whose data is cut or
+    corrupt is therefore only caught with ``decode=True``; its rejection has stage
+    ``"decode"`` and names the episode by id (it loaded, so it has one).
+    """
     mapping_json = ref.locator.get("_mapping", "")
     try:
         reader = _reader(ref.format, ref.root, mapping_json, ref.source if mapping_json else "")
         episode = reader.load(ref).validate()
-        if decode:
-            episode = decode_episode(episode)
-        return episode
     except Exception as err:  # every failure goes to the ledger
         return _rejection(err, "load", ref.path, ref.label, ref.source)
+    if not decode:
+        return episode
+    try:
+        return decode_episode(episode)
+    except Exception as err:
+        rej = _rejection(err, "decode", ref.path, episode.episode_id, ref.source)
+        return Rejection(
+            rej.stage, rej.reason, rej.path, rej.episode, f"{ref.label}: {rej.detail}", rej.source
+        )
 
 
 def decode_episode(episode: Episode) -> Episode:
-    """The same episode with every camera's frames decoded inline."""
+    """The same episode with every camera's frames decoded inline; LoadError names file and camera."""
     from curation.frames import decode_frames
 
     cams = {}
     for role, ref in episode.cameras.items():
-        frames = decode_frames(ref)
+        where = ref.path or episode.source_path
+        try:
+            frames = decode_frames(ref)
+        except LoadError as err:
+            raise LoadError(err.reason, f"camera {role}: {err.detail}", err.path, episode.episode_id) from err
         if frames.shape[0] != episode.length:
             raise LoadError(
                 "frame_count_mismatch",
                 f"camera {role}: decoded {frames.shape[0]} frames, episode has {episode.length} steps",
-                ref.path or episode.source_path,
+                where,
                 episode.episode_id,
             )
         cams[role] = FrameRef(kind="inline", array=np.ascontiguousarray(frames), fps=ref.fps)
@@ -152,6 +215,18 @@ def iter_episodes(
 
 # ---- Ray Data -----------------------------------------------------------------------
 
+# Every StreamItem block carries this exact schema, whatever its rows hold: Arrow cannot
+# infer a struct from a column that is all None (a block of only rejections) nor a map from
+# Python tuples, and Ray would fall back to pickled Python objects that no Parquet writer or
+# Arrow batch consumer downstream can read. Building each block against the schema avoids it.
+STREAM_ITEM_SCHEMA = pa.schema(
+    [
+        ("kind", pa.string()),  # "episode" | "rejection"
+        ("episode", pa.struct(list(Episode.arrow_schema()))),
+        ("rejection", pa.struct(list(Rejection.arrow_schema()))),
+    ]
+)
+
 
 def item_row(item: Episode | Rejection) -> dict[str, Any]:
     """A StreamItem row: exactly one of ``episode`` / ``rejection`` is set."""
@@ -166,20 +241,30 @@ def item_from_row(row: dict[str, Any]) -> Episode | Rejection:
     return Rejection.from_row(row["rejection"])
 
 
+def items_table(items: Iterable[Episode | Rejection]) -> pa.Table:
+    """StreamItem rows as an Arrow table with :data:`STREAM_ITEM_SCHEMA`."""
+    return pa.Table.from_pylist([item_row(i) for i in items], schema=STREAM_ITEM_SCHEMA)
+
+
 def _discover_row(row: dict[str, Any]) -> list[dict[str, Any]]:
+    # Intermediate rows (also used by curation.pipeline): the ref as JSON, the rejection as a row or None.
     refs, rejected = discover(SourceSpec.from_row(row))
     out = [{"kind": "ref", "ref": json.dumps(ref.to_row()), "rejection": None} for ref in refs]
     out += [{"kind": "rejection", "ref": "", "rejection": r.to_row()} for r in rejected]
     return out
 
 
-def _make_load_row(decode: bool):
-    def load_row(row: dict[str, Any]) -> dict[str, Any]:
-        if row["kind"] == "rejection":
-            return {"kind": "rejection", "episode": None, "rejection": row["rejection"]}
-        return item_row(load(EpisodeRef.from_row(json.loads(row["ref"])), decode=decode))
+def _make_load_batch(decode: bool):
+    def load_batch(batch: pa.Table) -> pa.Table:
+        items = []
+        for row in batch.to_pylist():
+            if row["kind"] == "rejection":
+                items.append(Rejection.from_row(row["rejection"]))
+            else:
+                items.append(load(EpisodeRef.from_row(json.loads(row["ref"])), decode=decode))
+        return items_table(items)
 
-    return load_row
+    return load_batch
 
 
 def read_episodes(
@@ -188,17 +273,23 @@ def read_episodes(
     decode: bool = False,
     load_num_cpus: float = 0.5,
 ):
-    """A ``ray.data.Dataset`` of StreamItem rows for every episode of every source.
+    """A ``ray.data.Dataset`` of StreamItem rows (:data:`STREAM_ITEM_SCHEMA`) for every episode.
 
     Sources are listed in parallel (one task per source) and episodes are loaded — and, with
-    ``decode=True``, their video decoded — in the workers. Fractional CPUs keep a 2-core
-    machine from deadlocking when actor pools run downstream (DESIGN.md §4).
+    ``decode=True``, their video decoded — in the workers, one episode per task. Fractional
+    CPUs keep a 2-core machine from deadlocking when actor pools run downstream (DESIGN.md §4).
     """
     import ray
 
     specs = [SourceSpec.coerce(s).to_row() for s in sources]
-    ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
+    if not specs:
+        raise ValueError("read_episodes needs at least one source")
+    ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     # discover: 1 source -> N episode refs (+ a rejection for an unlistable source); metadata only
     ds = ds.flat_map(_discover_row, num_cpus=0.25)
-    # load (+ decode): 1:1, the expensive part, spread over workers
-    return ds.map(_make_load_row(decode), num_cpus=load_num_cpus)
+    # one ref per block, so that one big source's episodes load in parallel, not in one task
+    ds = ds.repartition(target_num_rows_per_block=1)
+    # load (+ decode): 1:1, the expensive part; a fixed Arrow schema whatever the rows hold
+    return ds.map_batches(
+        _make_load_batch(decode), batch_size=1, batch_format="pyarrow", num_cpus=load_num_cpus
+    )

@@ -138,7 +138,10 @@ def write_report(out: str | Path, max_rows: int = 2000) -> Path:
         "| stage | in | out | rejected |",
         "|---|---|---|---|",
     ]
-    for stage, sc in manifest.stage_counts.items():
+    order = ["ingest", "filter", "dedup", "decode", "window", "windows", "caption"]
+    stages = sorted(manifest.stage_counts, key=lambda k: (order.index(k) if k in order else len(order), k))
+    for stage in stages:
+        sc = manifest.stage_counts[stage]
         lines.append(f"| {stage} | {sc.get('in', '')} | {sc.get('out', '')} | {sc.get('rejected', '')} |")
     lines.append("")
     for title, fname, ok in (

@@ -17,6 +17,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-sim": ("pipelines.generate_sim", "generate Meta-World expert demonstrations (LeRobot v3.0)"),
     "ingest": ("pipelines.ingest", "read heterogeneous sources into one episode stream; count and ledger"),
     "convert": ("pipelines.convert", "write episodes of any source in another format"),
+    "curate": ("pipelines.curate", "Ray Data curation: filter, caption, normalise, write shards + report"),
+    "pretrain": ("pipelines.pretrain", "DeepSpeed pretraining of the action-conditioned video model"),
+    "finetune": ("pipelines.finetune", "DeepSpeed fine-tuning of the GWP policy (joint action + video)"),
+    "evaluate": ("pipelines.evaluate", "closed-loop evaluation in simulation, with reports"),
+    "publish": ("pipelines.publish", "push a curated dataset or a saved model folder to the Hub"),
+    "demo": ("pipelines.demo", "every stage end to end on the embedded default data"),
 }
 
 

@@ -26,22 +26,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def convert(sources: list[str | SourceSpec], fmt: str, out: Path) -> tuple[Path, list[Rejection]]:
+    """Write every loadable episode of ``sources`` as ``fmt`` at ``out``; returns (path, rejections).
+
+    Episodes are collected first: some writers (HDF5, raw video) take a sequence, and loaded
+    episodes hold frame *references*, so the list is small; frames are decoded one episode
+    at a time by the writer.
+    """
+    episodes: list[Episode] = []
     rejected: list[Rejection] = []
-
-    def episodes():
-        for item in iter_episodes(sources):
-            if isinstance(item, Episode):
-                yield item
-            else:
-                rejected.append(item)
-
-    path = writer(fmt)(episodes(), out)
+    for item in iter_episodes(sources):
+        (episodes if isinstance(item, Episode) else rejected).append(item)
+    if not episodes:
+        raise ValueError(f"nothing to convert: all {len(rejected)} input(s) were rejected")
+    path = writer(fmt)(episodes, out)
     return Path(path), rejected
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path, rejected = convert(args.sources, args.to, args.out)
+    try:
+        path, rejected = convert(args.sources, args.to, args.out)
+    except (ValueError, FileExistsError) as err:
+        print(f"gwp convert: {err}", file=sys.stderr)
+        return 1
     for r in rejected:
         print(f"not converted: {r.path} [{r.episode}]: {r.reason}: {r.detail}", file=sys.stderr)
     print(f"wrote {args.to} to {path}")

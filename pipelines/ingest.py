@@ -1,6 +1,7 @@
 """``gwp ingest`` — read any mix of sources into one episode stream and account for it.
 
     gwp ingest data/metaworld data/robomimic.hdf5 --ray --ledger runs/ledger.jsonl
+    gwp ingest --scan data/ --decode          # every dataset in data/ (curation.ingest.discover_sources)
 
 Prints, per source and format, how many episodes loaded and how many were rejected (with
 their reasons), and writes the rejection ledger as JSON lines. ``--ray`` runs the same
@@ -15,7 +16,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from curation.ingest import SourceSpec, item_from_row, iter_episodes, read_episodes
+import pyarrow as pa
+
+from curation.ingest import (
+    SourceSpec,
+    discover_sources,
+    item_from_row,
+    items_table,
+    iter_episodes,
+    read_episodes,
+)
 from schemas import Episode, Rejection
 
 
@@ -23,10 +33,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gwp ingest", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
     p.add_argument("--format", default=None, help="force one format for every source")
+    p.add_argument("--scan", action="store_true", help="each argument is a folder of sources, one per child")
     p.add_argument("--ray", action="store_true", help="run as a Ray Data job")
     p.add_argument("--decode", action="store_true", help="also decode every frame (checks the videos)")
     p.add_argument("--ledger", type=Path, default=None, help="write rejections here as JSON lines")
     return p
+
+
+def _without_frames(item: Episode | Rejection) -> Episode | Rejection:
+    """Only counts are needed here: drop (possibly decoded) frames as soon as an episode is read."""
+    return item.with_(cameras={}) if isinstance(item, Episode) else item
+
+
+def _without_frames_batch(batch: pa.Table) -> pa.Table:
+    return items_table(_without_frames(item_from_row(r)) for r in batch.to_pylist())
 
 
 def summarise(items: list[Episode | Rejection]) -> dict:
@@ -45,14 +65,18 @@ def summarise(items: list[Episode | Rejection]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    specs = [SourceSpec(path=s, format=args.format) for s in args.sources]
+    paths = [s.path for f in args.sources for s in discover_sources(f)] if args.scan else args.sources
+    specs = [SourceSpec(path=str(s), format=args.format) for s in paths]
     if args.ray:
         import ray
 
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-        items = [item_from_row(r) for r in read_episodes(specs, decode=args.decode).iter_rows()]
+        # 1:1 in the workers: keep decoded frames out of the driver, it only counts
+        ds = read_episodes(specs, decode=args.decode)
+        ds = ds.map_batches(_without_frames_batch, batch_format="pyarrow", num_cpus=0.25)
+        items = [item_from_row(r) for r in ds.iter_rows()]
     else:
-        items = list(iter_episodes(specs, decode=args.decode))
+        items = [_without_frames(i) for i in iter_episodes(specs, decode=args.decode)]
     summary = summarise(items)
     print(json.dumps(summary, indent=2))
     rejections = [i for i in items if isinstance(i, Rejection)]

@@ -297,14 +297,19 @@ def fingerprint(ep: Episode, hash_gray_NHW: np.ndarray | None) -> tuple[int, ...
 
 
 def find_duplicates(
-    items: Iterable[tuple[str, Sequence[int]]], max_hamming: int
+    items: Iterable[tuple[str, Sequence[int]]], max_hamming: int, max_action_hamming: int | None = None
 ) -> dict[str, tuple[str, int]]:
     """``{duplicate id: (kept id, max component distance)}`` over ``(episode id, fingerprint)``.
 
     Deterministic and independent of input order: ids are visited in sorted order and an
     episode is kept unless some already kept episode with a fingerprint of the same length
-    is within ``max_hamming`` bits on every component; then it maps to the smallest such id.
+    is within ``max_hamming`` bits on every frame component and within ``max_action_hamming``
+    bits on the last (action) component (``None``: the same ``max_hamming``); then it maps to
+    the smallest such id. Frames of one simulated task look alike from episode to episode, so
+    the action signature is what tells two demonstrations apart; a copy of an episode (even
+    re-encoded in another format) has the same actions.
     """
+    action_limit = max_hamming if max_action_hamming is None else max_action_hamming
     ordered = sorted((str(i), tuple(int(h) for h in fp)) for i, fp in items)
     ids = [i for i, _ in ordered]
     if len(set(ids)) != len(ids):
@@ -323,8 +328,9 @@ def find_duplicates(
         candidates = sorted({k for key in keys for k in buckets.get(key, ())})
         match = None
         for k in candidates:  # kept indices ascend with ids, so the first match is the smallest id
-            dist = max(hamming(x, y) for x, y in zip(fp, kept[k][1], strict=True))
-            if dist <= max_hamming:
+            dists = [hamming(x, y) for x, y in zip(fp, kept[k][1], strict=True)]
+            dist = max(dists)
+            if max(dists[:-1], default=0) <= max_hamming and dists[-1] <= action_limit:
                 match = (kept[k][0], dist)
                 break
         if match is not None:
@@ -442,5 +448,5 @@ def make_dedup_rejections(rows: Iterable[dict[str, Any]], cfg: FilterConfig) -> 
             continue
         info[r["episode_id"]] = (r.get("source_path") or "", r.get("source") or "")
         items.append((r["episode_id"], fingerprint_from_hex(r["fingerprint"])))
-    dups = find_duplicates(items, cfg.max_hamming)
+    dups = find_duplicates(items, cfg.max_hamming, cfg.max_action_hamming)
     return [duplicate_rejection(i, kept, d, *info[i]) for i, (kept, d) in sorted(dups.items())]

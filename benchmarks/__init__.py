@@ -1,0 +1,1 @@
+"""Measured figures for BENCHMARKS.md; each module is a script: ``python -m benchmarks.<name>``."""

@@ -1,0 +1,186 @@
+"""Per-episode sample making: one episode in, its un-normalised sample rows out (1:1).
+
+This is the heavy stage of curation, one call per episode so that every frame is decoded
+once and resized once, whatever the window geometry::
+
+    load episode (by reference) → decode every camera once → compose the views of all T
+    steps once ([T, H, W, 3]) → window → encode each window's 1+K composed frames
+
+Normalisation needs statistics over the whole corpus, so rows here keep the *raw* action
+chunk and state (``raw_action [p, Da]``, ``raw_state [Ds]``); the shard writer normalises
+them. The result travels through Ray as one row per episode whose ``table`` column is the
+episode's rows as Arrow IPC bytes: one fixed schema for every Ray block, however many
+windows an episode has, and the episode's ledger travels with it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation.config import CurationConfig
+from curation.formats import EpisodeRef
+from curation.frames import decode_frames
+from curation.ingest import _rejection, load
+from curation.stages.caption import text_embedding_fallback
+from curation.stages.compose import compose_views, encode_frames
+from curation.stages.windowing import window_episode
+from schemas import Episode, Rejection, Sample, get_embodiment
+from schemas.sample import QUALITY_KEYS
+
+# Sample columns that the shard stage computes (normalised) replace these raw ones.
+RAW_SCHEMA = pa.schema(
+    [f for f in Sample.arrow_schema() if f.name not in ("action", "action_mask", "state", "state_mask")]
+    + [
+        pa.field("raw_action", pa.list_(pa.list_(pa.float32()))),
+        pa.field("raw_state", pa.list_(pa.float32())),
+        pa.field("valid_steps", pa.int64()),
+    ]
+)
+
+
+def table_to_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def table_from_bytes(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(io.BytesIO(data)).read_all()
+
+
+def episode_sample_rows(
+    episode: Episode, cfg: CurationConfig, quality: dict[str, float]
+) -> tuple[list[dict[str, Any]], list[Rejection], int]:
+    """``(raw rows, window rejections, candidate windows)`` of one validated episode."""
+    result = window_episode(episode, cfg.windows, quality)
+    if not result.windows:
+        return [], result.rejections, result.candidates
+    views = {role: decode_frames(ref) for role, ref in episode.cameras.items()}
+    for role, frames in views.items():
+        if frames.shape[0] != episode.length:
+            raise_mismatch(episode, role, frames.shape[0])
+    vc = cfg.video
+    composed_THWC = compose_views(views, vc.width, vc.height, vc.fit)
+    spec = get_embodiment(episode.embodiment)
+    text_emb = text_embedding_fallback([episode.instruction])[0]
+    rows = []
+    for w in result.windows:
+        frames = composed_THWC[list(w.camera_indices)]
+        video = encode_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
+        rows.append(
+            {
+                "sample_id": w.sample_id,
+                "episode_id": w.episode_id,
+                "source": w.source,
+                "embodiment": w.embodiment,
+                "embodiment_id": spec.id,
+                "start_frame": w.start_frame,
+                "frame_indices": list(w.frame_indices),
+                "instruction": w.instruction,
+                "caption": "",
+                "video": video,
+                "video_format": vc.format,
+                "height": vc.height,
+                "width": vc.width,
+                "quality": {k: w.quality.get(k) for k in QUALITY_KEYS},
+                "text_embedding": text_emb.tolist(),
+                "latent_shape": [],
+                "raw_action": w.action.tolist(),
+                "raw_state": w.state.tolist(),
+                "valid_steps": w.valid_steps,
+            }
+        )
+    return rows, result.rejections, result.candidates
+
+
+def raise_mismatch(episode: Episode, role: str, got: int) -> None:
+    from curation.formats import LoadError
+
+    ref = episode.cameras[role]
+    raise LoadError(
+        "frame_count_mismatch",
+        f"camera {role}: video has {got} frames, episode has {episode.length} steps",
+        ref.path or episode.source_path,
+        episode.episode_id,
+    )
+
+
+def make_episode_fn(cfg: CurationConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Per-row (1:1) function for ``Dataset.map`` over accepted-episode rows.
+
+    Input: ``group``, ``ref`` (EpisodeRef JSON), ``quality`` (JSON). Output: ``group``,
+    ``episode_id``, ``table`` (raw rows as Arrow IPC, empty when none), ``ledger`` (JSON list
+    of Rejection rows), ``windows_in`` (candidate windows), ``rejected`` (episode-level).
+    """
+
+    def episode_row(row: dict[str, Any]) -> dict[str, Any]:
+        ref = EpisodeRef.from_row(json.loads(row["ref"]))
+        quality = json.loads(row["quality"])
+        item = load(ref)
+        rows: list[dict[str, Any]] = []
+        ledger: list[Rejection] = []
+        windows_in, episode_id = 0, ref.label
+        if isinstance(item, Rejection):
+            ledger, rejected = [item], True
+        else:
+            episode_id = item.episode_id
+            try:
+                rows, ledger, windows_in = episode_sample_rows(item, cfg, quality)
+                rejected = not rows
+            except Exception as err:  # a video that fails to decode is this episode's problem only
+                rows, windows_in, rejected = [], 0, True
+                ledger = [_rejection(err, "decode", ref.path, item.episode_id, item.source)]
+        table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA) if rows else None
+        return {
+            "group": int(row["group"]),
+            "episode_id": episode_id,
+            "table": table_to_bytes(table) if table is not None else b"",
+            "ledger": json.dumps([r.to_row() for r in ledger]),
+            "windows_in": int(windows_in),
+            "rejected": bool(rejected),
+        }
+
+    return episode_row
+
+
+class EpisodeCaptioner:
+    """Ray Data actor: CoCa captions, CLIP scores and CLIP text embeddings for every sample
+    of a batch of episode rows (see :func:`make_episode_fn`). The model loads once per actor."""
+
+    def __init__(self, caption_cfg):
+        from curation.stages.caption import Captioner
+
+        self.captioner = Captioner(caption_cfg)
+        self.batch = caption_cfg.batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from curation.stages.compose import decode_sample_frames
+
+        tables = [table_from_bytes(b) if len(b) else None for b in batch["table"]]
+        rows = [r for t in tables if t is not None for r in t.to_pylist()]
+        for start in range(0, len(rows), self.batch):
+            chunk = rows[start : start + self.batch]
+            images = np.stack([decode_sample_frames(r["video"], r["video_format"])[0] for r in chunk])
+            texts = [r["instruction"] for r in chunk]
+            scores, captions = self.captioner.score_and_caption(images, texts)
+            embeddings = self.captioner.embed_text(texts)
+            for r, score, caption, emb in zip(chunk, scores, captions, embeddings, strict=True):
+                r["caption"] = caption
+                r["quality"] = {**r["quality"], "clip_score": float(score)}
+                r["text_embedding"] = emb.tolist()
+        out_tables, pos = [], 0
+        for t in tables:
+            if t is None:
+                out_tables.append(b"")
+                continue
+            part = rows[pos : pos + t.num_rows]
+            pos += t.num_rows
+            out_tables.append(table_to_bytes(pa.Table.from_pylist(part, schema=RAW_SCHEMA)))
+        return {**batch, "table": np.asarray(out_tables, dtype=object)}

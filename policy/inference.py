@@ -1,0 +1,148 @@
+"""Euler sampling of the GWP policy: action-only (cached context) and joint (actions + video).
+
+Shape legend: B batch · P action chunk · 32 padded dims · C, K, h, w latent video · L text tokens.
+
+Both samplers integrate the rectified flow from σ = 1 (noise) to σ = 0 in ``num_steps`` Euler
+steps (10 by default, no guidance) over :func:`pretrain.flow.sigma_schedule` grids shifted like
+training: the action grid with the action shift, the video grid with the video shift. At step i
+the actions sit at σ_a[i] and the future latents at σ_v[i]; each moves by (σ[i+1] − σ[i])·v.
+
+* **action-only** (:func:`sample_actions`): the context C (state token + observation latent) is
+  clean, and C attends only to C, so its per-layer keys/values are the same at every step. It
+  runs once (``ActionVideoTransformer.encode_context``) and the P action tokens are denoised
+  against that cache (``forward_actions``): per step P tokens instead of C + P.
+  ``use_cache=False`` runs the full ``mode="action"`` forward each step instead (the reference
+  the cache is checked against).
+* **joint** (:func:`sample_joint`): A and V are denoised together with ``mode="joint"``, every
+  step over C + A + V tokens, and the future latents are returned for the codec to decode.
+  Because V cannot reach A, the actions equal the action-only ones for the same action noise.
+
+Noise: pass ``action_noise_BP32`` / ``video_noise_BCKhw`` for fixed-noise runs (tests), or a
+``generator``; otherwise the global torch RNG is used.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pretrain.flow import sigma_schedule
+from pretrain.model import ActionVideoTransformer
+
+
+@dataclass(frozen=True)
+class Context:
+    """The conditioning of one batch of observations, already in model space."""
+
+    obs_latent_BC1hw: Tensor
+    state_B32: Tensor | None
+    embodiment_id_B: Tensor
+    text_BLD: Tensor
+    text_mask_BL: Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.obs_latent_BC1hw.shape[0]
+
+
+def _noise(
+    shape: tuple[int, ...], given: Tensor | None, generator: torch.Generator | None, like: Tensor
+) -> Tensor:
+    if given is not None:
+        if tuple(given.shape) != shape:
+            raise ValueError(f"fixed noise must have shape {list(shape)}, got {list(given.shape)}")
+        return given.to(device=like.device, dtype=torch.float32)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=torch.float32)
+
+
+@torch.no_grad()
+def sample_actions(
+    model: ActionVideoTransformer,
+    ctx: Context,
+    *,
+    num_steps: int = 10,
+    shift: float = 5.0,
+    action_noise_BP32: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Tensor:
+    """Normalised actions [B, P, 32] (float32) by action-only decoding."""
+    cfg = model.cfg
+    B = ctx.batch
+    x = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, ctx.obs_latent_BC1hw)
+    sigmas = sigma_schedule(num_steps, shift, device=x.device)
+    if use_cache:
+        cache = model.encode_context(
+            ctx.obs_latent_BC1hw,
+            state_B32=ctx.state_B32,
+            embodiment_id_B=ctx.embodiment_id_B,
+            text_BLD=ctx.text_BLD,
+            text_mask_BL=ctx.text_mask_BL,
+        )
+
+        def velocity(x_BP32: Tensor, s_B: Tensor) -> Tensor:
+            return model.forward_actions(cache, x_BP32.to(model.dtype), s_B).float()
+    else:
+
+        def velocity(x_BP32: Tensor, s_B: Tensor) -> Tensor:
+            out = model(
+                ctx.obs_latent_BC1hw,
+                None,
+                ctx.state_B32,
+                ctx.embodiment_id_B,
+                x_BP32.to(model.dtype),
+                s_B,
+                None,
+                ctx.text_BLD,
+                ctx.text_mask_BL,
+                "action",
+            )
+            return out.action_velocity_BP32.float()
+
+    for s, s_next in itertools.pairwise(sigmas):
+        x = x + (s_next - s) * velocity(x, s.expand(B))
+    return x
+
+
+@torch.no_grad()
+def sample_joint(
+    model: ActionVideoTransformer,
+    ctx: Context,
+    *,
+    num_future: int | None = None,
+    num_steps: int = 10,
+    action_shift: float = 5.0,
+    video_shift: float = 2.0,
+    action_noise_BP32: Tensor | None = None,
+    video_noise_BCKhw: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(normalised actions [B, P, 32], future latents [B, C, K, h, w])``, both float32."""
+    cfg = model.cfg
+    B = ctx.batch
+    _, C, _, h, w = ctx.obs_latent_BC1hw.shape
+    K = num_future or cfg.num_future
+    like = ctx.obs_latent_BC1hw
+    xa = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, like)
+    xv = _noise((B, C, K, h, w), video_noise_BCKhw, generator, like)
+    sa = sigma_schedule(num_steps, action_shift, device=xa.device)
+    sv = sigma_schedule(num_steps, video_shift, device=xa.device)
+    for i in range(num_steps):
+        out = model(
+            ctx.obs_latent_BC1hw,
+            xv.to(model.dtype),
+            ctx.state_B32,
+            ctx.embodiment_id_B,
+            xa.to(model.dtype),
+            sa[i].expand(B),
+            sv[i].expand(B),
+            ctx.text_BLD,
+            ctx.text_mask_BL,
+            "joint",
+        )
+        xa = xa + (sa[i + 1] - sa[i]) * out.action_velocity_BP32.float()
+        xv = xv + (sv[i + 1] - sv[i]) * out.video_velocity_BCKHW.float()
+    return xa, xv

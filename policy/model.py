@@ -1,0 +1,378 @@
+"""The GWP policy model: the action-centred transformer + a latent codec + the flow objective.
+
+Shape legend: B batch · P action chunk · 32 padded action/state dims · C, K, H, W latent video ·
+h, w latent grid · E stored text-embedding width · T text-encoder width (``model.text_dim``).
+
+Design (DESIGN.md §5, "Policy"):
+
+* **One transformer, two heads used.** :class:`GWPPolicyModel` holds the
+  :class:`~pretrain.model.ActionVideoTransformer` (``self.transformer``) and trains it in mode
+  ``joint``: noisy actions (group A) and noisy future latents (group V) after the clean context
+  (C = state token + observation latent). The block-causal mask inside the transformer keeps V
+  out of A, so action-only decoding at deployment sees exactly what training saw.
+* **Loss** (:meth:`GWPPolicyModel.joint_loss`): rectified flow with separate timestep shifts
+  (actions 5, video 2) and ``λ_a·MSE(actions over the embodiment's valid dims) + λ_v·MSE(future
+  latents)``, λ_a = 5, λ_v = 1 (:class:`~pretrain.flow.FlowConfig`). Noise comes from the global
+  torch RNG unless a generator is given, so the trainer's saved RNG state makes resume exact.
+* **Latents.** Frames from the shard loader (``obs_frames``/``future_frames`` in [-1, 1]) are
+  encoded here by the codec (no gradients); batches that already carry ``obs_latents``/
+  ``future_latents`` (a latent cache) skip the codec. The codec is a plain attribute, not a
+  submodule: its weights (a frozen VAE) are never trained, checkpointed or exported.
+* **Text.** The dataset stores one embedding per instruction, ``text_embedding [B, E]``; it
+  enters cross-attention as one text token, zero-padded from E to the model's text width T
+  (a zero-padded input to a linear layer is a smaller linear layer, so a 64-dim hashed embedding
+  works with a backbone built for 512-dim CLIP). Rows without an embedding get the zero vector.
+* **Initialisation** (:func:`load_backbone`): the transformer's weights from a pretrained
+  checkpoint — a local folder or a Hub model repo id — holding ``model.safetensors`` and a
+  ``config.json`` that contains a ``ModelConfig`` anywhere inside (the trainer's export and
+  ``HubMixin.save_pretrained`` folders both qualify). Weight names may carry a prefix
+  (``transformer.``, ``module.``…); it is found from ``video_in.weight`` and stripped. The
+  action chunk P and the number of future frames K come from the fine-tuning data: no
+  parameter depends on them, so they are replaced in the backbone's config.
+* **Everything inference needs travels in** :class:`PolicyConfig`: the composed image geometry
+  of the dataset (curation's ``VideoConfig`` width/height/fit), how the dataset embedded
+  instructions (hashed fallback or a CLIP text tower), the embodiment specs (delta/absolute
+  dims) and the normalisation settings; the statistics go to ``norm_stats.json`` via
+  :class:`~pretrain.hub.HubMixin`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from curation.config import FIT_MODES, NormConfig
+from pretrain.codec import LatentCodec, make_codec
+from pretrain.config import ModelConfig
+from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
+from pretrain.hub import HubMixin, download_snapshot
+from pretrain.model import ActionVideoTransformer, ModelOutput
+from schemas import EmbodimentSpec
+
+TEXT_KINDS = ("fallback", "clip")
+BACKBONE_FILES = ("model.safetensors", "config.json")
+_ANCHOR = "video_in.weight"  # a parameter every ActionVideoTransformer has, to find the name prefix
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The composed observation image of the dataset (curation ``VideoConfig``): width × height, fit."""
+
+    width: int = 64
+    height: int = 64
+    fit: str = "stretch"
+
+    def __post_init__(self) -> None:
+        if self.width < 4 or self.height < 4 or self.width % 2 or self.height % 2:
+            raise ValueError(
+                f"ImageConfig: width/height must be even and ≥ 4, got {self.width}×{self.height}"
+            )
+        if self.fit not in FIT_MODES:
+            raise ValueError(f"ImageConfig: fit must be one of {list(FIT_MODES)}, got {self.fit!r}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How the dataset embedded instructions; inference must do exactly the same.
+
+    ``fallback``: ``curation.stages.caption.text_embedding_fallback(texts, dim)`` (the manifest's
+    ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
+    """
+
+    kind: str = "fallback"
+    dim: int = 64  # E, the stored embedding width
+    model: str | None = None
+    pretrained: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in TEXT_KINDS:
+            raise ValueError(f"TextConfig: kind must be one of {list(TEXT_KINDS)}, got {self.kind!r}")
+        if self.dim < 1:
+            raise ValueError(f"TextConfig: dim must be ≥ 1, got {self.dim}")
+        if self.kind == "clip" and not self.model:
+            raise ValueError("TextConfig: kind 'clip' needs the open_clip model name")
+
+    @classmethod
+    def from_manifest(cls, caption: dict[str, Any] | None, dim: int) -> TextConfig:
+        """From a manifest's ``config["caption"]`` (None → hashed fallback) and the stored width."""
+        if caption is None:
+            return cls(kind="fallback", dim=dim)
+        return cls(
+            kind="clip",
+            dim=dim,
+            model=caption["model"],
+            pretrained=caption.get("pretrained"),
+            seed=int(caption.get("seed", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    model: ModelConfig
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    codec: str = "pixel"
+    codec_kwargs: dict[str, Any] = field(default_factory=lambda: {"patch": 4})
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embodiments: tuple[EmbodimentSpec, ...] = ()
+    norm: NormConfig = field(default_factory=NormConfig)
+
+    def __post_init__(self) -> None:
+        if self.text.dim > self.model.text_dim:
+            raise ValueError(
+                f"PolicyConfig: the dataset's text embeddings have {self.text.dim} dims, more than the "
+                f"model's text width {self.model.text_dim}"
+            )
+        ids = [s.id for s in self.embodiments]
+        if len(set(ids)) != len(ids) or len({s.name for s in self.embodiments}) != len(ids):
+            raise ValueError(f"PolicyConfig: duplicate embodiment names or ids in {ids}")
+        for s in self.embodiments:
+            if s.id >= self.model.max_embodiments:
+                raise ValueError(
+                    f"PolicyConfig: embodiment {s.name!r} has id {s.id}, the model has "
+                    f"{self.model.max_embodiments} embodiment slots"
+                )
+
+    def embodiment(self, name: str) -> EmbodimentSpec:
+        for s in self.embodiments:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.to_dict(),
+            "flow": dataclasses.asdict(self.flow),
+            "codec": self.codec,
+            "codec_kwargs": dict(self.codec_kwargs),
+            "image": dataclasses.asdict(self.image),
+            "text": dataclasses.asdict(self.text),
+            "embodiments": [s.to_dict() for s in self.embodiments],
+            "norm": dataclasses.asdict(self.norm),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"PolicyConfig.from_dict: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(
+            model=ModelConfig.from_dict(d["model"]),
+            flow=FlowConfig(**d.get("flow", {})),
+            codec=d.get("codec", "pixel"),
+            codec_kwargs=dict(d.get("codec_kwargs", {})),
+            image=ImageConfig(**d.get("image", {})),
+            text=TextConfig(**d.get("text", {})),
+            embodiments=tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", [])),
+            norm=NormConfig(**d.get("norm", {})),
+        )
+
+
+# ---------------------------------------------------------------- the backbone
+
+
+def _find_model_config(node: Any) -> dict[str, Any] | None:
+    """The first dict (depth first) that reads as a ModelConfig."""
+    need = {"dim", "layers", "heads", "head_dim", "ffn_dim"}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    if isinstance(node, dict):
+        if need <= set(node) and set(node) <= fields:
+            return node
+        for v in node.values():
+            found = _find_model_config(v)
+            if found is not None:
+                return found
+    return None
+
+
+def resolve_model_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder as is; otherwise a Hub model repo id, downloaded (cached) at ``revision``."""
+    text = str(path_or_repo_id)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise NotADirectoryError(f"{text}: is a file; expected a model folder or a Hub repo id")
+        return local
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{text!r}: no such local folder, and not a Hub repo id (owner/name)")
+    return download_snapshot(text, repo_type="model", revision=revision, allow_patterns=BACKBONE_FILES)
+
+
+def load_backbone(
+    path_or_repo_id: str | os.PathLike, revision: str | None = None
+) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """``(ModelConfig, transformer state dict)`` of a pretrained checkpoint (see module docstring)."""
+    folder = resolve_model_folder(path_or_repo_id, revision)
+    cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p}: missing; a pretrained checkpoint needs {' and '.join(BACKBONE_FILES)}"
+            )
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
+    found = _find_model_config(meta)
+    if found is None:
+        raise ValueError(
+            f"{cfg_path}: holds no model config (a dict with dim, layers, heads, head_dim, ffn_dim)"
+        )
+    cfg = ModelConfig.from_dict(found)
+    sd = load_file(str(weights))
+    anchors = [k for k in sd if k == _ANCHOR or k.endswith("." + _ANCHOR)]
+    if len(anchors) != 1:
+        raise ValueError(
+            f"{weights}: expected exactly one '{_ANCHOR}' tensor to locate the transformer, found {anchors}"
+        )
+    prefix = anchors[0][: -len(_ANCHOR)]
+    return cfg, {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- the model
+
+
+def text_tokens(emb_BE: Tensor, text_dim: int) -> Tensor:
+    """[B, E] stored embeddings → [B, 1, text_dim] text states (zero-padded)."""
+    B, E = emb_BE.shape
+    if text_dim < E:
+        raise ValueError(f"text embeddings have {E} dims, the model's text width is {text_dim}")
+    out = emb_BE.new_zeros(B, 1, text_dim)
+    out[:, 0, :E] = emb_BE
+    return out
+
+
+class GWPPolicyModel(HubMixin, nn.Module):
+    config_class = PolicyConfig
+
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = ActionVideoTransformer(cfg.model)
+        self.codec: LatentCodec = make_codec(cfg.codec, **cfg.codec_kwargs)
+        if self.codec.latent_channels != cfg.model.latent_channels:
+            raise ValueError(
+                f"codec {cfg.codec!r} gives {self.codec.latent_channels} latent channels, the model "
+                f"takes {cfg.model.latent_channels}"
+            )
+        self.norm_stats = None
+
+    @classmethod
+    def from_backbone(
+        cls,
+        path_or_repo_id: str | os.PathLike,
+        revision: str | None = None,
+        **policy_fields: Any,
+    ) -> GWPPolicyModel:
+        """A policy whose transformer starts from a pretrained checkpoint.
+
+        ``policy_fields``: the other :class:`PolicyConfig` fields, plus ``chunk`` / ``num_future``
+        (P, K of the fine-tuning data), which replace the backbone's.
+        """
+        mcfg, sd = load_backbone(path_or_repo_id, revision)
+        over = {k: policy_fields.pop(k) for k in ("chunk", "num_future") if k in policy_fields}
+        model = cls(PolicyConfig(model=dataclasses.replace(mcfg, **over), **policy_fields))
+        missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path_or_repo_id}: weights do not fit the transformer of its own config: missing "
+                f"{sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        return model
+
+    # the DeepSpeed engine switches activation checkpointing through this attribute
+    @property
+    def activation_checkpointing(self) -> bool:
+        return self.transformer.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, on: bool) -> None:
+        self.transformer.activation_checkpointing = on
+
+    def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
+        """The transformer's forward (``mode="joint"`` by default); see ``ActionVideoTransformer``."""
+        return self.transformer(*args, **kwargs)
+
+    # ------------------------------------------------------------ batch → model inputs
+
+    @torch.no_grad()
+    def encode_frames(self, frames_B3FHW: Tensor) -> Tensor:
+        """Frames in [-1, 1] → latents [B, C, F, h, w] in the model's dtype."""
+        return self.codec.encode(frames_B3FHW.float()).to(self.transformer.dtype)
+
+    def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(obs [B, C, 1, h, w], future [B, C, K, h, w])`` from cached latents or frames."""
+        if "obs_latents" in batch:
+            return batch["obs_latents"], batch["future_latents"]
+        if "obs_frames" not in batch:
+            raise ValueError("batch has neither obs_latents nor obs_frames (load the shards with frames)")
+        obs_B3HW, fut_B3KHW = batch["obs_frames"], batch["future_frames"]
+        if obs_B3HW.dtype == torch.uint8:
+            obs_B3HW, fut_B3KHW = obs_B3HW.float() / 127.5 - 1, fut_B3KHW.float() / 127.5 - 1
+        lat = self.encode_frames(torch.cat([obs_B3HW[:, :, None], fut_B3KHW], dim=2))
+        return lat[:, :, :1], lat[:, :, 1:]
+
+    def batch_text(self, batch: dict[str, Any], B: int, device: torch.device) -> Tensor:
+        """[B, 1, T] text states from ``text_embedding`` (zero vector for rows without one)."""
+        emb = batch.get("text_embedding")
+        if emb is None:
+            emb = torch.zeros(B, self.cfg.text.dim, device=device)
+        elif "text_embedding_mask" in batch:
+            emb = emb * batch["text_embedding_mask"].to(emb.dtype)[:, None]
+        return text_tokens(emb.float(), self.cfg.model.text_dim).to(self.transformer.dtype)
+
+    # ------------------------------------------------------------ training
+
+    def joint_loss(
+        self,
+        batch: dict[str, Any],
+        forward: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """λ_a·action + λ_v·video flow loss of one batch; ``forward`` is the callable to run
+        (the DeepSpeed engine during training, ``self`` otherwise)."""
+        forward = forward or self
+        act_BP32 = batch["action"].float()
+        B, P = act_BP32.shape[:2]
+        if self.cfg.model.chunk != P:
+            raise ValueError(
+                f"batch action chunk is {P}, the policy was configured for {self.cfg.model.chunk}"
+            )
+        mask_B32 = batch["action_mask"]
+        obs, fut = self.batch_latents(batch)
+        fc, dev = self.cfg.flow, act_BP32.device
+        s_a = sample_sigma(B, fc.action_shift, generator, dev)
+        s_v = sample_sigma(B, fc.video_shift, generator, dev)
+        eps_a = torch.randn(act_BP32.shape, generator=generator, device=dev)
+        eps_v = torch.randn(fut.shape, generator=generator, device=dev, dtype=fut.dtype)
+        out: ModelOutput = forward(
+            obs,
+            add_noise(fut, eps_v, s_v),
+            batch["state"].float() * batch["state_mask"].float(),
+            batch["embodiment_id"],
+            add_noise(act_BP32, eps_a, s_a),
+            s_a,
+            s_v,
+            self.batch_text(batch, B, dev),
+            None,
+            "joint",
+        )
+        loss: FlowLoss = flow_loss(
+            fc,
+            action_pred_BP32=out.action_velocity_BP32,
+            action_target_BP32=velocity_target(act_BP32, eps_a),
+            action_mask_B32=mask_B32,
+            video_pred_BCKHW=out.video_velocity_BCKHW,
+            video_target_BCKHW=velocity_target(fut, eps_v),
+        )
+        return loss.total, {"action_loss": loss.action.detach(), "video_loss": loss.video.detach()}
