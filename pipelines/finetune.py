@@ -2,7 +2,7 @@
 
 Launch (same engine as pretraining: ZeRO, resume, EMA, safetensors export)::
 
-    deepspeed --num_gpus N -m pipelines.finetune --preset small --init <pretrained dir|repo> \\
+    deepspeed --num_gpus N --module pipelines.finetune --preset small --init <pretrained dir|repo> \\
         --data <shards dir|dataset repo> --out runs/policy
     python -m pipelines.finetune --preset debug --init none --data shards/ --out runs/policy-debug
 

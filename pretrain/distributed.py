@@ -2,9 +2,14 @@
 
 The training code runs the same way under three launchers:
 
-* ``deepspeed --num_gpus N -m pipelines.pretrain …`` — sets ``RANK``, ``LOCAL_RANK``,
+* ``deepspeed --num_gpus N --module pipelines.pretrain …`` — sets ``RANK``, ``LOCAL_RANK``,
   ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` and also passes ``--local_rank=N`` on the
-  command line (drivers must accept and may ignore that flag; the environment wins).
+  command line (drivers must accept and may ignore that flag; the environment wins; or add
+  ``--no_local_rank``). DeepSpeed 0.19.8's launcher rejects ``-m``: the flag is ``--module``.
+  On a CPU-only machine the launcher counts one "device", so ``--num_gpus N`` is what asks
+  for N processes (it then sets a meaningless ``CUDA_VISIBLE_DEVICES=0..N-1``; harmless);
+  no ``--num_nodes``, hostfile or core binding is needed. Pass ``--master_port`` when
+  several jobs share a machine (default 29500).
 * ``torchrun --nproc_per_node N -m pipelines.pretrain …`` — sets the same variables.
 * plain ``python -m …`` — no variables at all: :func:`init_distributed` then forms a
   world of one on 127.0.0.1 with a free port, so DeepSpeed never goes looking for MPI.

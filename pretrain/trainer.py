@@ -21,6 +21,12 @@ The loader is any iterable of batches; if it has ``state_dict``/``load_state_dic
 (``pretrain.data.ShardLoader`` does) its position is saved per rank and restored on resume,
 which together with the RNG states makes a resumed run repeat the uninterrupted one exactly.
 When a loader runs out it is iterated again (the next epoch).
+
+Launch (measured with DeepSpeed 0.19.8 on a CPU-only machine; the same on GPUs):
+
+    python -m pipelines.pretrain …                                     # world of one
+    deepspeed --num_gpus N [--master_port P] --module pipelines.pretrain …   # not "-m"
+    torchrun --nproc_per_node N [--master_port P] -m pipelines.pretrain …
 """
 
 from __future__ import annotations

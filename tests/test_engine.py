@@ -3,7 +3,8 @@
 The stand-in is any ``nn.Module`` with a loss function, as the trainer promises: a two-layer
 MLP regressing a fixed linear map, with input noise drawn from the global torch RNG so that an
 exact resume also proves the RNG states were restored. Multi-process runs go through the real
-``deepspeed --num_gpus 2`` launcher on CPU, with this file as the worker script.
+``deepspeed --num_gpus 2 --module tests.test_engine`` launcher on CPU, with this file as the
+worker module.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ def test_two_process_zero2_zero3_resume_over_gloo(tmp_path):
         str(Path(sys.executable).with_name("deepspeed")),
         "--num_gpus", "2",
         "--master_port", str(dd.free_port()),
-        str(Path(__file__)),
+        "--module", "tests.test_engine",  # the launcher rejects "-m"; "--module" is its spelling
         "--out", str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
