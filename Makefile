@@ -8,7 +8,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup system-deps venv test lint format demo check-formats bench clean
+.PHONY: setup system-deps venv test lint format demo check-formats check-formats-all bench clean
 
 setup: system-deps venv
 
@@ -39,7 +39,10 @@ demo: setup
 
 # Third-party validators, each in its own environment (never in the project's).
 check-formats: setup
-	bash scripts/check_lerobot_doctor.sh $(OUT)/sources/lerobot_v3
+	bash scripts/check_formats.sh
+
+check-formats-all: setup
+	bash scripts/check_formats.sh --tfds
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

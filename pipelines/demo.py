@@ -1,0 +1,313 @@
+"""``gwp demo`` — every stage end to end on the embedded default data, then one report.
+
+    gwp demo --out runs/demo                      # the README's main command (`make demo`)
+    gwp demo --out runs/smoke --preset smoke      # a minutes-long version (used by the tests)
+
+Stages, each a separate process running the same command a user would type, each skipped
+when its output is already complete (a ``.done`` marker with its wall time), so a rerun
+resumes where an interrupted one stopped:
+
+1. ``generate``   Meta-World expert demonstrations (``gwp generate-sim``), half of the seeds
+                  written as LeRobot v3.0, the other half converted to RLDS (``gwp convert``)
+                  so that ingestion really mixes two source formats;
+2. ``curate``     Ray Data curation of both sources into shards + manifest + data report;
+3. ``pretrain``   DeepSpeed pretraining of the action-conditioned video model;
+4. ``finetune``   DeepSpeed fine-tuning of the policy from the pretrained weights (λ_v = 1);
+5. ``finetune_no_video``  the same with the video loss off (λ_v = 0), for comparison;
+6. ``evaluate``   closed loop on held-out seeds: both policies, the scripted expert, random;
+7. ``report``     ``REPORT.md`` linking every stage's output, with loss curves;
+8. ``publish``    dataset and policy to the Hub, when ``--repo-prefix`` and a token are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    name: str
+    tasks: tuple[str, ...]
+    episodes_per_task: int  # per source format (two formats → twice as many demonstrations)
+    image_size: int
+    curation: dict = field(default_factory=dict)  # curation job "curation" section (preset + overrides)
+    model: str = "debug"
+    pretrain_steps: int = 200
+    finetune_steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-4
+    eval_episodes: int = 50
+    replan_every: int = 8
+    eval_max_steps: int = 200
+    workers: int = 2
+    finetune_args: tuple[str, ...] = ()
+    pretrain_args: tuple[str, ...] = ()
+
+
+PRESETS: dict[str, DemoConfig] = {
+    "default": DemoConfig(
+        name="default",
+        tasks=("drawer-open-v3", "button-press-topdown-v3"),
+        episodes_per_task=25,
+        image_size=64,
+        curation={
+            "preset": "debug",
+            "windows": {"chunk": 16, "frame_stride": 4, "num_future": 2, "stride": 2},
+            "video": {"width": 64, "height": 64},
+        },
+    ),
+    "smoke": DemoConfig(
+        name="smoke",
+        tasks=("drawer-open-v3", "button-press-topdown-v3"),
+        episodes_per_task=2,
+        image_size=64,
+        curation={"preset": "debug"},
+        pretrain_steps=4,
+        finetune_steps=4,
+        batch_size=4,
+        eval_episodes=2,
+        eval_max_steps=40,
+        workers=1,
+    ),
+}
+
+
+def get_demo_config(name: str) -> DemoConfig:
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SystemExit(f"gwp demo: unknown preset {name!r}{hint} (presets: {sorted(PRESETS)})")
+    return PRESETS[name]
+
+
+def log(msg: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Stages:
+    """Runs stages as subprocesses, skipping finished ones, and records their wall times."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.times: dict[str, float] = {}
+
+    def marker(self, name: str) -> Path:
+        return self.out / "stages" / f"{name}.done"
+
+    def done(self, name: str) -> bool:
+        m = self.marker(name)
+        if m.exists():
+            self.times[name] = json.loads(m.read_text())["seconds"]
+            return True
+        return False
+
+    def run(self, name: str, commands: list[list[str]], env: dict[str, str] | None = None) -> None:
+        if self.done(name):
+            log(f"{name}: done before ({self.times[name]:.0f} s), skipped")
+            return
+        log(f"{name}: starting")
+        start = time.time()
+        for cmd in commands:
+            log("  $ " + " ".join(cmd))
+            result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=False)
+            if result.returncode != 0:
+                raise SystemExit(f"gwp demo: stage {name} failed (exit {result.returncode}): {' '.join(cmd)}")
+        seconds = time.time() - start
+        self.times[name] = seconds
+        self.marker(name).parent.mkdir(parents=True, exist_ok=True)
+        self.marker(name).write_text(json.dumps({"seconds": seconds, "commands": commands}))
+        log(f"{name}: finished in {seconds:.0f} s")
+
+
+def py(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gwp demo", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/demo", help="demo folder (rerun to resume)")
+    p.add_argument("--preset", default="default", help=f"demo size ({', '.join(sorted(PRESETS))})")
+    p.add_argument(
+        "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
+    )
+    p.add_argument("--eval-episodes", type=int, default=None, help="override episodes per task")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = get_demo_config(args.preset)
+    if args.eval_episodes is not None:
+        cfg = replace(cfg, eval_episodes=args.eval_episodes)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    st = Stages(out)
+    started = time.time()
+    env = {
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled"),
+    }
+    tasks = ",".join(cfg.tasks)
+    src_a, src_b = out / "sources" / "lerobot_v3", out / "sources" / "rlds"
+    tmp_b = out / "sources" / ".second_half_lerobot"
+    n = cfg.episodes_per_task
+    gen = [
+        "--tasks",
+        tasks,
+        "--episodes-per-task",
+        str(n),
+        "--image-size",
+        str(cfg.image_size),
+        "--no-progress",
+    ]
+    st.run(
+        "generate",
+        [
+            py("pipelines.generate_sim", *gen, "--seed", "0", "--out", str(src_a), "--repo-id", "gwp-demo/sim-a"),
+            py("pipelines.generate_sim", *gen, "--seed", "100000", "--out", str(tmp_b), "--codec", "h264",
+               "--repo-id", "gwp-demo/sim-b"),
+            py("pipelines.convert", str(tmp_b), "--to", "rlds", "--out", str(src_b)),
+        ],
+        env,
+    )  # fmt: skip
+
+    shards = out / "shards"
+    job = {
+        "sources": [str(src_a), str(src_b)],
+        "out": str(shards),
+        "curation": cfg.curation,
+        "run": {"progress": False},
+    }
+    (out / "curate_job.json").write_text(json.dumps(job, indent=2))
+    st.run("curate", [py("pipelines.curate", "--config", str(out / "curate_job.json"))], env)
+
+    train = ["--data", str(shards), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--no-progress"]
+    pre = out / "pretrain"
+    st.run(
+        "pretrain",
+        [py("pipelines.pretrain", "--preset", cfg.model, "--out", str(pre), "--steps", str(cfg.pretrain_steps),
+            *train, *cfg.pretrain_args)],
+        env,
+    )  # fmt: skip
+    ft = ["--preset", cfg.model, "--init", str(pre / "final"), "--steps", str(cfg.finetune_steps), *train]
+    pol, pol_nv = out / "policy", out / "policy_no_video"
+    st.run("finetune", [py("pipelines.finetune", *ft, "--out", str(pol), *cfg.finetune_args)], env)
+    st.run(
+        "finetune_no_video",
+        [py("pipelines.finetune", *ft, "--out", str(pol_nv), "--video-weight", "0", *cfg.finetune_args)],
+        env,
+    )
+    ev = out / "eval"
+    st.run(
+        "evaluate",
+        [py("pipelines.evaluate", "--policy", f"gwp={pol / 'final'}", "--policy", f"gwp_no_video={pol_nv / 'final'}",
+            "--policy", "expert", "--policy", "random", "--tasks", tasks, "--episodes", str(cfg.eval_episodes),
+            "--replan-every", str(cfg.replan_every), "--max-steps", str(cfg.eval_max_steps),
+            "--image-size", str(cfg.image_size), "--workers", str(cfg.workers), "--out", str(ev), "--no-progress")],
+        env,
+    )  # fmt: skip
+    report = write_demo_report(out, cfg, st.times, time.time() - started)
+    log(f"report: {report}")
+    if args.repo_prefix:
+        if not os.environ.get("HF_TOKEN"):
+            raise SystemExit("gwp demo: --repo-prefix needs a Hub token in HF_TOKEN")
+        st.run(
+            "publish",
+            [
+                py("pipelines.publish", "dataset", str(shards), "--repo-id", f"{args.repo_prefix}-data"),
+                py(
+                    "pipelines.publish",
+                    "model",
+                    str(pol / "final"),
+                    "--repo-id",
+                    f"{args.repo_prefix}-policy",
+                ),
+            ],
+        )
+    return 0
+
+
+def _plot_losses(runs: dict[str, Path], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    drawn = False
+    for label, run in runs.items():
+        metrics = run / "metrics.jsonl"
+        if not metrics.exists():
+            continue
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "loss" in r]
+        if rows:
+            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+            drawn = True
+    if drawn:
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return drawn
+
+
+def write_demo_report(out: Path, cfg: DemoConfig, times: dict[str, float], total: float) -> Path:
+    lines = [
+        "# GigaWorld-Policy demo",
+        "",
+        f"Preset `{cfg.name}`: tasks {', '.join(cfg.tasks)}; {cfg.episodes_per_task} demonstrations per task "
+        f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.model}`.",
+        "",
+        "## Stages",
+        "",
+        "| stage | wall time (s) | output |",
+        "|---|---|---|",
+    ]
+    outputs = {
+        "generate": "sources/",
+        "curate": "shards/meta/report/index.md",
+        "pretrain": "pretrain/final/",
+        "finetune": "policy/final/",
+        "finetune_no_video": "policy_no_video/final/",
+        "evaluate": "eval/comparison.md",
+    }
+    for name, rel in outputs.items():
+        t = times.get(name)
+        lines.append(f"| {name} | {'' if t is None else f'{t:.0f}'} | [{rel}]({rel}) |")
+    lines += [f"| **total (this invocation)** | {total:.0f} | |", ""]
+    runs = {
+        "pretrain": out / "pretrain",
+        "finetune (λ_v=1)": out / "policy",
+        "finetune (λ_v=0)": out / "policy_no_video",
+    }
+    if _plot_losses(runs, out / "losses.png"):
+        lines += ["## Training losses", "", "![losses](losses.png)", ""]
+    comparison = out / "eval" / "comparison.md"
+    if comparison.exists():
+        lines += ["## Closed-loop evaluation", "", comparison.read_text(), ""]
+    data_report = out / "shards" / "meta" / "report" / "index.md"
+    if data_report.exists():
+        lines += ["## Data", "", f"See the [data report]({data_report.relative_to(out)}).", ""]
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
