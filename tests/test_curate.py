@@ -208,7 +208,7 @@ def test_interrupted_run_resumes_to_identical_shards(curated, corpus, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     assert not (out / "meta" / "manifest.json").exists()
-    done = subprocess.run(_curate_cmd(corpus, out), cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(_curate_cmd(corpus, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already done" in done.stdout
     assert content_digest(out) == content_digest(curated)
@@ -235,7 +235,7 @@ def test_ray_job_submit_on_a_local_cluster(corpus, tmp_path):
                "python", "-m", "pipelines.curate", "--config", cfg]  # fmt: skip
         deadline, result = time.time() + 120, None
         while time.time() < deadline:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
             if "No available agent" not in result.stdout + result.stderr:
                 break
             time.sleep(3)  # the dashboard agent is still starting
