@@ -46,6 +46,7 @@ def load_job_file(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from curation.pipeline import job_from_dict, run
+    from curation.shards import OutputLockedError
 
     args = build_parser().parse_args(argv)
     data: dict = load_job_file(args.config) if args.config else {}
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gwp curate: bad config: {err}", file=sys.stderr)
         return 2
-    manifest = run(job)
+    try:
+        manifest = run(job)
+    except (OutputLockedError, FileExistsError) as err:  # the folder is busy or holds another dataset
+        print(f"gwp curate: error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(manifest.counts, indent=2))
     return 0
 

@@ -81,7 +81,9 @@ def make_job(corpus, out: Path, **run_kw) -> CurateJob:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
+    )
     yield
     ray.shutdown()
 
@@ -208,7 +210,9 @@ def test_interrupted_run_resumes_to_identical_shards(curated, corpus, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait()
     assert not (out / "meta" / "manifest.json").exists()
-    done = subprocess.run(_curate_cmd(corpus, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        _curate_cmd(corpus, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already done" in done.stdout
     assert content_digest(out) == content_digest(curated)

@@ -284,7 +284,8 @@ class RobomimicReader(SourceReader):
             parts = []
             for key in _state_keys(self.mapping):
                 part = read_dataset(obs, key, path, demo)
-                parts.append(part.reshape(part.shape[0], -1))
+                # explicit width: reshape(0, -1) is ambiguous and fails on a zero-length demo
+                parts.append(part.reshape(part.shape[0], int(np.prod(part.shape[1:]))))
             lengths = {p.shape[0] for p in parts}
             if len(lengths) != 1:
                 raise LoadError(

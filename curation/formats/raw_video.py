@@ -35,7 +35,8 @@ its frame count (from the container header) must equal T.
 
 Episodes are the sidecar stems (``*.json`` except ``gwp_source.json``, and ``*.csv``) in
 sorted order; the index is the position in that order. Errors name the sidecar:
-``bad_sidecar`` (unparsable JSON/CSV, wrong columns), ``missing_video`` (a listed mp4 does
+``bad_sidecar`` (unparsable JSON/CSV, wrong columns), ``unreadable`` (the sidecar cannot be
+opened), ``unknown_embodiment``, ``missing_video`` (a listed mp4 does
 not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``nan_action``,
 ``nan_state``, ``bad_shape``, ``invalid_episode``.
 
@@ -77,8 +78,12 @@ def _sidecar_stems(root: Path) -> list[str]:
 
 def _read_json(path: Path, label: str) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raw = path.read_bytes()
+    except OSError as err:  # permission denied, a directory in its place, an I/O error
+        raise LoadError("unreadable", f"cannot read: {err}", path, label) from err
+    try:
+        data = json.loads(raw)  # bytes: decoded as UTF-8, a bad byte is a UnicodeDecodeError
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise LoadError("bad_sidecar", f"cannot parse JSON: {err}", path, label) from err
     if not isinstance(data, dict):
         raise LoadError("bad_sidecar", f"expected a JSON object, got {type(data).__name__}", path, label)
@@ -90,7 +95,9 @@ def _read_csv(path: Path, label: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     try:
         with path.open(newline="") as fh:
             rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+    except OSError as err:
+        raise LoadError("unreadable", f"cannot read: {err}", path, label) from err
+    except (UnicodeDecodeError, csv.Error) as err:
         raise LoadError("bad_sidecar", f"cannot read CSV: {err}", path, label) from err
     if len(rows) < 2:
         raise LoadError("bad_sidecar", "CSV needs a header row and at least one step", path, label)
@@ -217,8 +224,8 @@ class RawVideoReader(SourceReader):
         embodiment = meta.get("embodiment") or self.mapping.embodiment
         try:
             spec = get_embodiment(embodiment)
-        except KeyError as err:
-            raise LoadError("bad_sidecar", err.args[0], sidecar, name) from None
+        except KeyError as err:  # the same reason code as the LeRobot readers give
+            raise LoadError("unknown_embodiment", err.args[0], sidecar, name) from None
         instruction = meta.get("instruction") or ""
         timestamps = meta.get("timestamps")
         if "state" in meta and "action" in meta:
