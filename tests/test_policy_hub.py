@@ -1,0 +1,59 @@
+"""A policy pushed to the Hub comes back by repo id, in a fresh cache, with identical outputs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import torch
+
+from policy import Policy
+from policy.model import GWPPolicyModel
+from pretrain.hub import HubRepoNotFoundError, HubRevisionNotFoundError
+from schemas import get_embodiment
+from tests.test_policy import _obs, small_policy  # noqa: F401  (fixture)
+
+if TYPE_CHECKING:
+    from tests.hub_fixture import HubEnv
+
+pytest_plugins = ["tests.hub_fixture"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_push_policy_then_from_pretrained_by_repo_id(small_policy, hub_env: HubEnv, tmp_path):  # noqa: F811
+    repo_id = hub_env.new_repo_id("gwp-policy")
+    card = {"dataset_repo": "tester/curated", "dataset_revision": "0" * 40, "eval_results": {"success": 0.5}}
+    pushed = small_policy.model.push_to_hub(repo_id, card_data=card)
+    assert pushed.commit and pushed.new_commits >= 1
+
+    obs = _obs(get_embodiment("agilex_dual_arm"))
+    expected = small_policy.predict_action(obs, seed=3)
+    loaded = Policy.from_pretrained(repo_id, cache_dir=tmp_path / "fresh-cache")
+    np.testing.assert_array_equal(loaded.predict_action(obs, seed=3), expected)
+    for name, tensor in small_policy.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[name], tensor, rtol=0, atol=0)
+    assert loaded.model.norm_stats == small_policy.model.norm_stats
+
+    # pinned to the pushed commit, too; a second push of the same model makes no commit
+    again = Policy.from_pretrained(repo_id, revision=pushed.commit, cache_dir=tmp_path / "other-cache")
+    np.testing.assert_array_equal(again.predict_action(obs, seed=3), expected)
+    assert small_policy.model.push_to_hub(repo_id, card_data=card).new_commits == 0
+
+
+def test_unknown_repo_and_revision_name_what_is_missing(hub_env: HubEnv, tmp_path):
+    with pytest.raises(HubRepoNotFoundError, match="tester/no-such-policy"):
+        GWPPolicyModel.from_pretrained("tester/no-such-policy", cache_dir=tmp_path)
+    repo_id = hub_env.new_repo_id("empty")
+    from huggingface_hub import HfApi
+
+    HfApi().create_repo(repo_id)
+    with pytest.raises(HubRevisionNotFoundError, match="v9"):
+        GWPPolicyModel.from_pretrained(repo_id, revision="v9", cache_dir=tmp_path)
