@@ -23,13 +23,13 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import LoadError
+from curation.formats.base import LoadError, SourceReader
 from curation.formats.mapping import SourceMapping
 from curation.video import probe_video
 from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
@@ -477,3 +477,29 @@ def check_vector_features(
         shape = list(feat.get("shape") or [])
         if shape and int(np.prod(shape)) != dim:
             raise LoadError("bad_shape", f"{key} has shape {shape}, {spec.name} needs {dim}", where)
+
+
+class LeRobotReader(SourceReader):
+    """What the v2.x and v3.0 readers share: detection by ``codebase_version`` and ``info.json``."""
+
+    major: ClassVar[str]  # "v2" or "v3"
+
+    def __init__(self, root: str | Path, mapping: SourceMapping | None = None, source: str | None = None):
+        super().__init__(root, mapping, source)
+        self._info: dict[str, Any] | None = None
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        path = Path(root) / INFO_PATH
+        if not path.is_file():
+            return False
+        try:
+            return str(json.loads(path.read_text()).get("codebase_version", "")).startswith(cls.major)
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return False
+
+    @property
+    def info(self) -> dict[str, Any]:
+        if self._info is None:
+            self._info = read_info(self.root, self.major)
+        return self._info

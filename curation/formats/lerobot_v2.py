@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, LoadError
 from curation.formats.lerobot_common import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
@@ -39,6 +38,7 @@ from curation.formats.lerobot_common import (
     V2_EPISODES_STATS_PATH,
     V2_TASKS_PATH,
     V2_VIDEO_PATH,
+    LeRobotReader,
     RunningStats,
     build_episode,
     camera_key_map,
@@ -52,7 +52,6 @@ from curation.formats.lerobot_common import (
     merge_stats,
     peek,
     read_episode_rows,
-    read_info,
     source_name,
     spec_for,
     vector_features,
@@ -181,30 +180,11 @@ def write_lerobot_v2(
     return root
 
 
-class LeRobotV2Reader(SourceReader):
+class LeRobotV2Reader(LeRobotReader):
     """Episodes of a LeRobot v2.x dataset; each camera's frames are one whole mp4."""
 
     format = FORMAT
-
-    def __init__(self, root: str | Path, mapping: SourceMapping | None = None, source: str | None = None):
-        super().__init__(root, mapping, source)
-        self._info: dict[str, Any] | None = None
-
-    @staticmethod
-    def detect(root: Path) -> bool:
-        path = Path(root) / INFO_PATH
-        if not path.is_file():
-            return False
-        try:
-            return str(json.loads(path.read_text()).get("codebase_version", "")).startswith("v2")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return False
-
-    @property
-    def info(self) -> dict[str, Any]:
-        if self._info is None:
-            self._info = read_info(self.root, "v2")
-        return self._info
+    major = "v2"
 
     def _paths(self, index: int) -> tuple[str, dict[str, str]]:
         info = self.info

@@ -22,7 +22,6 @@ reaches ``video_file_mb`` MB, and after ``chunks_size`` files the chunk index ad
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, LoadError
 from curation.formats.lerobot_common import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
@@ -43,6 +42,7 @@ from curation.formats.lerobot_common import (
     V3_EPISODES_PATH,
     V3_TASKS_PATH,
     V3_VIDEO_PATH,
+    LeRobotReader,
     RunningStats,
     build_episode,
     camera_key_map,
@@ -58,7 +58,6 @@ from curation.formats.lerobot_common import (
     next_chunk_file,
     peek,
     read_episode_rows,
-    read_info,
     source_name,
     spec_for,
     vector_features,
@@ -275,30 +274,11 @@ def _write_tasks(path: Path, tasks: dict[str, int]) -> None:
 # ---- reader -------------------------------------------------------------------------------
 
 
-class LeRobotV3Reader(SourceReader):
+class LeRobotV3Reader(LeRobotReader):
     """Episodes of a LeRobot v3.0 dataset; frames are spans of the packed mp4 files."""
 
     format = FORMAT
-
-    def __init__(self, root: str | Path, mapping: SourceMapping | None = None, source: str | None = None):
-        super().__init__(root, mapping, source)
-        self._info: dict[str, Any] | None = None
-
-    @staticmethod
-    def detect(root: Path) -> bool:
-        path = Path(root) / INFO_PATH
-        if not path.is_file():
-            return False
-        try:
-            return str(json.loads(path.read_text()).get("codebase_version", "")).startswith("v3")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            return False
-
-    @property
-    def info(self) -> dict[str, Any]:
-        if self._info is None:
-            self._info = read_info(self.root, "v3")
-        return self._info
+    major = "v3"
 
     def _episode_files(self) -> list[Path]:
         files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
