@@ -40,15 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 D = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class StandIn(nn.Module):
     def __init__(self) -> None:
         super().__init__()

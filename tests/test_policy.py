@@ -38,14 +38,6 @@ from tests.helpers import make_episodes
 LENGTHS = (24, 30)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build_shards(out: Path, lengths=LENGTHS) -> tuple[Path, list]:
     """A curated dataset (debug curation preset: p=8, Δ=2, K=2, 64×64) of simulated episodes."""
     cfg = get_preset("debug")

@@ -20,14 +20,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.hub_fixture"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_push_policy_then_from_pretrained_by_repo_id(small_policy, hub_env: HubEnv, tmp_path):  # noqa: F811
     repo_id = hub_env.new_repo_id("gwp-policy")
     card = {"dataset_repo": "tester/curated", "dataset_revision": "0" * 40, "eval_results": {"success": 0.5}}

@@ -22,14 +22,6 @@ P, K, B = 8, 2, 2
 SPECS = (get_embodiment("metaworld_sawyer"), get_embodiment("agilex_dual_arm"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def model() -> GWPPolicyModel:
     torch.manual_seed(0)
