@@ -1,0 +1,312 @@
+"""Pretrain the action-centred video transformer: action-conditioned future-video generation (DESIGN.md §5–6).
+
+Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the environment wins)::
+
+    python -m pipelines.pretrain --preset debug --data shards/ --out runs/pretrain-debug
+    deepspeed --num_gpus N --module pipelines.pretrain --preset small --data owner/dataset --out runs/small
+    torchrun --nproc_per_node N -m pipelines.pretrain --preset wan22-5b --init-wan <diffusers Wan> \\
+        --codec wan-vae --vae <Wan VAE folder> --data … --out …
+
+(``scripts/launch_pretrain.sh`` keeps the recipes.) Top to bottom:
+
+1. open the dataset (``pretrain.data.ShardSet``: a local folder or a Hub dataset repo at a
+   revision) and read its geometry from the first row: action chunk P, future frames K,
+   frame size (or the stored latent shape);
+2. build the transformer from the ``--preset`` model config with P and K of the data and the
+   codec's latent channels (48 for the Wan2.2 VAE and the default 4×4 pixel patches; 12 for
+   ``--codec-patch 2``, which keeps a token's 4×4×3 pixels within the debug model's width) and
+   any ``--model-override FIELD=VALUE`` (e.g. ``head_dim=32``); with
+   ``--init-wan`` copy a diffusers ``WanTransformer3DModel`` checkpoint into it
+   (``pretrain.wan_adapter.load_wan_backbone``, which rejects a geometry that differs; the
+   state/action MLPs stay fresh);
+3. build the codec (``pixel`` patches or the Wan VAE) and the objective
+   (``pretrain.objective.PretrainObjective``: clean actions condition the future video where
+   the sample has them, dropped where it has none or with probability ``--action-dropout``);
+4. train with ``pretrain.trainer.Trainer`` (train preset = ``--train-preset``, by default the
+   model preset's name, with the command-line overrides); ``<out>/run_config.json`` records the
+   resolved configuration; a rerun resumes from the newest complete checkpoint in ``--out``
+   (``--stop-at N`` ends after step N with a checkpoint, as a preempted job would);
+5. the trainer exports ``<out>/final/model.safetensors`` (EMA weights by default, the bare
+   transformer's names) and ``config.json`` holding the model config under ``"model"`` — the
+   form ``pipelines.finetune --init <out>/final`` loads (``policy.model.load_backbone``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from pretrain import distributed as dd
+from pretrain.codec import LatentCache, LatentCodec, make_codec
+from pretrain.config import ModelConfig, get_model_config, list_model_configs
+from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pretrain.flow import FlowConfig
+from pretrain.model import ActionVideoTransformer, build_model, param_count
+from pretrain.objective import ObjectiveConfig, PretrainObjective
+from pretrain.run_config import TrainConfig, get_train_config, train_config_names
+from schemas import MAX_DIM
+
+log = logging.getLogger("pretrain")
+
+
+# ---- what the data decides ----------------------------------------------------------------------
+
+
+def data_geometry(shards: ShardSet) -> dict[str, Any]:
+    """P, K, frame size (or stored latent shape) and text width of a curated dataset's first row."""
+    first = shards.shards[0]
+    cols = ["action", "frame_indices", "height", "width", "video_format", "latent_shape", "text_embedding"]
+    row = pq.read_table(first, columns=cols).slice(0, 1).to_pylist()
+    if not row:
+        raise ValueError(f"{first}: shard has no rows")
+    row = row[0]
+    action = np.asarray(row["action"], dtype=np.float32)
+    if action.size % MAX_DIM:
+        raise ValueError(f"{first}: action has {action.size} values, not a multiple of {MAX_DIM}")
+    emb = row["text_embedding"]
+    return {
+        "chunk": action.size // MAX_DIM,
+        "num_future": len(row["frame_indices"]) - 1,
+        "height": int(row["height"]),
+        "width": int(row["width"]),
+        "latent_shape": list(row["latent_shape"]) if row["video_format"] == "latent" else None,
+        "text_dim": None if emb is None else len(emb),
+    }
+
+
+def check_geometry(geo: dict[str, Any], mcfg: ModelConfig, codec: LatentCodec, where: str) -> tuple[int, int]:
+    """The latent grid (h, w) the model will see; a clear error when codec/model/data do not fit."""
+    if geo["num_future"] < 1:
+        raise ValueError(f"{where}: samples have no future frame (frame_indices of length 1)")
+    if geo["latent_shape"] is not None:
+        C, _, h, w = geo["latent_shape"]
+    else:
+        s = codec.spatial_compression
+        if geo["height"] % s or geo["width"] % s:
+            raise ValueError(
+                f"{where}: frames are {geo['width']}×{geo['height']}, not divisible by the {codec.name!r} "
+                f"codec's spatial factor {s}"
+            )
+        C, h, w = codec.latent_channels, geo["height"] // s, geo["width"] // s
+    if mcfg.latent_channels != C:
+        raise ValueError(
+            f"{where}: latents have {C} channels, model preset {mcfg.name!r} takes {mcfg.latent_channels}"
+        )
+    if h % mcfg.patch[1] or w % mcfg.patch[2]:
+        raise ValueError(f"{where}: latent grid {w}×{h} is not divisible by the model patch {mcfg.patch[1:]}")
+    if geo["text_dim"] is not None and geo["text_dim"] > mcfg.text_dim:
+        raise ValueError(
+            f"{where}: text embeddings have {geo['text_dim']} dims, model preset {mcfg.name!r} takes "
+            f"at most {mcfg.text_dim}"
+        )
+    return h, w
+
+
+# ---- building blocks ----------------------------------------------------------------------------
+
+
+def build_codec(name: str, patch: int, vae: str | None) -> tuple[LatentCodec, dict[str, Any]]:
+    if name == "pixel":
+        kwargs: dict[str, Any] = {"patch": patch}
+    elif name == "wan-vae":
+        if not vae:
+            raise SystemExit("pretrain: --codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
+        kwargs = {"path_or_repo": vae}
+    else:
+        raise SystemExit(f"pretrain: unknown codec {name!r} (pixel, wan-vae)")
+    return make_codec(name, **kwargs), kwargs
+
+
+def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVideoTransformer, dict]:
+    model = build_model(mcfg)
+    if not init_wan:
+        return model, {"source": None}
+    from pretrain.wan_adapter import load_wan_backbone
+
+    report = load_wan_backbone(model, init_wan, strict=True)
+    log.info("loaded %d Wan tensors from %s; fresh: %s", report.loaded, init_wan, ", ".join(report.fresh))
+    return model, {"source": init_wan, "loaded": report.loaded, "fresh": list(report.fresh)}
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pretrain", description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="debug", help=f"model preset ({', '.join(list_model_configs())})")
+    p.add_argument(
+        "--train-preset",
+        default=None,
+        help=f"train config preset ({', '.join(train_config_names())}); default: the model preset's name",
+    )
+    p.add_argument("--data", required=True, help="curated shards folder or dataset repo id")
+    p.add_argument("--data-revision", default=None)
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final/)")
+    p.add_argument(
+        "--model-override",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one ModelConfig field of the preset, e.g. head_dim=32 (repeatable)",
+    )
+    p.add_argument(
+        "--init-wan", default=None, help="diffusers WanTransformer3DModel checkpoint to start from"
+    )
+    p.add_argument("--codec", default="pixel", choices=["pixel", "wan-vae"])
+    p.add_argument("--codec-patch", type=int, default=4, help="pixel codec patch size")
+    p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
+    p.add_argument("--latent-cache", default=None, help="folder for per-shard cached latents")
+    p.add_argument("--action-dropout", type=float, default=ObjectiveConfig().action_dropout)
+    p.add_argument("--video-shift", type=float, default=FlowConfig().video_shift)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3])
+    p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload: optimizer on the CPU")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop (checkpointed) after this step, as a preempted job"
+    )
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def model_overrides(items: list[str]) -> dict[str, Any]:
+    """``["heads=2", "head_dim=32"]`` → typed ModelConfig field values (unknown fields named)."""
+    types = {f.name: str(f.type) for f in fields(ModelConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in types or key == "name":
+            close = difflib.get_close_matches(key, list(types), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SystemExit(
+                f"pretrain: --model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}"
+            )
+        kind = types[key]
+        try:
+            if "tuple" in kind:
+                out[key] = tuple(int(v) for v in raw.split(","))
+            elif "bool" in kind:
+                out[key] = {"true": True, "false": False}[raw.lower()]
+            elif "float" in kind:
+                out[key] = float(raw)
+            else:
+                out[key] = int(raw)
+        except (ValueError, KeyError):
+            raise SystemExit(f"pretrain: --model-override {item!r}: {raw!r} is not a {kind}") from None
+    return out
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    over = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "zero_stage": args.zero_stage,
+        "ema_decay": args.ema_decay,
+        "ckpt_every": args.ckpt_every,
+        "seed": args.seed,
+    }
+    if args.offload_optimizer:
+        over["offload_optimizer"] = True
+    if args.activation_checkpointing:
+        over["activation_checkpointing"] = True
+    base = get_train_config(args.train_preset or args.preset)
+    cfg = replace(base, output_dir=str(args.out), **{k: v for k, v in over.items() if v is not None})
+    if cfg.warmup_steps > cfg.steps:
+        cfg = replace(cfg, warmup_steps=cfg.steps)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    # DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once
+    os.environ.setdefault(
+        "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions")
+    )
+    from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
+
+    logging.basicConfig(level=logging.INFO, format="[pretrain %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:  # a bad preset or value: one line naming the field and the allowed values, exit 2
+        cfg = train_config(args)
+    except (KeyError, ValueError) as err:
+        print(f"gwp pretrain: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    shards = ShardSet.open(args.data, args.data_revision)
+    geo = data_geometry(shards)
+    codec, codec_kwargs = build_codec(args.codec, args.codec_patch, args.vae)
+    channels = geo["latent_shape"][0] if geo["latent_shape"] else codec.latent_channels
+    mcfg = replace(
+        get_model_config(args.preset),
+        chunk=geo["chunk"],
+        num_future=geo["num_future"],
+        latent_channels=channels,
+        **model_overrides(args.model_override),
+    )
+    h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
+    ocfg = ObjectiveConfig(
+        flow=replace(FlowConfig(), video_shift=args.video_shift), action_dropout=args.action_dropout
+    )
+    objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
+    torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
+    model, init = build_transformer(mcfg, args.init_wan)
+    cache = LatentCache(args.latent_cache, codec) if args.latent_cache else None
+    loader = ShardLoader(
+        shards,
+        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=args.num_workers),
+        rank=dd.env_rank(),
+        world_size=dd.env_world_size(),
+        latent_cache=cache,
+    )
+    tokens = 1 + mcfg.chunk + (1 + mcfg.num_future) * (h // mcfg.patch[1]) * (w // mcfg.patch[2])  # C + A + V
+    record = {
+        "model": mcfg.to_dict(),
+        "objective": ocfg.to_dict(),
+        "codec": {"name": codec.name, **codec_kwargs, "latent_grid": [h, w]},
+        "init": init,
+        "data": {"source": str(args.data), "revision": args.data_revision, "rows": shards.num_rows},
+        "tokens_per_sample": tokens,
+        "parameters": param_count(model),
+    }
+    trainer = Trainer(model, objective, loader, cfg, config_record=record, progress=not args.no_progress)
+    result = trainer.fit(resume=not args.no_resume, stop_at=args.stop_at)
+    if dd.is_main():
+        losses = [rec["loss"] for rec in result.history]
+        log.info(
+            "%s at step %d (loss %s → %s)%s",
+            "finished" if result.final_dir else "stopped",
+            result.steps,
+            f"{losses[0]:.4f}" if losses else "-",
+            f"{float(np.mean(losses[-3:])):.4f}" if losses else "-",
+            f"; weights in {result.final_dir}" if result.final_dir else "",
+        )
+    dd.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
