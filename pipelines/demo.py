@@ -300,7 +300,8 @@ def write_demo_report(out: Path, cfg: DemoConfig, times: dict[str, float], total
         lines += ["## Training losses", "", "![losses](losses.png)", ""]
     comparison = out / "eval" / "comparison.md"
     if comparison.exists():
-        lines += ["## Closed-loop evaluation", "", comparison.read_text(), ""]
+        body = "\n".join(line for line in comparison.read_text().splitlines() if not line.startswith("# "))
+        lines += ["## Closed-loop evaluation", "", body, ""]
     data_report = out / "shards" / "meta" / "report" / "index.md"
     if data_report.exists():
         lines += ["## Data", "", f"See the [data report]({data_report.relative_to(out)}).", ""]

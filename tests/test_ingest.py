@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation.formats import FORMATS, detect_format
+from curation.formats import FORMATS, detect_format, open_source
 from curation.ingest import SourceSpec, discover_sources, iter_episodes, load
 from pipelines import convert as convert_cli
 from pipelines import ingest as ingest_cli
@@ -83,9 +83,9 @@ def test_decode_gives_the_same_frames_inline(written):
 def test_discover_sources_finds_every_format_in_one_folder(written, tmp_path):
     root = written["hdf5_aloha"].parent  # write_all_formats puts every format under one folder
     specs = discover_sources(root)
-    # robomimic's sidecar is not a source; RLDS is found in its <name>/<version> folder
+    # robomimic's sidecar is not a source; the RLDS folder resolves to its <name>/<version> folder
     assert sorted(detect_format(s.path) for s in specs) == sorted(SIX_FORMATS)
-    assert {Path(s.path) for s in specs} == set(written.values())
+    assert {open_source(s.path).root for s in specs} == set(written.values())
     items = list(iter_episodes(specs))
     assert len(items) == 6 * N and all(isinstance(i, Episode) for i in items)
     with pytest.raises(NotADirectoryError):

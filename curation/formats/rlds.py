@@ -365,6 +365,32 @@ def _float32_to_decimal(value: float) -> float:
     return float(np.format_float_positional(np.float32(value), unique=True))
 
 
+def _is_version_folder(path: Path) -> bool:
+    return path.is_dir() and (path / DATASET_INFO).is_file() and any(path.glob(f"*.{FILE_FORMAT}*"))
+
+
+def version_folder(root: Path) -> Path | None:
+    """The TFDS version folder a source path names: the folder itself, or — given a dataset folder
+    (``<name>/``) or a data dir holding one dataset (``<data_dir>/<name>/``) — its newest version."""
+    if _is_version_folder(root):
+        return root
+    if not root.is_dir():
+        return None
+    for depth in (1, 2):
+        found = sorted(p for p in root.glob("/".join("*" * depth)) if _is_version_folder(p))
+        names = {p.parent for p in found}
+        if len(names) == 1:
+            return max(found, key=lambda p: _version_key(p.name))
+        if len(names) > 1:
+            return None  # several datasets: name one of them
+    return None
+
+
+def _version_key(name: str) -> tuple:
+    parts = name.split(".")
+    return tuple(int(x) if x.isdigit() else -1 for x in parts)
+
+
 class RLDSReader(SourceReader):
     """Episodes of one split of a TFDS/RLDS version folder; see the module docstring.
 
@@ -376,15 +402,14 @@ class RLDSReader(SourceReader):
     format = "rlds"
 
     def __init__(self, root: str | Path, mapping: SourceMapping | None = None, source: str | None = None):
-        super().__init__(root, mapping, source)
+        super().__init__(version_folder(Path(root)) or root, mapping, source)
         self.split = str(self.mapping.extra.get("split", "train"))
         self.spec = get_embodiment(self.mapping.embodiment)
         self._leaves: dict[str, LeafSpec] | None = None
 
     @staticmethod
     def detect(root: Path) -> bool:
-        root = Path(root)
-        return root.is_dir() and (root / DATASET_INFO).is_file() and any(root.glob(f"*.{FILE_FORMAT}*"))
+        return version_folder(Path(root)) is not None
 
     # ---- metadata -----------------------------------------------------------------
     def _read_json(self, name: str) -> dict[str, Any]:
