@@ -11,11 +11,16 @@ Top to bottom:
 1. open the dataset (``pretrain.data.ShardSet``: local folder or Hub dataset repo at a revision);
    from its manifest take the window geometry (P, K), the composed image geometry, how the
    instructions were embedded (``config["caption"]`` None → hashed fallback) and the
-   per-embodiment normalisation statistics;
+   per-embodiment normalisation statistics; hold out ``--heldout-fraction`` of the episodes
+   (by episode id, deterministic: ``policy.heldout``);
 2. build the policy: the transformer from ``--init`` (a pretrained checkpoint folder or model
-   repo id; ``none`` = random init of the ``--model`` preset), with P and K of the data;
+   repo id; ``none`` = random init of the ``--model`` preset), with P and K of the data and the
+   loss weights / timestep shifts of ``--action-weight`` ``--video-weight`` ``--action-shift``
+   ``--video-shift`` (λ_a, λ_v, s_a, s_v; recorded in the policy config);
 3. train with ``pretrain.trainer.Trainer`` on ``GWPPolicyModel.joint_loss`` (a resumed run
-   continues from the newest complete checkpoint in ``--out``);
+   continues from the newest complete checkpoint in ``--out``); every ``--eval-every`` steps the
+   held-out action error (action-only, 10 steps, fixed noise) goes to ``<out>/heldout.jsonl``,
+   and once more for the exported (EMA) weights at the end;
 4. turn the trainer's export ``<out>/final`` (EMA weights + run record) into a policy folder
    (``save_pretrained``: weights, config with everything inference needs, ``norm_stats.json``,
    model card); the run record moves to ``<out>/final/training.json``.
@@ -28,15 +33,19 @@ import argparse
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 from safetensors.torch import load_file
 
 from curation.config import NormConfig, VideoConfig
+from policy.heldout import HeldoutEvaluator, split_shards
 from policy.model import GWPPolicyModel, ImageConfig, PolicyConfig, TextConfig
 from pretrain import distributed as dd
 from pretrain.config import get_model_config, list_model_configs
@@ -96,9 +105,10 @@ def build_policy(
     settings: dict[str, Any],
     codec: str,
     codec_kwargs: dict,
+    flow: FlowConfig | None = None,
 ) -> GWPPolicyModel:
     fields = {
-        "flow": FlowConfig(),
+        "flow": flow or FlowConfig(),
         "codec": codec,
         "codec_kwargs": codec_kwargs,
         "image": settings["image"],
@@ -122,6 +132,26 @@ def build_policy(
 def loss_fn(engine: Any, batch: dict[str, Any]) -> Any:
     """The trainer's loss: joint action + video flow loss, run through the DeepSpeed engine."""
     return engine.module.joint_loss(batch, forward=engine)
+
+
+def loss_fn_with_check(check: Callable[[Any], None]) -> Callable[[Any, dict[str, Any]], Any]:
+    """:func:`loss_fn` preceded by ``check(engine)`` (the held-out hook; it decides when to run)."""
+
+    def fn(engine: Any, batch: dict[str, Any]) -> Any:
+        check(engine)
+        return loss_fn(engine, batch)
+
+    return fn
+
+
+def flow_config(args: argparse.Namespace) -> FlowConfig:
+    over = {
+        "action_weight": args.action_weight,
+        "video_weight": args.video_weight,
+        "action_shift": args.action_shift,
+        "video_shift": args.video_shift,
+    }
+    return replace(FlowConfig(), **{k: v for k, v in over.items() if v is not None})
 
 
 def export_policy(final_dir: Path, policy_cfg: PolicyConfig, stats: dict, card: dict[str, Any]) -> Path:
@@ -169,6 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--num-workers", type=int, default=0)
+    d = FlowConfig()
+    p.add_argument("--action-weight", type=float, help=f"λ_a, action loss weight (default {d.action_weight})")
+    p.add_argument("--video-weight", type=float, help=f"λ_v, video loss weight (default {d.video_weight})")
+    p.add_argument("--action-shift", type=float, help=f"action timestep shift (default {d.action_shift})")
+    p.add_argument("--video-shift", type=float, help=f"video timestep shift (default {d.video_shift})")
+    p.add_argument(
+        "--heldout-fraction", type=float, default=0.1, help="episodes held out from training (0 = none)"
+    )
+    p.add_argument("--heldout-seed", type=int, default=0, help="seed of the episode split")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="held-out action error every N steps (0 = only at the end)"
+    )
+    p.add_argument("--heldout-samples", type=int, default=64, help="held-out samples per check")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -194,11 +237,15 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
-
     logging.basicConfig(level=logging.INFO, format="[finetune %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    cfg = train_config(args)
+    try:  # a bad preset or value: one line naming the field and the allowed values, exit 2
+        cfg = train_config(args)
+    except (KeyError, ValueError) as err:
+        print(f"gwp finetune: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
+    from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
+
     shards = ShardSet.open(args.data, args.data_revision)
     settings = data_settings(shards)
     codec_kwargs: dict[str, Any] = {"patch": args.codec_patch} if args.codec == "pixel" else {}
@@ -206,11 +253,29 @@ def main(argv: list[str] | None = None) -> int:
         if not args.vae:
             raise SystemExit("finetune: --codec wan-vae needs --vae <folder or repo id>")
         codec_kwargs = {"path_or_repo": args.vae}
+    torch.manual_seed(cfg.seed)  # a random init (--init none) is part of the run: seed it like the rest
     model = build_policy(
-        args.init, args.init_revision, args.model or args.preset, settings, args.codec, codec_kwargs
+        args.init,
+        args.init_revision,
+        args.model or args.preset,
+        settings,
+        args.codec,
+        codec_kwargs,
+        flow_config(args),
     )
+    split = split_shards(shards, args.heldout_fraction, args.heldout_seed)
+    check = None
+    if split.heldout is not None:
+        check = HeldoutEvaluator(split.heldout, cfg.output_dir, max_samples=args.heldout_samples)
+        log.info(
+            "held out %d of %d episodes (%d of %d samples)",
+            len(split.heldout_episodes),
+            len(split.heldout_episodes) + split.train_episodes,
+            split.heldout.num_rows,
+            shards.num_rows,
+        )
     loader = ShardLoader(
-        shards,
+        split.train,
         LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=args.num_workers),
         rank=dd.env_rank(),
         world_size=dd.env_world_size(),
@@ -219,14 +284,30 @@ def main(argv: list[str] | None = None) -> int:
         "policy": model.cfg.to_dict(),
         "init": {"source": args.init, "revision": args.init_revision},
         "data": {"source": str(args.data), "revision": args.data_revision, "rows": shards.num_rows},
+        "heldout": split.record(args.heldout_fraction, args.heldout_seed),
     }
-    trainer = Trainer(model, loss_fn, loader, cfg, config_record=record, progress=not args.no_progress)
+    if check is not None:
+        record["heldout"]["check"] = {"eval_every": args.eval_every, **check.config_record()}
+    fn = loss_fn
+    if check is not None and args.eval_every > 0 and dd.is_main():
+        fn = loss_fn_with_check(check.hook(args.eval_every, log.info))
+    trainer = Trainer(model, fn, loader, cfg, config_record=record, progress=not args.no_progress)
+    t_fit = time.perf_counter()
     result = trainer.fit(resume=not args.no_resume)
+    fit_s = time.perf_counter() - t_fit
     if result.final_dir is not None and dd.is_main():
         card = {"description": "GigaWorld-Policy fine-tuned jointly on actions and future video."}
         if not Path(str(args.data)).exists():
             card.update(dataset_repo=str(args.data), dataset_revision=args.data_revision)
         folder = export_policy(result.final_dir, model.cfg, settings["stats"], card)
+        if check is not None:
+            final = GWPPolicyModel.from_pretrained(folder, device="cpu")
+            rec = check.evaluate(final, result.steps, weights="final", train_s=fit_s)
+            log.info(
+                "held-out (final weights): action MSE %.4f (normalised), %.5f (robot units)",
+                rec["action_mse"],
+                rec["action_mse_robot"],
+            )
         losses = [h["loss"] for h in result.history]
         log.info(
             "policy saved to %s (steps %d, loss %s → %s)",

@@ -56,7 +56,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,10 +116,28 @@ class ShardSet:
     manifest: Manifest
     shards: tuple[Path, ...]
     rows: tuple[int, ...]
+    # rows kept of each shard (ascending row numbers), None = all rows; see :meth:`select`
+    selection: tuple[tuple[int, ...], ...] | None = field(default=None, compare=False)
 
     @property
     def num_rows(self) -> int:
         return sum(self.rows)
+
+    def select(self, keep_rows: Sequence[Sequence[int]]) -> ShardSet:
+        """A view holding only ``keep_rows[i]`` (row numbers) of shard ``i`` (a held-out split, a subset).
+
+        The loader reads the whole shard and takes the kept rows, in ascending order; nothing is copied.
+        """
+        if len(keep_rows) != len(self.shards):
+            raise ValueError(f"{self.root}: select needs one row list per shard ({len(self.shards)})")
+        kept = []
+        for i, rows in enumerate(keep_rows):
+            base = self.selection[i] if self.selection is not None else range(self.rows[i])
+            r = sorted({int(x) for x in rows})
+            if r and (r[0] < 0 or r[-1] >= len(base)):
+                raise ValueError(f"{self.shards[i]}: selected rows outside [0, {len(base)})")
+            kept.append(tuple(base[x] for x in r))
+        return replace(self, rows=tuple(len(k) for k in kept), selection=tuple(kept))
 
     @classmethod
     def open(
@@ -307,6 +325,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             return self._tables[shard]
         cols = [n for n in Sample.arrow_schema().names if self.cfg.load_frames or n != "video"]
         table = pq.read_table(self.shards.shards[shard], columns=cols)
+        if self.shards.selection is not None:
+            table = table.take(pa.array(self.shards.selection[shard], type=pa.int64()))
         self._tables[shard] = table
         while len(self._tables) > self.cfg.shuffle_shards + 1:
             self._tables.popitem(last=False)

@@ -1,5 +1,8 @@
 """The curation job end to end on a mixed corpus of good and bad simulated episodes.
 
+Crash/resume (SIGKILL of the driver, in-process and as a ``ray job submit`` job on a
+``ray start --head`` cluster) is tested in tests/test_reliability.py.
+
 Corpus (built here from Meta-World expert rollouts, nothing committed):
 
 * source A, LeRobot v3.0: 4 good episodes (2 tasks × 2 seeds);
@@ -11,12 +14,6 @@ Corpus (built here from Meta-World expert rollouts, nothing committed):
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +23,7 @@ import pytest
 from curation.formats.hdf5_robomimic import write_robomimic_hdf5
 from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.pipeline import CurateJob, job_from_dict, run
-from curation.shards import content_digest, file_sha256, read_manifest
+from curation.shards import read_manifest
 from schemas import FrameRef, Manifest, Sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,77 +172,3 @@ def test_bad_config_names_the_field(corpus, tmp_path):
         job_from_dict({"sources": ["x"], "out": str(tmp_path), "run": {"worker": 3}})
     with pytest.raises(ConfigError, match="did you mean 'debug'"):
         job_from_dict({"sources": ["x"], "out": str(tmp_path), "curation": {"preset": "debgu"}})
-
-
-def _curate_cmd(corpus, out: Path) -> list[str]:
-    cfg = {
-        "sources": [str(corpus["lerobot"]), str(corpus["hdf5"]), str(corpus["junk"])],
-        "out": str(out),
-        "curation": {"preset": "debug"},
-        "run": {"progress": False, "num_cpus": 2, "episodes_per_part": 1},
-    }
-    path = out.parent / f"{out.name}.json"
-    path.write_text(json.dumps(cfg))
-    return [sys.executable, "-m", "pipelines.curate", "--config", str(path)]
-
-
-def test_interrupted_run_resumes_to_identical_shards(curated, corpus, tmp_path):
-    out = tmp_path / "ds"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.Popen(
-        _curate_cmd(corpus, out),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    parts = out / ".work" / "parts"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if len(list(parts.glob("part-*.parquet"))) >= 2:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the job finished before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait()
-    assert not (out / "meta" / "manifest.json").exists()
-    done = subprocess.run(
-        _curate_cmd(corpus, out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "already done" in done.stdout
-    assert content_digest(out) == content_digest(curated)
-    ours = {p.name: file_sha256(p) for p in (out / "data").glob("*.parquet")}
-    theirs = {p.name: file_sha256(p) for p in (curated / "data").glob("*.parquet")}
-    assert ours == theirs
-
-
-def test_ray_job_submit_on_a_local_cluster(corpus, tmp_path):
-    """``ray start --head`` then ``ray job submit … -- python -m pipelines.curate``."""
-    out = tmp_path / "ds"
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": bindir + os.pathsep + os.environ["PATH"]}
-    ray = str(Path(bindir) / "ray")
-    start = subprocess.run(
-        [ray, "start", "--head", "--num-cpus", "2", "--port", "6391", "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", "8267", "--include-dashboard", "true", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
-    assert start.returncode == 0, start.stderr[-2000:]
-    try:
-        cfg = _curate_cmd(corpus, out)[-1]
-        cmd = [ray, "job", "submit", "--address", "http://127.0.0.1:8267", "--working-dir", str(ROOT), "--",
-               "python", "-m", "pipelines.curate", "--config", cfg]  # fmt: skip
-        deadline, result = time.time() + 120, None
-        while time.time() < deadline:
-            result = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=600)
-            if "No available agent" not in result.stdout + result.stderr:
-                break
-            time.sleep(3)  # the dashboard agent is still starting
-        assert result is not None and result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-        assert "phase 2 (samples)" in result.stdout  # progress reaches the submitter
-        m = read_manifest(out)
-        assert m.counts["episodes_with_samples"] == 4 and m.counts["samples"] > 0
-    finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
