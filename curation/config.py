@@ -80,7 +80,7 @@ class FilterConfig:
     # near duplicates: pHash of `hash_frames` evenly spaced frames + action SimHash
     hash_frames: int = 4
     max_hamming: int = 4  # duplicate when every 64-bit frame pHash differs in at most this many bits
-    max_action_hamming: int = 1  # … and the action SimHash in at most this many
+    max_action_hamming: int = 0  # … and the action digests in at most this many (0: equal actions)
 
     def __post_init__(self) -> None:
         w = "FilterConfig"
