@@ -40,28 +40,32 @@ class DemoConfig:
     episodes_per_task: int  # per source format (two formats → twice as many demonstrations)
     image_size: int
     curation: dict = field(default_factory=dict)  # curation job "curation" section (preset + overrides)
-    model: str = "debug"
+    model: str = "debug"  # model preset (pretrain/config.py)
+    train_preset: str = "demo"  # train preset (pretrain/run_config.py), both trainings
     pretrain_steps: int = 200
-    finetune_steps: int = 600
-    batch_size: int = 16
-    lr: float = 3e-4
+    finetune_steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
     eval_episodes: int = 50
-    replan_every: int = 8
+    replan_every: int = 4
     eval_max_steps: int = 200
     workers: int = 2
-    finetune_args: tuple[str, ...] = ()
+    finetune_args: tuple[str, ...] = ("--heldout-fraction", "0.1", "--eval-every", "100")
     pretrain_args: tuple[str, ...] = ()
 
 
+# The default recipe was measured on the 2-core dev VM (see BENCHMARKS.md): fine-tuned from
+# scratch it reached 54 % (drawer-open) and 62 % (button-press-topdown) on 50 held-out seeds
+# per task, against 0 % for random and 100 % for the scripted expert.
 PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(
         name="default",
         tasks=("drawer-open-v3", "button-press-topdown-v3"),
-        episodes_per_task=25,
+        episodes_per_task=30,
         image_size=64,
         curation={
             "preset": "debug",
-            "windows": {"chunk": 16, "frame_stride": 4, "num_future": 2, "stride": 2},
+            "windows": {"chunk": 8, "frame_stride": 4, "num_future": 2, "stride": 2},
             "video": {"width": 64, "height": 64},
         },
     ),
@@ -71,12 +75,15 @@ PRESETS: dict[str, DemoConfig] = {
         episodes_per_task=2,
         image_size=64,
         curation={"preset": "debug"},
+        train_preset="debug",
         pretrain_steps=4,
         finetune_steps=4,
         batch_size=4,
+        lr=3e-4,
         eval_episodes=2,
         eval_max_steps=40,
         workers=1,
+        finetune_args=("--heldout-fraction", "0.25"),
     ),
 }
 
@@ -197,11 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     pre = out / "pretrain"
     st.run(
         "pretrain",
-        [py("pipelines.pretrain", "--preset", cfg.model, "--out", str(pre), "--steps", str(cfg.pretrain_steps),
-            *train, *cfg.pretrain_args)],
+        [py("pipelines.pretrain", "--preset", cfg.model, "--train-preset", cfg.train_preset, "--out", str(pre),
+            "--steps", str(cfg.pretrain_steps), *train, *cfg.pretrain_args)],
         env,
     )  # fmt: skip
-    ft = ["--preset", cfg.model, "--init", str(pre / "final"), "--steps", str(cfg.finetune_steps), *train]
+    ft = [
+        "--preset",
+        cfg.train_preset,
+        "--init",
+        str(pre / "final"),
+        "--steps",
+        str(cfg.finetune_steps),
+        *train,
+    ]
     pol, pol_nv = out / "policy", out / "policy_no_video"
     st.run("finetune", [py("pipelines.finetune", *ft, "--out", str(pol), *cfg.finetune_args)], env)
     st.run(
