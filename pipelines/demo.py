@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "--image-size",
         str(cfg.image_size),
         "--no-progress",
+        "--workers",
+        str(cfg.workers),
     ]
     st.run(
         "generate",
