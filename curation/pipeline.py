@@ -206,13 +206,22 @@ def screen(job: CurateJob, work: Path) -> dict[str, Any]:
         "inputs": len(discovered),
         "stage_counts": counts,
         "source_formats": {s.path: s.format or _safe_detect(s.path) for s in job.sources},
-        "source_inputs": dict(Counter(p["root"] for p in discovered)),
+        "source_inputs": dict(Counter(_source_path(p["root"], job.sources) for p in discovered)),
     }
     atomic_write_bytes(path, json.dumps(saved).encode())
     log(
         f"phase 1 (screen): {len(discovered)} inputs, {len(accepted)} accepted, {len(rejections) + len(dup)} rejected"
     )
     return saved
+
+
+def _source_path(root: str, sources: tuple[SourceSpec, ...]) -> str:
+    """The configured source a reader root belongs to (RLDS resolves to a version folder inside it)."""
+    for spec in sources:
+        base = spec.path.rstrip("/")
+        if root == spec.path or root.startswith(base + "/"):
+            return spec.path
+    return root
 
 
 def _safe_detect(path: str) -> str:

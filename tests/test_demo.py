@@ -30,6 +30,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     # two source formats really mixed in one curated dataset
     manifest = json.loads((out / "shards" / "meta" / "manifest.json").read_text())
     assert sorted(s["format"] for s in manifest["sources"]) == ["lerobot_v3", "rlds"]
+    assert all(s["episodes"] == 4 for s in manifest["sources"])  # 2 tasks × 2 episodes in each
     assert manifest["counts"]["samples"] > 0
     assert (out / "policy" / "final" / "model.safetensors").exists()
     comparison = json.loads((out / "eval" / "comparison.json").read_text())
