@@ -172,3 +172,36 @@ def test_bad_config_names_the_field(corpus, tmp_path):
         job_from_dict({"sources": ["x"], "out": str(tmp_path), "run": {"worker": 3}})
     with pytest.raises(ConfigError, match="did you mean 'debug'"):
         job_from_dict({"sources": ["x"], "out": str(tmp_path), "curation": {"preset": "debgu"}})
+
+
+def _sketch_of(chunk, k: int) -> bytes:
+    from curation.stages.sketch import QuantileSketch
+
+    return QuantileSketch(chunk.shape[1], k).update(chunk).to_bytes()
+
+
+def test_quantiles_merged_across_ray_tasks_are_within_half_a_percent(ray_local):
+    """q01/q99 from sketches built in separate Ray tasks and merged: ≤ 0.5 % rank error."""
+    import ray
+
+    from curation.stages.sketch import QuantileSketch
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [rng.normal(size=(600_000, 2)), rng.standard_cauchy(size=(600_000, 2))], axis=0
+    )  # 1.2 M rows, a light- and a heavy-tailed mixture per dim
+    values[:, 1] = np.round(values[:, 1], 1)  # and a discrete-ish dim
+    task = ray.remote(num_cpus=0.5)(_sketch_of)
+    parts = ray.get([task.remote(chunk, 1024) for chunk in np.array_split(values, 8)])
+    merged = QuantileSketch.from_bytes(parts[0])
+    for blob in parts[1:]:
+        merged.merge(QuantileSketch.from_bytes(blob))
+    assert merged.n == len(values)
+    for q in (0.01, 0.99):
+        est = merged.quantile(q)
+        for d in range(values.shape[1]):
+            col = np.sort(values[:, d])
+            lo = np.searchsorted(col, est[d], side="left") / len(col)
+            hi = np.searchsorted(col, est[d], side="right") / len(col)
+            rank_error = 0.0 if lo <= q <= hi else min(abs(q - lo), abs(q - hi))
+            assert rank_error <= 0.005, (q, d, rank_error)
