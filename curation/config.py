@@ -181,6 +181,21 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class CaptionConfig:
+    """CoCa captions / CLIP scores / text embeddings (curation/stages/caption.py)."""
+
+    model: str = "coca_ViT-B-32"
+    pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"
+    captions: bool = True  # write CoCa captions (the costly part on CPU)
+    max_tokens: int = 24
+    min_tokens: int = 3
+    batch_size: int = 16
+    num_cpus: float = 0.5  # per actor; fractional on purpose (DESIGN.md §4)
+    device: str = "cpu"
+    seed: int = 0  # for the random initialisation when pretrained is None
+
+
+@dataclass(frozen=True)
 class CurationConfig:
     name: str = "default"
     filters: FilterConfig = field(default_factory=FilterConfig)

@@ -27,8 +27,8 @@ from curation.config import CurationConfig
 from curation.formats import EpisodeRef
 from curation.frames import decode_frames
 from curation.ingest import _rejection, load
-from curation.stages.caption import text_embedding_fallback
 from curation.stages.compose import compose_views, encode_frames
+from curation.stages.text import text_embedding_fallback
 from curation.stages.windowing import window_episode
 from schemas import Episode, Rejection, Sample, get_embodiment
 from schemas.sample import QUALITY_KEYS

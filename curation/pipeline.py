@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from curation.config import CurationConfig, config_from_dict, get_preset
+from curation.config import CaptionConfig, CurationConfig, config_from_dict, get_preset
 from curation.episode_samples import EpisodeCaptioner, make_episode_fn, table_from_bytes
 from curation.formats import EpisodeRef, detect_format
 from curation.ingest import SourceSpec, _discover_row, _rejection, load
@@ -50,7 +50,6 @@ from curation.shards import (
     write_manifest,
     write_shard,
 )
-from curation.stages.caption import CaptionConfig
 from curation.stages.filters import check_episode, make_dedup_rejections
 from curation.stages.normalize import normalize_action, normalize_state, to_training_action
 from curation.stages.stats import StatsAccumulator

@@ -39,6 +39,7 @@ class DemoConfig:
     tasks: tuple[str, ...]
     episodes_per_task: int  # per source format (two formats → twice as many demonstrations)
     image_size: int
+    codec: str = "h264"  # of the LeRobot v3.0 half (the format's default, AV1, blurs 64² goals more)
     curation: dict = field(default_factory=dict)  # curation job "curation" section (preset + overrides)
     model: str = "debug"  # model preset (pretrain/config.py)
     train_preset: str = "demo"  # train preset (pretrain/run_config.py), both trainings
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     st.run(
         "generate",
         [
-            py("pipelines.generate_sim", *gen, "--seed", "0", "--out", str(src_a), "--repo-id", "gwp-demo/sim-a"),
+            py("pipelines.generate_sim", *gen, "--seed", "0", "--out", str(src_a), "--codec", cfg.codec,
+               "--repo-id", "gwp-demo/sim-a"),
             py("pipelines.generate_sim", *gen, "--seed", "100000", "--out", str(tmp_b), "--codec", "h264",
                "--repo-id", "gwp-demo/sim-b"),
             py("pipelines.convert", str(tmp_b), "--to", "rlds", "--out", str(src_b)),

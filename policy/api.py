@@ -157,7 +157,7 @@ class Policy:
         """[E] float32, as the dataset embedded it."""
         tc = self.model.cfg.text
         if tc.kind == "fallback":
-            from curation.stages.caption import text_embedding_fallback
+            from curation.stages.text import text_embedding_fallback
 
             return text_embedding_fallback([text], tc.dim)[0]
         if self._captioner is None:

@@ -18,24 +18,14 @@ fractional CPUs so that the read tasks keep running on a 2-core machine.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-@dataclass(frozen=True)
-class CaptionConfig:
-    model: str = "coca_ViT-B-32"
-    pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"
-    captions: bool = True  # write CoCa captions (the costly part on CPU)
-    max_tokens: int = 24
-    min_tokens: int = 3
-    batch_size: int = 16
-    num_cpus: float = 0.5  # per actor; fractional on purpose (DESIGN.md §4)
-    device: str = "cpu"
-    seed: int = 0  # for the random initialisation when pretrained is None
+from curation.config import CaptionConfig
+from curation.stages.text import l2_normalize as _l2
+from curation.stages.text import text_embedding_fallback  # noqa: F401  (re-exported)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -178,10 +168,6 @@ class Captioner:
         return texts
 
 
-def _l2(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 class CaptionStage:
     """Ray Data callable class: adds ``caption``, ``clip_score`` and ``text_embedding`` columns.
 
@@ -205,15 +191,3 @@ class CaptionStage:
         out["caption"] = np.asarray(captions, dtype=object)
         out["text_embedding"] = list(_l2(self.captioner.embed_text(texts)))
         return out
-
-
-def text_embedding_fallback(texts: list[str], dim: int = 64) -> np.ndarray:
-    """Deterministic hashed bag-of-words embedding for runs with captioning disabled."""
-    import hashlib
-
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, text in enumerate(texts):
-        for word in text.lower().split():
-            h = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "little")
-            out[i, h % dim] += 1.0 if (h >> 32) & 1 else -1.0
-    return _l2(out).astype(np.float32)

@@ -123,7 +123,7 @@ def encode_frames(
         info.add_text(PNG_FRAMES_KEY, str(n))
         buf = io.BytesIO()
         Image.fromarray(frames_NHWC.reshape(n * h, w, 3)).save(
-            buf, format="PNG", pnginfo=info, compress_level=6
+            buf, format="PNG", pnginfo=info, compress_level=1
         )
         return buf.getvalue()
     if fmt == "mp4":
