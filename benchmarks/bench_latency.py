@@ -49,15 +49,17 @@ class Geometry:
         return 1 + per_frame, self.model.chunk, self.model.num_future * per_frame
 
 
-def geometries() -> list[Geometry]:
+def geometries(width: int = 256, layers: int = 4) -> list[Geometry]:
     wan = get_model_config("wan22-5b")
     reduced = dataclasses.replace(
-        wan, name="wan22-5b-geometry-reduced", dim=256, heads=4, head_dim=64, ffn_dim=1024, layers=4,
-        text_dim=512, mlp_hidden=256,
+        wan, name="wan22-5b-geometry-reduced", dim=width, heads=width // 64, head_dim=64, ffn_dim=4 * width,
+        layers=layers, text_dim=512, mlp_hidden=256,
     )  # fmt: skip
     return [
         Geometry("debug", get_model_config("debug"), (64 // 4, 64 // 4)),
-        Geometry("paper-geometry (wan22-5b layout, 256×4 layers)", reduced, (320 // 16, 384 // 16)),
+        Geometry(
+            f"paper-geometry (wan22-5b layout, {width}×{layers} layers)", reduced, (320 // 16, 384 // 16)
+        ),
     ]
 
 
@@ -138,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 weights and activations (CUDA)")
     p.add_argument("--only", choices=["debug", "paper"], default=None)
+    p.add_argument("--paper-width", type=int, default=256, help="width of the reduced wan22-5b-layout model")
+    p.add_argument("--paper-layers", type=int, default=4, help="layers of the reduced wan22-5b-layout model")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    geos = geometries()
+    geos = geometries(args.paper_width, args.paper_layers)
     if args.only:
         geos = [g for g in geos if g.name.startswith(args.only)]
     rows = [measure(g, args.repeats, args.warmup, device, dtype) for g in geos]
