@@ -39,7 +39,7 @@ class DemoConfig:
     tasks: tuple[str, ...]
     episodes_per_task: int  # per source format (two formats → twice as many demonstrations)
     image_size: int
-    codec: str = "h264"  # of the LeRobot v3.0 half (the format's default, AV1, blurs 64² goals more)
+    codec: str = "h264"  # of the LeRobot v3.0 half: the codec the RLDS half was converted from, too
     curation: dict = field(default_factory=dict)  # curation job "curation" section (preset + overrides)
     model: str = "debug"  # model preset (pretrain/config.py)
     train_preset: str = "demo"  # train preset (pretrain/run_config.py), both trainings
