@@ -4,7 +4,8 @@ This is the heavy stage of curation, one call per episode so that every frame is
 once and resized once, whatever the window geometry::
 
     load episode (by reference) → decode every camera once → compose the views of all T
-    steps once ([T, H, W, 3]) → window → encode each window's 1+K composed frames
+    steps once ([T, H, W, 3]) → window → encode each window's 1+K composed frames (PNG: each
+    composed frame is deflated once and the windows' PNGs are stacked from those pieces)
 
 Normalisation needs statistics over the whole corpus, so rows here keep the *raw* action
 chunk and state (``raw_action [p, Da]``, ``raw_state [Ds]``); the shard writer normalises
@@ -27,7 +28,7 @@ from curation.config import CurationConfig
 from curation.formats import EpisodeRef
 from curation.frames import decode_frames
 from curation.ingest import _rejection, load
-from curation.stages.compose import compose_views, encode_frames
+from curation.stages.compose import PngRows, compose_views, encode_frames, png_rows, stack_png
 from curation.stages.text import text_embedding_fallback
 from curation.stages.windowing import window_episode
 from schemas import Episode, Rejection, Sample, get_embodiment
@@ -71,9 +72,16 @@ def episode_sample_rows(
     spec = get_embodiment(episode.embodiment)
     text_emb = text_embedding_fallback([episode.instruction])[0]
     rows = []
+    png_cache: dict[int, PngRows] = {}  # each composed frame compressed once, whatever its windows
     for w in result.windows:
-        frames = composed_THWC[list(w.camera_indices)]
-        video = encode_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
+        if vc.format == "png":
+            idx = list(w.camera_indices)
+            video = stack_png(
+                [png_cache.get(i) or png_cache.setdefault(i, png_rows(composed_THWC[i])) for i in idx]
+            )
+        else:
+            frames = composed_THWC[list(w.camera_indices)]
+            video = encode_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
         rows.append(
             {
                 "sample_id": w.sample_id,

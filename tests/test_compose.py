@@ -119,3 +119,19 @@ def test_one_episode_row_through_every_stage(fmt):
             assert np.abs(frames.astype(int) - want.astype(int)).mean() < 12
     table = to_table(samples)  # validated and written through the shard schema
     assert isinstance(table, pa.Table) and from_table(Sample, table) == samples
+
+
+def test_stacked_png_from_cached_rows_equals_encoding_the_window():
+    from PIL import Image
+
+    from curation.stages.compose import png_rows, stack_png
+
+    frames = np.random.default_rng(3).integers(0, 255, (6, 20, 30, 3), dtype=np.uint8)
+    cache = [png_rows(f) for f in frames]
+    window = [0, 2, 4]
+    data = stack_png([cache[i] for i in window])
+    assert data == encode_frames(frames[window], "png")  # the same bytes, however they were made
+    np.testing.assert_array_equal(decode_sample_frames(data, "png"), frames[window])
+    with Image.open(io.BytesIO(data)) as im:  # a standard PNG to any reader
+        im.load()
+        assert im.size == (30, 60) and im.text["gwp_frames"] == "3"

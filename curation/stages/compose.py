@@ -27,11 +27,14 @@ Encoding of the composed frames ``[N, H, W, 3]``:
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from curation.config import VideoConfig
 
@@ -102,6 +105,57 @@ def compose_views(
 # ---- encoding a sample's frames -----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PngRows:
+    """One frame's PNG scanlines, deflated on their own (ending in a full flush), so that the
+    frames of any window can be stacked into one tall PNG without compressing them again: with
+    Δ = stride every composed frame is in 1 + K windows, and compression is the costly part."""
+
+    raw: bytes  # filtered scanlines: filter byte 0 + the RGB row, for the Adler-32 of the stream
+    deflated: bytes  # raw deflate segment, byte-aligned
+    height: int
+    width: int
+
+
+def png_rows(frame_HWC: np.ndarray) -> PngRows:
+    h, w, _ = frame_HWC.shape
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), frame_HWC.reshape(h, w * 3)], axis=1).tobytes()
+    comp = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return PngRows(raw, comp.compress(raw) + comp.flush(zlib.Z_FULL_FLUSH), h, w)
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+
+_EMPTY_FINAL_BLOCK = b"\x03\x00"  # a final fixed-Huffman block with no symbols but end-of-block
+
+
+def stack_png(frames: Sequence[PngRows]) -> bytes:
+    """One tall RGB PNG of the frames (N·H rows) with a ``gwp_frames`` text chunk holding N."""
+    if not frames:
+        raise ValueError("stack_png needs at least one frame")
+    h, w = frames[0].height, frames[0].width
+    if any((f.height, f.width) != (h, w) for f in frames):
+        raise ValueError("stack_png: frames of different sizes")
+    adler = 1
+    for f in frames:
+        adler = zlib.adler32(f.raw, adler)
+    stream = (
+        b"\x78\x01" + b"".join(f.deflated for f in frames) + _EMPTY_FINAL_BLOCK + struct.pack(">I", adler)
+    )
+    header = struct.pack(">IIBBBBB", w, h * len(frames), 8, 2, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", header),
+            _chunk(b"tEXt", PNG_FRAMES_KEY.encode() + b"\x00" + str(len(frames)).encode()),
+            _chunk(b"IDAT", stream),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
 def encode_frames(
     frames_NHWC: np.ndarray,
     fmt: str = "png",
@@ -118,14 +172,7 @@ def encode_frames(
     if frames_NHWC.ndim != 4 or frames_NHWC.shape[-1] != 3 or frames_NHWC.shape[0] == 0:
         raise ValueError(f"frames must be [N>0, H, W, 3], got {frames_NHWC.shape}")
     if fmt == "png":
-        n, h, w, _ = frames_NHWC.shape
-        info = PngImagePlugin.PngInfo()
-        info.add_text(PNG_FRAMES_KEY, str(n))
-        buf = io.BytesIO()
-        Image.fromarray(frames_NHWC.reshape(n * h, w, 3)).save(
-            buf, format="PNG", pnginfo=info, compress_level=1
-        )
-        return buf.getvalue()
+        return stack_png([png_rows(f) for f in frames_NHWC])
     if fmt == "mp4":
         from curation.video import encode_video_bytes
 
