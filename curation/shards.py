@@ -104,19 +104,6 @@ def sample_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def plan_shards(row_bytes: list[int], target_bytes: int, max_rows: int) -> list[tuple[int, int]]:
-    """Cut rows (in their fixed order) into [start, stop) ranges of about ``target_bytes``."""
-    plans, start, size = [], 0, 0
-    for i, b in enumerate(row_bytes):
-        if i > start and (size + b > target_bytes or i - start >= max_rows):
-            plans.append((start, i))
-            start, size = i, 0
-        size += b
-    if start < len(row_bytes):
-        plans.append((start, len(row_bytes)))
-    return plans
-
-
 def shard_is_complete(path: Path, rows: int) -> bool:
     try:
         return pq.ParquetFile(path).metadata.num_rows == rows
