@@ -45,13 +45,14 @@ import torch
 from safetensors.torch import load_file
 
 from curation.config import NormConfig, VideoConfig
+from pipelines import train_cli
 from policy.heldout import HeldoutEvaluator, split_shards
 from policy.model import GWPPolicyModel, ImageConfig, PolicyConfig, TextConfig
 from pretrain import distributed as dd
 from pretrain.config import get_model_config, list_model_configs
-from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pretrain.data import ShardSet
 from pretrain.flow import FlowConfig
-from pretrain.run_config import TrainConfig, get_train_config, train_config_names
+from pretrain.run_config import train_config_names
 from schemas import get_embodiment
 
 log = logging.getLogger("finetune")
@@ -184,21 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", default=None, help=f"model preset for --init none ({', '.join(list_model_configs())})"
     )
-    p.add_argument("--data", required=True, help="curated shards folder or dataset repo id")
-    p.add_argument("--data-revision", default=None)
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final/)")
-    p.add_argument("--codec", default="pixel", choices=["pixel", "wan-vae"])
-    p.add_argument("--codec-patch", type=int, default=4, help="pixel codec patch size")
-    p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--zero-stage", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int, default=0)
+    train_cli.add_data_args(p)
+    train_cli.add_codec_args(p)
+    train_cli.add_train_args(p, [n for n in train_cli.TRAIN_OVERRIDES if n != "warmup_steps"])
     d = FlowConfig()
     p.add_argument("--action-weight", type=float, help=f"λ_a, action loss weight (default {d.action_weight})")
     p.add_argument("--video-weight", type=float, help=f"λ_v, video loss weight (default {d.video_weight})")
@@ -212,47 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-every", type=int, default=0, help="held-out action error every N steps (0 = only at the end)"
     )
     p.add_argument("--heldout-samples", type=int, default=64, help="held-out samples per check")
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    train_cli.add_run_args(p)
     return p
-
-
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    over = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "grad_accum": args.grad_accum,
-        "lr": args.lr,
-        "zero_stage": args.zero_stage,
-        "ema_decay": args.ema_decay,
-        "ckpt_every": args.ckpt_every,
-        "seed": args.seed,
-    }
-    base = get_train_config(args.preset)
-    cfg = replace(base, output_dir=str(args.out), **{k: v for k, v in over.items() if v is not None})
-    if cfg.warmup_steps > cfg.steps:
-        cfg = replace(cfg, warmup_steps=cfg.steps)
-    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[finetune %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    try:  # a bad preset or value: one line naming the field and the allowed values, exit 2
-        cfg = train_config(args)
-    except (KeyError, ValueError) as err:
-        print(f"gwp finetune: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+    train_cli.apply_threads(args)
+    cfg = train_cli.checked_train_config("finetune", args, args.preset)
+    if cfg is None:  # a bad preset or value: one line naming the field and the allowed values
         return 2
     from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
 
     shards = ShardSet.open(args.data, args.data_revision)
     settings = data_settings(shards)
-    codec_kwargs: dict[str, Any] = {"patch": args.codec_patch} if args.codec == "pixel" else {}
-    if args.codec == "wan-vae":
-        if not args.vae:
-            raise SystemExit("finetune: --codec wan-vae needs --vae <folder or repo id>")
-        codec_kwargs = {"path_or_repo": args.vae}
     torch.manual_seed(cfg.seed)  # a random init (--init none) is part of the run: seed it like the rest
     model = build_policy(
         args.init,
@@ -260,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model or args.preset,
         settings,
         args.codec,
-        codec_kwargs,
+        train_cli.codec_kwargs("finetune", args),
         flow_config(args),
     )
     split = split_shards(shards, args.heldout_fraction, args.heldout_seed)
@@ -274,12 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             split.heldout.num_rows,
             shards.num_rows,
         )
-    loader = ShardLoader(
-        split.train,
-        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=args.num_workers),
-        rank=dd.env_rank(),
-        world_size=dd.env_world_size(),
-    )
+    loader = train_cli.shard_loader(split.train, cfg, args.num_workers)
     record = {
         "policy": model.cfg.to_dict(),
         "init": {"source": args.init, "revision": args.init_revision},
@@ -308,13 +266,11 @@ def main(argv: list[str] | None = None) -> int:
                 rec["action_mse"],
                 rec["action_mse_robot"],
             )
-        losses = [h["loss"] for h in result.history]
         log.info(
-            "policy saved to %s (steps %d, loss %s → %s)",
+            "policy saved to %s (steps %d, loss %s)",
             folder,
             result.steps,
-            f"{losses[0]:.4f}" if losses else "-",
-            f"{float(np.mean(losses[-3:])):.4f}" if losses else "-",
+            train_cli.loss_span(result.history),
         )
     dd.barrier()
     return 0

@@ -46,14 +46,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pipelines import train_cli
 from pretrain import distributed as dd
 from pretrain.codec import LatentCache, LatentCodec, make_codec
 from pretrain.config import ModelConfig, get_model_config, list_model_configs
-from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pretrain.data import ShardSet
 from pretrain.flow import FlowConfig
 from pretrain.model import ActionVideoTransformer, build_model, param_count
 from pretrain.objective import ObjectiveConfig, PretrainObjective
-from pretrain.run_config import TrainConfig, get_train_config, train_config_names
+from pretrain.run_config import train_config_names
 from schemas import MAX_DIM
 
 log = logging.getLogger("pretrain")
@@ -115,16 +116,9 @@ def check_geometry(geo: dict[str, Any], mcfg: ModelConfig, codec: LatentCodec, w
 # ---- building blocks ----------------------------------------------------------------------------
 
 
-def build_codec(name: str, patch: int, vae: str | None) -> tuple[LatentCodec, dict[str, Any]]:
-    if name == "pixel":
-        kwargs: dict[str, Any] = {"patch": patch}
-    elif name == "wan-vae":
-        if not vae:
-            raise SystemExit("pretrain: --codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
-        kwargs = {"path_or_repo": vae}
-    else:
-        raise SystemExit(f"pretrain: unknown codec {name!r} (pixel, wan-vae)")
-    return make_codec(name, **kwargs), kwargs
+def build_codec(args: argparse.Namespace) -> tuple[LatentCodec, dict[str, Any]]:
+    kwargs = train_cli.codec_kwargs("pretrain", args)
+    return make_codec(args.codec, **kwargs), kwargs
 
 
 def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVideoTransformer, dict]:
@@ -149,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"train config preset ({', '.join(train_config_names())}); default: the model preset's name",
     )
-    p.add_argument("--data", required=True, help="curated shards folder or dataset repo id")
-    p.add_argument("--data-revision", default=None)
-    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final/)")
+    train_cli.add_data_args(p)
     p.add_argument(
         "--model-override",
         action="append",
@@ -162,31 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--init-wan", default=None, help="diffusers WanTransformer3DModel checkpoint to start from"
     )
-    p.add_argument("--codec", default="pixel", choices=["pixel", "wan-vae"])
-    p.add_argument("--codec-patch", type=int, default=4, help="pixel codec patch size")
-    p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
+    train_cli.add_codec_args(p)
     p.add_argument("--latent-cache", default=None, help="folder for per-shard cached latents")
     p.add_argument("--action-dropout", type=float, default=ObjectiveConfig().action_dropout)
     p.add_argument("--video-shift", type=float, default=FlowConfig().video_shift)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3])
+    train_cli.add_train_args(p, list(train_cli.TRAIN_OVERRIDES), choices={"zero_stage": [0, 1, 2, 3]})
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload: optimizer on the CPU")
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     p.add_argument(
         "--stop-at", type=int, default=None, help="stop (checkpointed) after this step, as a preempted job"
     )
-    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    train_cli.add_run_args(p)
     return p
 
 
@@ -217,29 +195,6 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    over = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "grad_accum": args.grad_accum,
-        "lr": args.lr,
-        "warmup_steps": args.warmup_steps,
-        "zero_stage": args.zero_stage,
-        "ema_decay": args.ema_decay,
-        "ckpt_every": args.ckpt_every,
-        "seed": args.seed,
-    }
-    if args.offload_optimizer:
-        over["offload_optimizer"] = True
-    if args.activation_checkpointing:
-        over["activation_checkpointing"] = True
-    base = get_train_config(args.train_preset or args.preset)
-    cfg = replace(base, output_dir=str(args.out), **{k: v for k, v in over.items() if v is not None})
-    if cfg.warmup_steps > cfg.steps:
-        cfg = replace(cfg, warmup_steps=cfg.steps)
-    return cfg
-
-
 def main(argv: list[str] | None = None) -> int:
     # DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once
     os.environ.setdefault(
@@ -249,16 +204,19 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[pretrain %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:  # a bad preset or value: one line naming the field and the allowed values, exit 2
-        cfg = train_config(args)
-    except (KeyError, ValueError) as err:
-        print(f"gwp pretrain: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+    train_cli.apply_threads(args)
+    cfg = train_cli.checked_train_config(
+        "pretrain",
+        args,
+        args.train_preset or args.preset,
+        offload_optimizer=args.offload_optimizer or None,
+        activation_checkpointing=args.activation_checkpointing or None,
+    )
+    if cfg is None:  # a bad preset or value: one line naming the field and the allowed values
         return 2
     shards = ShardSet.open(args.data, args.data_revision)
     geo = data_geometry(shards)
-    codec, codec_kwargs = build_codec(args.codec, args.codec_patch, args.vae)
+    codec, codec_kw = build_codec(args)
     channels = geo["latent_shape"][0] if geo["latent_shape"] else codec.latent_channels
     mcfg = replace(
         get_model_config(args.preset),
@@ -275,18 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     model, init = build_transformer(mcfg, args.init_wan)
     cache = LatentCache(args.latent_cache, codec) if args.latent_cache else None
-    loader = ShardLoader(
-        shards,
-        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=args.num_workers),
-        rank=dd.env_rank(),
-        world_size=dd.env_world_size(),
-        latent_cache=cache,
-    )
+    loader = train_cli.shard_loader(shards, cfg, args.num_workers, cache)
     tokens = 1 + mcfg.chunk + (1 + mcfg.num_future) * (h // mcfg.patch[1]) * (w // mcfg.patch[2])  # C + A + V
     record = {
         "model": mcfg.to_dict(),
         "objective": ocfg.to_dict(),
-        "codec": {"name": codec.name, **codec_kwargs, "latent_grid": [h, w]},
+        "codec": {"name": codec.name, **codec_kw, "latent_grid": [h, w]},
         "init": init,
         "data": {"source": str(args.data), "revision": args.data_revision, "rows": shards.num_rows},
         "tokens_per_sample": tokens,
@@ -295,13 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(model, objective, loader, cfg, config_record=record, progress=not args.no_progress)
     result = trainer.fit(resume=not args.no_resume, stop_at=args.stop_at)
     if dd.is_main():
-        losses = [rec["loss"] for rec in result.history]
         log.info(
-            "%s at step %d (loss %s → %s)%s",
+            "%s at step %d (loss %s)%s",
             "finished" if result.final_dir else "stopped",
             result.steps,
-            f"{losses[0]:.4f}" if losses else "-",
-            f"{float(np.mean(losses[-3:])):.4f}" if losses else "-",
+            train_cli.loss_span(result.history),
             f"; weights in {result.final_dir}" if result.final_dir else "",
         )
     dd.barrier()

@@ -14,15 +14,16 @@ All presets use 48 latent channels (the Wan2.2 VAE; a 4×4 RGB pixel-patch codec
 channel count), action/state vectors padded to 32 dims, p = 48 action tokens and K = 4 future
 latent frames (the paper's window geometry). Derive variants with ``dataclasses.replace``.
 
-Presets live in one registry: ``register_model_config`` rejects duplicate names and
-``get_model_config`` answers a misspelt name with "did you mean …".
+Presets live in one registry (``schemas/registry.py``): ``register_model_config`` rejects
+duplicate names and ``get_model_config`` answers a misspelt name with "did you mean …".
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from schemas.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -120,26 +121,19 @@ class ModelConfig:
         return cls(**d)
 
 
-_REGISTRY: dict[str, ModelConfig] = {}
+_REGISTRY: Registry[ModelConfig] = Registry("model config")
 
 
 def register_model_config(cfg: ModelConfig) -> ModelConfig:
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"model config {cfg.name!r} is already registered")
-    _REGISTRY[cfg.name] = cfg
-    return cfg
+    return _REGISTRY.register(cfg.name, cfg)
 
 
 def get_model_config(name: str) -> ModelConfig:
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise KeyError(f"unknown model config {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY.get(name)
 
 
 def list_model_configs() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 register_model_config(

@@ -26,6 +26,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from schemas.registry import Registry
+
 OPTIMIZERS = ("adamw", "adam")
 PRECISIONS = ("auto", "bf16", "fp32")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -144,26 +146,19 @@ class TrainConfig:
         return cls(**d)
 
 
-_PRESETS: dict[str, TrainConfig] = {}
+_PRESETS: Registry[TrainConfig] = Registry("train config preset")
 
 
 def register_train_config(cfg: TrainConfig) -> TrainConfig:
-    if cfg.name in _PRESETS:
-        raise ValueError(f"train config preset {cfg.name!r} is already registered")
-    _PRESETS[cfg.name] = cfg
-    return cfg
+    return _PRESETS.register(cfg.name, cfg)
 
 
 def get_train_config(name: str) -> TrainConfig:
-    if name not in _PRESETS:
-        close = difflib.get_close_matches(name, list(_PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown train config preset {name!r} (known: {sorted(_PRESETS)}){hint}")
-    return _PRESETS[name]
+    return _PRESETS.get(name)
 
 
 def train_config_names() -> list[str]:
-    return sorted(_PRESETS)
+    return _PRESETS.names()
 
 
 register_train_config(

@@ -20,6 +20,7 @@ readers build Episodes through :func:`build_episode`, which maps every problem t
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import LoadError, SourceReader
+from curation.formats.base import EpisodeRef, LoadError, SourceReader
 from curation.formats.mapping import SourceMapping
 from curation.video import probe_video
-from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
+from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, episode_id_for, get_embodiment
 
 # ---- path templates (the format's own names) -------------------------------------------
 INFO_PATH = "meta/info.json"
@@ -480,7 +481,8 @@ def check_vector_features(
 
 
 class LeRobotReader(SourceReader):
-    """What the v2.x and v3.0 readers share: detection by ``codebase_version`` and ``info.json``."""
+    """What the v2.x and v3.0 readers share: detection by ``codebase_version``, ``info.json``,
+    the episode refs and :meth:`load`; a version supplies its camera spans (:meth:`frame_ref`)."""
 
     major: ClassVar[str]  # "v2" or "v3"
 
@@ -503,3 +505,60 @@ class LeRobotReader(SourceReader):
         if self._info is None:
             self._info = read_info(self.root, self.major)
         return self._info
+
+    def mapped_cameras(self) -> dict[str, str]:
+        """Check the mapped state/action features; feature key -> role of the mapped cameras."""
+        where = self.root / INFO_PATH
+        check_vector_features(self.info, self.mapping, spec_for(self.mapping, where), where)
+        return mapped_cameras(self.info, self.mapping, where)
+
+    def episode_ref(
+        self, index: int, data_rel: str, length: int, tasks: list[str] | None, videos: dict[str, Any]
+    ) -> EpisodeRef:
+        """The ref :meth:`load` reads: the data parquet, length, instruction and camera ``videos``."""
+        return EpisodeRef(
+            format=self.format,
+            root=str(self.root),
+            path=str(self.root / data_rel),
+            index=index,
+            source=self.source,
+            locator={
+                "data": data_rel,
+                "length": length,
+                "instruction": tasks[0] if tasks else self.mapping.instruction,
+                "videos": videos,
+            },
+        )
+
+    @abstractmethod
+    def frame_ref(self, root: Path, key: str, video: Any, length: int, label: str) -> FrameRef:
+        """Camera ``key``'s frames of one episode from its locator entry ``video``, checked."""
+
+    def load(self, ref: EpisodeRef) -> Episode:
+        info = self.info
+        root = Path(ref.root)
+        path = root / ref.locator["data"]
+        label = f"episode_{ref.index:06d}"
+        spec = spec_for(self.mapping, path)
+        cams = mapped_cameras(info, self.mapping, root / INFO_PATH)
+        columns = [self.mapping.state_key, self.mapping.action_key, "timestamp", "frame_index"]
+        rows = read_episode_rows(path, columns, ref.index, label)
+        length = int(ref.locator["length"])
+        cameras = {
+            role: self.frame_ref(root, key, ref.locator["videos"][key], length, label)
+            for key, role in cams.items()
+        }
+        return build_episode(
+            rows=rows,
+            spec=spec,
+            mapping=self.mapping,
+            episode_id=episode_id_for(ref.source, ref.locator["data"], ref.index),
+            source=ref.source,
+            instruction=ref.locator["instruction"],
+            fps=float(info["fps"]),
+            cameras=cameras,
+            path=path,
+            label=label,
+            episode_index=ref.index,
+            expected_length=length,
+        )

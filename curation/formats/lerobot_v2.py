@@ -19,7 +19,6 @@ frames are in memory at a time. Default codec h264 (v2.1 era datasets mostly use
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,6 @@ from curation.formats.base import EpisodeRef, LoadError
 from curation.formats.lerobot_common import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
-    INDEX_FEATURES,
-    INFO_PATH,
-    STATS_PATH,
     V2_CODEBASE_VERSION,
     V2_DATA_PATH,
     V2_EPISODES_PATH,
@@ -39,30 +35,12 @@ from curation.formats.lerobot_common import (
     V2_TASKS_PATH,
     V2_VIDEO_PATH,
     LeRobotReader,
-    RunningStats,
-    build_episode,
-    camera_key_map,
-    check_compatible,
-    check_vector_features,
     check_video_span,
-    episode_stats,
-    fps_value,
-    frames_table,
-    mapped_cameras,
-    merge_stats,
-    peek,
-    read_episode_rows,
-    source_name,
-    spec_for,
-    vector_features,
-    video_feature,
     video_fps,
-    write_json,
 )
-from curation.formats.mapping import SourceMapping
-from curation.frames import decode_frames
+from curation.formats.lerobot_write import start_write
 from curation.video import encode_video
-from schemas import Episode, FrameRef, episode_id_for, get_embodiment
+from schemas import FrameRef
 
 FORMAT = "lerobot_v2"
 
@@ -82,51 +60,29 @@ def write_lerobot_v2(
     All episodes must share embodiment, fps and camera roles. ``camera_keys`` maps a camera
     role to its feature key (default ``observation.images.<role>``). Returns ``root``.
     """
-    root = Path(root)
-    if (root / "meta").exists() or (root / "data").exists():
-        raise FileExistsError(f"{root} already holds a dataset (meta/ or data/ exists)")
-    first, stream = peek(episodes)
-    spec = get_embodiment(first.embodiment)
-    keys = camera_key_map(spec, first.cameras, camera_keys)  # role -> feature key
-    fps = float(first.fps)
-    chunks_size = DEFAULT_CHUNK_SIZE
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-
-    shapes: dict[str, tuple[int, int]] = {}
-    tasks: dict[str, int] = {}
-    totals: dict[str, RunningStats] = {}
-    n_frames = n_episodes = 0
-    if progress:
-        from tqdm import tqdm
-
-        stream = tqdm(stream, desc=f"lerobot v2.1 -> {root}", unit="ep")
+    w = start_write(
+        episodes, root, FORMAT, codec=codec, camera_keys=camera_keys, repo_id=repo_id, robot_type=robot_type
+    )
+    (w.root / "meta").mkdir(parents=True, exist_ok=True)
     try:
         with (
-            open(root / V2_EPISODES_PATH, "w") as ep_jsonl,
-            open(root / V2_EPISODES_STATS_PATH, "w") as stats_jsonl,
+            open(w.root / V2_EPISODES_PATH, "w") as ep_jsonl,
+            open(w.root / V2_EPISODES_STATS_PATH, "w") as stats_jsonl,
         ):
-            for ep_index, ep in enumerate(stream):
-                check_compatible(ep, first, keys, f"episode {ep_index} ({ep.episode_id})")
-                task_index = tasks.setdefault(ep.instruction, len(tasks))
-                chunk = ep_index // chunks_size
-                rows = frames_table(ep, spec, ep_index, n_frames, task_index)
-                data_path = root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=ep_index)
+            for ep_index, ep in w.episodes("lerobot v2.1", progress):
+                rows = w.episode_rows(ep_index, ep)
+                chunk = ep_index // w.chunks_size
+                data_path = w.root / V2_DATA_PATH.format(episode_chunk=chunk, episode_index=ep_index)
                 data_path.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(rows, data_path)
                 frames: dict[str, np.ndarray] = {}
-                for role, key in keys.items():
-                    fr = decode_frames(ep.cameras[role])
-                    size = (int(fr.shape[1]), int(fr.shape[2]))
-                    if shapes.setdefault(key, size) != size:
-                        raise ValueError(
-                            f"episode {ep_index}: {key} frames are {size}, earlier ones {shapes[key]}"
-                        )
-                    vpath = root / V2_VIDEO_PATH.format(
+                for key, fr in w.camera_frames(ep_index, ep):
+                    vpath = w.root / V2_VIDEO_PATH.format(
                         episode_chunk=chunk, video_key=key, episode_index=ep_index
                     )
-                    encode_video(fr, vpath, fps=fps, codec=codec)
+                    encode_video(fr, vpath, fps=w.fps, codec=codec)
                     frames[key] = fr
-                stats = episode_stats(ep, rows, frames)
+                stats = w.add_stats(ep, rows, frames)
                 del frames
                 ep_jsonl.write(
                     json.dumps({"episode_index": ep_index, "tasks": [ep.instruction], "length": ep.length})
@@ -138,46 +94,19 @@ def write_lerobot_v2(
                     )
                     + "\n"
                 )
-                totals = merge_stats(totals, stats)
-                n_frames += ep.length
-                n_episodes += 1
     except BaseException:
-        for sub in ("meta", "data", "videos"):  # ours: they did not exist before this call
-            shutil.rmtree(root / sub, ignore_errors=True)
+        w.remove_partial()
         raise
 
-    with open(root / V2_TASKS_PATH, "w") as f:
-        for task, index in tasks.items():
+    with open(w.root / V2_TASKS_PATH, "w") as f:
+        for task, index in w.tasks.items():
             f.write(json.dumps({"task_index": index, "task": task}) + "\n")
-    features = {
-        **vector_features(spec),
-        **{key: video_feature(*shapes[key], fps, codec) for key in keys.values()},
-        **INDEX_FEATURES,
+    layout = {
+        "total_videos": w.n_episodes * len(w.keys),
+        "total_chunks": (w.n_episodes - 1) // w.chunks_size + 1,
+        "chunks_size": w.chunks_size,
     }
-    info = {
-        "codebase_version": V2_CODEBASE_VERSION,
-        "robot_type": robot_type or spec.name,
-        "total_episodes": n_episodes,
-        "total_frames": n_frames,
-        "total_tasks": len(tasks),
-        "total_videos": n_episodes * len(keys),
-        "total_chunks": (n_episodes - 1) // chunks_size + 1,
-        "chunks_size": chunks_size,
-        "fps": fps_value(fps),
-        "splits": {"train": f"0:{n_episodes}"},
-        "data_path": V2_DATA_PATH,
-        "video_path": V2_VIDEO_PATH if keys else None,
-        "features": features,
-    }
-    write_json(root / INFO_PATH, info)
-    write_json(root / STATS_PATH, {k: v.to_dict() for k, v in totals.items()})
-    SourceMapping(
-        embodiment=spec.name,
-        cameras={key: role for role, key in keys.items()},
-        source=source_name(repo_id, root),
-        extra={"repo_id": repo_id, "format": FORMAT},
-    ).write(root)
-    return root
+    return w.finish(V2_CODEBASE_VERSION, layout, V2_DATA_PATH, V2_VIDEO_PATH)
 
 
 class LeRobotV2Reader(LeRobotReader):
@@ -186,21 +115,10 @@ class LeRobotV2Reader(LeRobotReader):
     format = FORMAT
     major = "v2"
 
-    def _paths(self, index: int) -> tuple[str, dict[str, str]]:
-        info = self.info
-        chunk = index // int(info.get("chunks_size") or DEFAULT_CHUNK_SIZE)
-        data_rel = info["data_path"].format(episode_chunk=chunk, episode_index=index)
-        video_tpl = info.get("video_path") or V2_VIDEO_PATH
-        cams = mapped_cameras(info, self.mapping, self.root / INFO_PATH)
-        videos = {
-            key: video_tpl.format(episode_chunk=chunk, video_key=key, episode_index=index) for key in cams
-        }
-        return data_rel, videos
-
     def list_episodes(self) -> list[EpisodeRef]:
         info = self.info
-        spec = spec_for(self.mapping, self.root / INFO_PATH)
-        check_vector_features(info, self.mapping, spec, self.root / INFO_PATH)
+        cams = self.mapped_cameras()
+        video_tpl = info.get("video_path") or V2_VIDEO_PATH
         path = self.root / V2_EPISODES_PATH
         if not path.exists():
             raise LoadError("missing_file", "meta/episodes.jsonl not found", path)
@@ -213,54 +131,16 @@ class LeRobotV2Reader(LeRobotReader):
                 index, length = int(row["episode_index"]), int(row["length"])
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
                 raise LoadError("bad_metadata", f"line {line_no}: {err!r}", path) from err
-            data_rel, videos = self._paths(index)
-            task_list = row.get("tasks") or []
-            refs.append(
-                EpisodeRef(
-                    format=FORMAT,
-                    root=str(self.root),
-                    path=str(self.root / data_rel),
-                    index=index,
-                    source=self.source,
-                    locator={
-                        "data": data_rel,
-                        "length": length,
-                        "instruction": task_list[0] if task_list else self.mapping.instruction,
-                        "videos": videos,
-                    },
-                )
-            )
+            chunk = index // int(info.get("chunks_size") or DEFAULT_CHUNK_SIZE)
+            data_rel = info["data_path"].format(episode_chunk=chunk, episode_index=index)
+            videos = {
+                key: video_tpl.format(episode_chunk=chunk, video_key=key, episode_index=index) for key in cams
+            }
+            refs.append(self.episode_ref(index, data_rel, length, row.get("tasks"), videos))
         refs.sort(key=lambda r: r.index)
         return refs
 
-    def load(self, ref: EpisodeRef) -> Episode:
-        info = self.info
-        root = Path(ref.root)
-        path = root / ref.locator["data"]
-        label = f"episode_{ref.index:06d}"
-        spec = spec_for(self.mapping, path)
-        cams = mapped_cameras(info, self.mapping, root / INFO_PATH)
-        columns = [self.mapping.state_key, self.mapping.action_key, "timestamp", "frame_index"]
-        rows = read_episode_rows(path, columns, ref.index, label)
-        length = int(ref.locator["length"])
-        cameras: dict[str, FrameRef] = {}
-        for key, role in cams.items():
-            vpath = root / ref.locator["videos"][key]
-            check_video_span(vpath, 0, length, label)
-            cameras[role] = FrameRef(
-                kind="video", path=str(vpath), start=0, stop=length, fps=video_fps(info, key)
-            )
-        return build_episode(
-            rows=rows,
-            spec=spec,
-            mapping=self.mapping,
-            episode_id=episode_id_for(ref.source, ref.locator["data"], ref.index),
-            source=ref.source,
-            instruction=ref.locator["instruction"],
-            fps=float(info["fps"]),
-            cameras=cameras,
-            path=path,
-            label=label,
-            episode_index=ref.index,
-            expected_length=length,
-        )
+    def frame_ref(self, root: Path, key: str, video: str, length: int, label: str) -> FrameRef:
+        vpath = root / video
+        check_video_span(vpath, 0, length, label)
+        return FrameRef(kind="video", path=str(vpath), start=0, stop=length, fps=video_fps(self.info, key))

@@ -22,7 +22,6 @@ reaches ``video_file_mb`` MB, and after ``chunks_size`` files the chunk index ad
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +31,7 @@ import pyarrow.parquet as pq
 
 from curation.formats.base import EpisodeRef, LoadError
 from curation.formats.lerobot_common import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
-    INDEX_FEATURES,
-    INFO_PATH,
-    STATS_PATH,
     V3_CODEBASE_VERSION,
     V3_DATA_PATH,
     V3_EPISODES_PATH,
@@ -44,31 +39,14 @@ from curation.formats.lerobot_common import (
     V3_VIDEO_PATH,
     LeRobotReader,
     RunningStats,
-    build_episode,
-    camera_key_map,
-    check_compatible,
-    check_vector_features,
     check_video_span,
-    episode_stats,
-    fps_value,
     frames_schema,
-    frames_table,
-    mapped_cameras,
-    merge_stats,
     next_chunk_file,
-    peek,
-    read_episode_rows,
-    source_name,
-    spec_for,
-    vector_features,
-    video_feature,
     video_fps,
-    write_json,
 )
-from curation.formats.mapping import SourceMapping
-from curation.frames import decode_frames
+from curation.formats.lerobot_write import start_write
 from curation.video import VideoWriter
-from schemas import Episode, FrameRef, episode_id_for, get_embodiment
+from schemas import FrameRef
 
 FORMAT = "lerobot_v3"
 _MB = 1024 * 1024
@@ -162,34 +140,23 @@ def write_lerobot_v3(
     """Write ``episodes`` (an iterable of :class:`~schemas.Episode`) as a LeRobot v3.0 dataset.
 
     All episodes must share embodiment, fps and camera roles. ``camera_keys`` maps a camera
-    role to its feature key (default ``observation.images.<role>``). Returns ``root``.
+    role to its feature key (default ``observation.images.<role>``). A data parquet rolls over
+    to the next file past ``data_file_mb`` MB, an mp4 past ``video_file_mb`` MB. Returns ``root``.
     """
-    root = Path(root)
-    if (root / "meta").exists() or (root / "data").exists():
-        raise FileExistsError(f"{root} already holds a dataset (meta/ or data/ exists)")
-    first, stream = peek(episodes)
-    spec = get_embodiment(first.embodiment)
-    keys = camera_key_map(spec, first.cameras, camera_keys)  # role -> feature key
-    fps = float(first.fps)
-    chunks_size = DEFAULT_CHUNK_SIZE
+    w = start_write(
+        episodes, root, FORMAT, codec=codec, camera_keys=camera_keys, repo_id=repo_id, robot_type=robot_type
+    )
+    root = w.root
     root.mkdir(parents=True, exist_ok=True)
 
-    data = _RollingParquet(root, frames_schema(spec), data_file_mb, chunks_size)
-    videos = {key: _RollingVideo(root, key, fps, codec, video_file_mb, chunks_size) for key in keys.values()}
-    shapes: dict[str, tuple[int, int]] = {}
-    tasks: dict[str, int] = {}
+    data = _RollingParquet(root, frames_schema(w.spec), data_file_mb, w.chunks_size)
+    videos = {
+        key: _RollingVideo(root, key, w.fps, codec, video_file_mb, w.chunks_size) for key in w.keys.values()
+    }
     ep_rows: list[dict[str, Any]] = []
-    totals: dict[str, RunningStats] = {}
-    n_frames = 0
-    if progress:
-        from tqdm import tqdm
-
-        stream = tqdm(stream, desc=f"lerobot v3 -> {root}", unit="ep")
     try:
-        for ep_index, ep in enumerate(stream):
-            check_compatible(ep, first, keys, f"episode {ep_index} ({ep.episode_id})")
-            task_index = tasks.setdefault(ep.instruction, len(tasks))
-            rows = frames_table(ep, spec, ep_index, n_frames, task_index)
+        for ep_index, ep in w.episodes("lerobot v3", progress):
+            rows = w.episode_rows(ep_index, ep)
             chunk, file = data.append(rows)
             row: dict[str, Any] = {
                 "episode_index": ep_index,
@@ -197,29 +164,24 @@ def write_lerobot_v3(
                 "length": ep.length,
                 "data/chunk_index": chunk,
                 "data/file_index": file,
-                "dataset_from_index": n_frames,
-                "dataset_to_index": n_frames + ep.length,
+                "dataset_from_index": w.n_frames,
+                "dataset_to_index": w.n_frames + ep.length,
             }
             frames: dict[str, np.ndarray] = {}
-            for role, key in keys.items():
-                fr = decode_frames(ep.cameras[role])  # one episode, one camera in memory at a time
-                shapes.setdefault(key, (int(fr.shape[1]), int(fr.shape[2])))
+            for key, fr in w.camera_frames(ep_index, ep):  # one episode, one camera in memory at a time
                 row.update(videos[key].append(fr))
                 frames[key] = fr
-            stats = episode_stats(ep, rows, frames)
+            stats = w.add_stats(ep, rows, frames)
             del frames
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
             row.update(_stats_columns(stats))
             ep_rows.append(row)
-            totals = merge_stats(totals, stats)
-            n_frames += ep.length
     except BaseException:
         data.close()
         for v in videos.values():
             if v.writer is not None:
                 v.writer.close()
-        for sub in ("meta", "data", "videos"):  # ours: they did not exist before this call
-            shutil.rmtree(root / sub, ignore_errors=True)
+        w.remove_partial()
         raise
     data.close()
     for v in videos.values():
@@ -228,36 +190,13 @@ def write_lerobot_v3(
     episodes_path = root / V3_EPISODES_PATH.format(chunk_index=0, file_index=0)
     episodes_path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(ep_rows), episodes_path)
-    _write_tasks(root / V3_TASKS_PATH, tasks)
-    features = {
-        **vector_features(spec),
-        **{key: video_feature(*shapes[key], fps, codec) for key in keys.values()},
-        **INDEX_FEATURES,
-    }
-    info = {
-        "codebase_version": V3_CODEBASE_VERSION,
-        "robot_type": robot_type or spec.name,
-        "total_episodes": len(ep_rows),
-        "total_frames": n_frames,
-        "total_tasks": len(tasks),
-        "chunks_size": chunks_size,
+    _write_tasks(root / V3_TASKS_PATH, w.tasks)
+    layout = {
+        "chunks_size": w.chunks_size,
         "data_files_size_in_mb": data_file_mb,
         "video_files_size_in_mb": video_file_mb,
-        "fps": fps_value(fps),
-        "splits": {"train": f"0:{len(ep_rows)}"},
-        "data_path": V3_DATA_PATH,
-        "video_path": V3_VIDEO_PATH if keys else None,
-        "features": features,
     }
-    write_json(root / INFO_PATH, info)
-    write_json(root / STATS_PATH, {k: v.to_dict() for k, v in totals.items()})
-    SourceMapping(
-        embodiment=spec.name,
-        cameras={key: role for role, key in keys.items()},
-        source=source_name(repo_id, root),
-        extra={"repo_id": repo_id, "format": FORMAT},
-    ).write(root)
-    return root
+    return w.finish(V3_CODEBASE_VERSION, layout, V3_DATA_PATH, V3_VIDEO_PATH)
 
 
 def _write_tasks(path: Path, tasks: dict[str, int]) -> None:
@@ -290,9 +229,7 @@ class LeRobotV3Reader(LeRobotReader):
 
     def list_episodes(self) -> list[EpisodeRef]:
         info = self.info
-        spec = spec_for(self.mapping, self.root / INFO_PATH)
-        check_vector_features(info, self.mapping, spec, self.root / INFO_PATH)
-        cams = mapped_cameras(info, self.mapping, self.root / INFO_PATH)
+        cams = self.mapped_cameras()
         data_tpl = info["data_path"]
         video_tpl = info.get("video_path") or V3_VIDEO_PATH
         need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
@@ -315,7 +252,6 @@ class LeRobotV3Reader(LeRobotReader):
                 data_rel = data_tpl.format(
                     chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
                 )
-                task_list = row.get("tasks") or []
                 videos = {
                     key: {
                         "path": video_tpl.format(
@@ -328,62 +264,22 @@ class LeRobotV3Reader(LeRobotReader):
                     }
                     for key in cams
                 }
-                refs.append(
-                    EpisodeRef(
-                        format=FORMAT,
-                        root=str(self.root),
-                        path=str(self.root / data_rel),
-                        index=idx,
-                        source=self.source,
-                        locator={
-                            "data": data_rel,
-                            "length": int(row["length"]),
-                            "instruction": task_list[0] if task_list else self.mapping.instruction,
-                            "videos": videos,
-                        },
-                    )
-                )
+                refs.append(self.episode_ref(idx, data_rel, int(row["length"]), row.get("tasks"), videos))
         refs.sort(key=lambda r: r.index)
         return refs
 
-    def load(self, ref: EpisodeRef) -> Episode:
-        info = self.info
-        root = Path(ref.root)
-        path = root / ref.locator["data"]
-        label = f"episode_{ref.index:06d}"
-        spec = spec_for(self.mapping, path)
-        cams = mapped_cameras(info, self.mapping, root / INFO_PATH)
-        columns = [self.mapping.state_key, self.mapping.action_key, "timestamp", "frame_index"]
-        rows = read_episode_rows(path, columns, ref.index, label)
-        length = int(ref.locator["length"])
-        cameras: dict[str, FrameRef] = {}
-        for key, role in cams.items():
-            v = ref.locator["videos"][key]
-            fps_v = video_fps(info, key)
-            start = round(v["from_timestamp"] * fps_v)
-            stop = round(v["to_timestamp"] * fps_v)
-            vpath = root / v["path"]
-            if stop - start != length:
-                raise LoadError(
-                    "length_mismatch",
-                    f"video span [{v['from_timestamp']}, {v['to_timestamp']}) s is {stop - start} frames, "
-                    f"episode has {length}",
-                    vpath,
-                    label,
-                )
-            check_video_span(vpath, start, stop, label)
-            cameras[role] = FrameRef(kind="video", path=str(vpath), start=start, stop=stop, fps=fps_v)
-        return build_episode(
-            rows=rows,
-            spec=spec,
-            mapping=self.mapping,
-            episode_id=episode_id_for(ref.source, ref.locator["data"], ref.index),
-            source=ref.source,
-            instruction=ref.locator["instruction"],
-            fps=float(info["fps"]),
-            cameras=cameras,
-            path=path,
-            label=label,
-            episode_index=ref.index,
-            expected_length=length,
-        )
+    def frame_ref(self, root: Path, key: str, video: dict[str, Any], length: int, label: str) -> FrameRef:
+        fps_v = video_fps(self.info, key)
+        start = round(video["from_timestamp"] * fps_v)
+        stop = round(video["to_timestamp"] * fps_v)
+        vpath = root / video["path"]
+        if stop - start != length:
+            raise LoadError(
+                "length_mismatch",
+                f"video span [{video['from_timestamp']}, {video['to_timestamp']}) s is {stop - start} frames, "
+                f"episode has {length}",
+                vpath,
+                label,
+            )
+        check_video_span(vpath, start, stop, label)
+        return FrameRef(kind="video", path=str(vpath), start=start, stop=stop, fps=fps_v)

@@ -1,0 +1,133 @@
+"""Command-line pieces the two training drivers share (``pipelines.pretrain``, ``pipelines.finetune``).
+
+Both read curated shards (``--data`` at ``--data-revision``) into a run folder (``--out``),
+see video through one codec (``--codec`` …), start from a named train preset whose fields the
+flags in :data:`TRAIN_OVERRIDES` replace one by one, and answer a bad preset or value with one
+line on stderr and exit code 2. What differs (model presets, init, held-out split) stays in
+each driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from pretrain import distributed as dd
+from pretrain.codec import LatentCache
+from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pretrain.run_config import TrainConfig, get_train_config
+
+# TrainConfig fields a flag may override (``--batch-size`` → ``batch_size``), and their types
+TRAIN_OVERRIDES: dict[str, type] = {
+    "steps": int,
+    "batch_size": int,
+    "grad_accum": int,
+    "lr": float,
+    "warmup_steps": int,
+    "zero_stage": int,
+    "ema_decay": float,
+    "ckpt_every": int,
+    "seed": int,
+}
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="curated shards folder or dataset repo id")
+    p.add_argument("--data-revision", default=None)
+    p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final/)")
+
+
+def add_codec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--codec", default="pixel", choices=["pixel", "wan-vae"])
+    p.add_argument("--codec-patch", type=int, default=4, help="pixel codec patch size")
+    p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
+
+
+def add_train_args(
+    p: argparse.ArgumentParser, overrides: Sequence[str], choices: dict[str, list[Any]] | None = None
+) -> None:
+    """One flag per overridden TrainConfig field (``choices`` where argparse should check them)."""
+    for name in overrides:
+        p.add_argument(
+            "--" + name.replace("_", "-"), type=TRAIN_OVERRIDES[name], choices=(choices or {}).get(name)
+        )
+    p.add_argument("--num-workers", type=int, default=0)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out has checkpoints")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per process (1 on a busy machine: more threads spin against other work)",
+    )
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's intra-op thread count for this process (unset: torch's default)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def train_config(args: argparse.Namespace, preset: str, **fixed: Any) -> TrainConfig:
+    """The ``preset`` with every override flag given (and ``fixed`` fields) replaced; writes to ``--out``.
+    A warm-up longer than the run is cut to the run."""
+    over = {name: getattr(args, name, None) for name in TRAIN_OVERRIDES}
+    over = {k: v for k, v in {**over, **fixed}.items() if v is not None}
+    cfg = replace(get_train_config(preset), output_dir=str(args.out), **over)
+    if cfg.warmup_steps > cfg.steps:
+        cfg = replace(cfg, warmup_steps=cfg.steps)
+    return cfg
+
+
+def checked_train_config(
+    prog: str, args: argparse.Namespace, preset: str, **fixed: Any
+) -> TrainConfig | None:
+    """:func:`train_config`, or None after one line naming the field and the allowed values."""
+    try:
+        return train_config(args, preset, **fixed)
+    except (KeyError, ValueError) as err:
+        print(f"gwp {prog}: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+        return None
+
+
+def codec_kwargs(prog: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``make_codec`` keyword arguments of ``--codec``: the pixel patch, or the Wan VAE to load."""
+    if args.codec == "pixel":
+        return {"patch": args.codec_patch}
+    if args.codec == "wan-vae":
+        if not args.vae:
+            raise SystemExit(f"{prog}: --codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
+        return {"path_or_repo": args.vae}
+    raise SystemExit(f"{prog}: unknown codec {args.codec!r} (pixel, wan-vae)")
+
+
+def loss_span(history: list[dict[str, Any]]) -> str:
+    """``first → last`` training loss for the closing log line (last = mean of the final three)."""
+    losses = [rec["loss"] for rec in history]
+    if not losses:
+        return "- → -"
+    return f"{losses[0]:.4f} → {float(np.mean(losses[-3:])):.4f}"
+
+
+def shard_loader(
+    shards: ShardSet, cfg: TrainConfig, num_workers: int, cache: LatentCache | None = None
+) -> ShardLoader:
+    """This rank's loader over ``shards`` (batch size and seed of the run config)."""
+    return ShardLoader(
+        shards,
+        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=num_workers),
+        rank=dd.env_rank(),
+        world_size=dd.env_world_size(),
+        latent_cache=cache,
+    )
