@@ -105,6 +105,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend 'nccl' needs CUDA; this process sees no GPU (use 'gloo')")
     if not dist.is_initialized():
+        own_port = not launched() and "MASTER_PORT" not in os.environ
         if not launched():
             if env_world_size() != 1:
                 missing = [k for k in _ENV_KEYS if k not in os.environ]
@@ -118,12 +119,21 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
             os.environ.setdefault("MASTER_PORT", str(free_port()))
         if backend == "nccl":
             torch.cuda.set_device(env_local_rank())
-        dist.init_process_group(
-            backend=backend,
-            rank=env_rank(),
-            world_size=env_world_size(),
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        for attempt in range(5):
+            try:
+                dist.init_process_group(
+                    backend=backend,
+                    rank=env_rank(),
+                    world_size=env_world_size(),
+                    timeout=datetime.timedelta(seconds=timeout_s),
+                )
+                break
+            except dist.DistNetworkError:
+                # the free port we picked was taken before the store bound it (another
+                # process on this machine, e.g. a Ray worker): pick another, a few times
+                if not own_port or attempt == 4:
+                    raise
+                os.environ["MASTER_PORT"] = str(free_port())
     actual = dist.get_backend()
     device = torch.device("cuda", env_local_rank()) if actual == "nccl" else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), env_local_rank(), actual, device)

@@ -401,3 +401,26 @@ if __name__ == "__main__":
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--local_rank", type=int, default=0)  # passed by the deepspeed launcher; env wins
     _worker(ap.parse_args().out)
+
+
+def test_world_of_one_retries_when_its_free_port_is_taken():
+    """The port picked for a world of one can be taken before the store binds it (a Ray worker
+    did, in the demo): init picks another instead of failing."""
+    script = """
+import os, socket
+from pretrain import distributed as dd
+busy = socket.socket(); busy.bind(("127.0.0.1", 0)); busy.listen()
+taken = busy.getsockname()[1]
+ports = iter([taken])
+real = dd.free_port
+dd.free_port = lambda: next(ports, None) or real()
+for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    os.environ.pop(k, None)
+info = dd.init_distributed("gloo", timeout_s=30)
+assert info.world_size == 1 and os.environ["MASTER_PORT"] != str(taken), os.environ["MASTER_PORT"]
+print("ok", taken, os.environ["MASTER_PORT"])
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
