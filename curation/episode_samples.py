@@ -1,11 +1,19 @@
-"""Per-episode sample making: one episode in, its un-normalised sample rows out (1:1).
+"""Per-episode work: one episode reference in, its verdict and un-normalised sample rows out (1:1).
 
-This is the heavy stage of curation, one call per episode so that every frame is decoded
-once and resized once, whatever the window geometry::
+This is the heavy stage of curation, one pass per episode so that the episode is loaded once
+and every frame is decoded once and resized once, whatever the filters and the window
+geometry::
 
-    load episode (by reference) → decode every camera once → compose the views of all T
-    steps once ([T, H, W, 3]) → window → encode each window's 1+K composed frames (PNG: each
-    composed frame is deflated once and the windows' PNGs are stacked from those pieces)
+    load episode (by reference) → numeric filters → decode the quality camera (whole) →
+    video filters + fingerprint on frames picked from it → window → decode the other cameras
+    → compose the views of all T steps once ([T, H, W, 3]) → encode each window's 1+K
+    composed frames (PNG: each composed frame is deflated once and the windows' PNGs are
+    stacked from those pieces)
+
+An episode a filter rejects is not decoded further (the numeric filters need no frames at
+all). Near-duplicate detection needs every fingerprint (N:1), so it runs on the driver after
+all episodes; the fingerprint travels in the episode's record and a duplicate's rows are
+dropped there.
 
 Normalisation needs statistics over the whole corpus, so rows here keep the *raw* action
 chunk and state (``raw_action [p, Da]``, ``raw_state [Ds]``); the shard writer normalises
@@ -29,9 +37,10 @@ from curation.formats import EpisodeRef
 from curation.frames import decode_frames
 from curation.ingest import _rejection, load
 from curation.stages.compose import PngRows, compose_views, encode_frames, png_rows, stack_png
+from curation.stages.filters import check_episode, fingerprint_to_hex
 from curation.stages.text import text_embedding_fallback
 from curation.stages.windowing import window_episode
-from schemas import Episode, Rejection, Sample, get_embodiment
+from schemas import Episode, FrameRef, Rejection, Sample, get_embodiment
 from schemas.sample import QUALITY_KEYS
 
 # Sample columns that the shard stage computes (normalised) replace these raw ones.
@@ -56,17 +65,45 @@ def table_from_bytes(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(io.BytesIO(data)).read_all()
 
 
+class EpisodeFrames:
+    """The cameras of one episode, each decoded at most once and whole.
+
+    :meth:`sampled` is a :data:`curation.stages.filters.FrameDecoder`: the filters' frames are
+    picked from the whole decode, which the sample stage then reuses (decoding a whole short
+    clip costs less than seeking to a handful of its frames)."""
+
+    def __init__(self, episode: Episode) -> None:
+        self.episode = episode
+        self._frames: dict[str, np.ndarray] = {}
+
+    def all(self, role: str) -> np.ndarray:
+        """uint8 [T, H, W, 3] of camera ``role``; LoadError when the video's length is not T."""
+        if role not in self._frames:
+            frames = decode_frames(self.episode.cameras[role])
+            if frames.shape[0] != self.episode.length:
+                raise_mismatch(self.episode, role, frames.shape[0])
+            self._frames[role] = frames
+        return self._frames[role]
+
+    def sampled(self, ref: FrameRef, indices) -> np.ndarray:
+        role = next((r for r, c in self.episode.cameras.items() if c is ref), None)
+        if role is None:  # not one of this episode's cameras: decode it directly
+            return decode_frames(ref, indices)
+        return self.all(role)[list(indices)]
+
+
 def episode_sample_rows(
-    episode: Episode, cfg: CurationConfig, quality: dict[str, float]
+    episode: Episode,
+    cfg: CurationConfig,
+    quality: dict[str, float],
+    frames: EpisodeFrames | None = None,
 ) -> tuple[list[dict[str, Any]], list[Rejection], int]:
     """``(raw rows, window rejections, candidate windows)`` of one validated episode."""
     result = window_episode(episode, cfg.windows, quality)
     if not result.windows:
         return [], result.rejections, result.candidates
-    views = {role: decode_frames(ref) for role, ref in episode.cameras.items()}
-    for role, frames in views.items():
-        if frames.shape[0] != episode.length:
-            raise_mismatch(episode, role, frames.shape[0])
+    frames = frames if frames is not None and frames.episode is episode else EpisodeFrames(episode)
+    views = {role: frames.all(role) for role in episode.cameras}
     vc = cfg.video
     composed_THWC = compose_views(views, vc.width, vc.height, vc.fit)
     spec = get_embodiment(episode.embodiment)
@@ -120,39 +157,72 @@ def raise_mismatch(episode: Episode, role: str, got: int) -> None:
     )
 
 
-def make_episode_fn(cfg: CurationConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Per-row (1:1) function for ``Dataset.map`` over accepted-episode rows.
+def process_episode(ref: EpisodeRef, cfg: CurationConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One episode, one pass: ``(raw sample rows, record)``.
 
-    Input: ``group``, ``ref`` (EpisodeRef JSON), ``quality`` (JSON). Output: ``group``,
-    ``episode_id``, ``table`` (raw rows as Arrow IPC, empty when none), ``ledger`` (JSON list
-    of Rejection rows), ``windows_in`` (candidate windows), ``rejected`` (episode-level).
+    The record (JSON-safe) says how far the episode got, for the driver's accounting and
+    near-duplicate stage: ``stage`` is ``"load"`` or ``"filter"`` (rejected there; ``ledger``
+    holds the rejection) or ``"passed"`` (the filters passed it; ``fingerprint`` is set), and
+    then ``outcome`` is ``"samples"``, ``"window"`` (no window survived) or ``"decode"`` (a
+    video could not be decoded); ``ledger`` holds the decode/window rejections and
+    ``windows_in`` the candidate windows. Nothing raises: every failure is in the record.
+    """
+    record: dict[str, Any] = {
+        "label": ref.label,
+        "episode_id": ref.label,
+        "source": ref.source,
+        "source_path": ref.path,
+        "stage": "load",
+        "outcome": None,
+        "fingerprint": [],
+        "windows_in": 0,
+        "ledger": [],
+    }
+    item = load(ref)
+    if isinstance(item, Rejection):
+        record["ledger"] = [item.to_row()]
+        return [], record
+    ep = item
+    record.update(episode_id=ep.episode_id, source=ep.source, source_path=ep.source_path or ref.path)
+    frames = EpisodeFrames(ep)
+    rows: list[dict[str, Any]] = []
+    try:
+        verdict = check_episode(ep, cfg.filters, frames.sampled)
+    except Exception as err:  # the quality camera's video cannot be decoded: a decode failure
+        ledger = [_rejection(err, "decode", ref.path, ep.episode_id, ep.source)]
+        record.update(stage="passed", outcome="decode", ledger=[r.to_row() for r in ledger])
+        return [], record
+    if verdict.rejection is not None:
+        record.update(stage="filter", ledger=[verdict.rejection.to_row()])
+        return [], record
+    record.update(stage="passed", fingerprint=fingerprint_to_hex(verdict.fingerprint))
+    try:
+        rows, ledger, windows_in = episode_sample_rows(ep, cfg, verdict.quality, frames)
+        outcome = "samples" if rows else "window"
+    except Exception as err:  # a video that fails to decode is this episode's problem only
+        rows, windows_in, outcome = [], 0, "decode"
+        ledger = [_rejection(err, "decode", ref.path, ep.episode_id, ep.source)]
+    record.update(outcome=outcome, windows_in=int(windows_in), ledger=[r.to_row() for r in ledger])
+    return rows, record
+
+
+def make_episode_fn(cfg: CurationConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Per-row (1:1) function for ``Dataset.map`` over discovered episode references.
+
+    Input: ``group`` (work part), ``ref`` (EpisodeRef JSON). Output: ``group``, ``episode_id``,
+    ``table`` (raw rows as Arrow IPC, empty when none) and ``record`` (JSON, see
+    :func:`process_episode`).
     """
 
     def episode_row(row: dict[str, Any]) -> dict[str, Any]:
         ref = EpisodeRef.from_row(json.loads(row["ref"]))
-        quality = json.loads(row["quality"])
-        item = load(ref)
-        rows: list[dict[str, Any]] = []
-        ledger: list[Rejection] = []
-        windows_in, episode_id = 0, ref.label
-        if isinstance(item, Rejection):
-            ledger, rejected = [item], True
-        else:
-            episode_id = item.episode_id
-            try:
-                rows, ledger, windows_in = episode_sample_rows(item, cfg, quality)
-                rejected = not rows
-            except Exception as err:  # a video that fails to decode is this episode's problem only
-                rows, windows_in, rejected = [], 0, True
-                ledger = [_rejection(err, "decode", ref.path, item.episode_id, item.source)]
+        rows, record = process_episode(ref, cfg)
         table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA) if rows else None
         return {
             "group": int(row["group"]),
-            "episode_id": episode_id,
+            "episode_id": record["episode_id"],
             "table": table_to_bytes(table) if table is not None else b"",
-            "ledger": json.dumps([r.to_row() for r in ledger]),
-            "windows_in": int(windows_in),
-            "rejected": bool(rejected),
+            "record": json.dumps(record),
         }
 
     return episode_row

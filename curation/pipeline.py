@@ -3,18 +3,25 @@
 Runs on Ray Data, in-process by default or on the cluster named by ``RAY_ADDRESS`` (which
 ``ray job submit`` sets). Stages (DESIGN.md §4), with row cardinality::
 
-    phase 1  screen   discover (1 source → N refs) → load + filters (1:1) → dedup (N:1, driver)
-    phase 2  samples  episode → decode, compose, window, encode (1:1 episode row holding N
-                      samples) → captions + CLIP (actor pool, batched) → work parts
-    phase 3  stats    one task per work part (N:1 sketches) → merged per embodiment
-    phase 4  shards   normalise (1:1) → pack in a fixed order into shards of a target size
-    phase 5  manifest (with ledger, stats, lineage, stage accounting) → data report
+    phase 1  discover  1 source → N episode refs, metadata only (driver; a source that
+                       cannot be listed → 1 rejection)
+    phase 2  episodes  one pass per episode (Ray Data, several episodes per task): load →
+                       filters → decode → compose → window → encode (1:1 episode row holding
+                       its N samples, its verdict and its fingerprint) → captions + CLIP
+                       (actor pool, batched) → work parts
+    phase 3  dedup     near-duplicates over every fingerprint (N:1, driver); a duplicate's
+                       samples are dropped
+    phase 4  stats     one task per work part (N:1 sketches) → merged per embodiment
+    phase 5  shards    normalise (1:1) → pack in a fixed order into shards of a target size
+    phase 6  manifest  (with ledger, stats, lineage, stage accounting) → data report
 
-Resumable and deterministic: phase 1 is saved in ``.work/screen.json``; phase 2 writes one
-work part per group of episodes (sorted by id) atomically and a rerun skips finished
-parts; statistics merge in part order; shards are cut from the rows in (episode id, start
-frame) order and written atomically, a rerun skipping complete ones. So a run interrupted
-anywhere and rerun gives shards with the same content as an uninterrupted run.
+Resumable and deterministic: phase 1 is saved in ``.work/discover.json``; phase 2 writes
+one work part per group of ``episodes_per_part`` discovered episodes (in discovery order)
+atomically, and a rerun skips finished parts; statistics merge in part order; shards are
+cut from the rows in (part, episode id, start frame) order and written atomically, a rerun
+skipping complete ones. So a run interrupted anywhere and rerun gives shards with the same
+content as an uninterrupted run. How the job runs (``RunConfig``: episodes per task, CPUs)
+never changes what it writes; ``episodes_per_part`` decides the order of the rows.
 
 Every input ends up in the shards or in the ledger: the manifest's counts balance at
 every stage (``Manifest.validate`` checks the totals).
@@ -28,7 +35,7 @@ import os
 import shutil
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +45,8 @@ import pyarrow.parquet as pq
 
 from curation.config import CaptionConfig, CurationConfig, config_from_dict, get_preset
 from curation.episode_samples import EpisodeCaptioner, make_episode_fn, table_from_bytes
-from curation.formats import EpisodeRef, detect_format
-from curation.ingest import SourceSpec, _discover_row, _rejection, load
+from curation.formats import detect_format
+from curation.ingest import SourceSpec, discover
 from curation.shards import (
     LEDGER_PATH,
     MANIFEST_PATH,
@@ -50,7 +57,7 @@ from curation.shards import (
     write_manifest,
     write_shard,
 )
-from curation.stages.filters import check_episode, make_dedup_rejections
+from curation.stages.filters import make_dedup_rejections
 from curation.stages.normalize import normalize_action, normalize_state, to_training_action
 from curation.stages.stats import StatsAccumulator
 from schemas import (
@@ -65,20 +72,22 @@ from schemas import (
 )
 
 CODE_VERSION = "0.1.0"
+WORK_LAYOUT = "2"  # of .work/: a work folder of another layout is started over
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """How the job runs (resources, granularity); never changes what it produces."""
 
-    episodes_per_part: int = 16
-    screen_num_cpus: float = 0.5  # load + filters: light decode of sampled frames
-    episode_num_cpus: float = 1.0  # full decode + compose + encode of one episode
+    episodes_per_part: int = 16  # resume granularity; also decides the order of the rows
+    episodes_per_task: int = 2  # episodes per Ray task: fewer, bigger tasks cost less overhead
+    episode_num_cpus: float = 1.0  # the one pass over an episode is decode-bound: a whole CPU
     caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running (§4)
     caption_actors: int = 1
     caption_episodes_per_batch: int = 4
     num_cpus: int | None = None  # in-process Ray only; None = all cores
     progress: bool = True
+    report: bool = True  # write the data report (meta/report/) after the manifest
 
 
 @dataclass(frozen=True)
@@ -131,96 +140,38 @@ def log(msg: str) -> None:
     print(f"[curate {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ---- phase 1: screen ----------------------------------------------------------------
+# ---- phase 1: discover --------------------------------------------------------------
 
 
-def make_screen_fn(cfg: CurationConfig):
-    """Per-row (1:1): a discovered ref → its verdict (all JSON strings: one block schema)."""
-
-    def screen_row(row: dict[str, Any]) -> dict[str, Any]:
-        if row["kind"] == "rejection":
-            payload = {"rejection": row["rejection"], "root": row["rejection"]["path"]}
-            return {"kind": "rejection", "episode_id": "", "payload": json.dumps(payload)}
-        ref = EpisodeRef.from_row(json.loads(row["ref"]))
-        item = load(ref)
-        if isinstance(item, Rejection):
-            payload = {"rejection": item.to_row(), "root": ref.root}
-            return {"kind": "rejection", "episode_id": "", "payload": json.dumps(payload)}
-        try:
-            verdict = check_episode(item, cfg.filters)
-        except Exception as err:  # an unreadable video found while sampling frames
-            rej = _rejection(err, "filter", ref.path, item.episode_id, item.source)
-            payload = {"rejection": rej.to_row(), "root": ref.root}
-            return {"kind": "rejection", "episode_id": "", "payload": json.dumps(payload)}
-        payload = {
-            "root": ref.root,
-            "ref": row["ref"],
-            "episode_id": item.episode_id,
-            "source": item.source,
-            "source_path": item.source_path or ref.path,
-            "embodiment": item.embodiment,
-            "length": item.length,
-            "quality": verdict.quality,
-            "fingerprint": [format(h, "016x") for h in verdict.fingerprint],
-            "rejection": None if verdict.rejection is None else verdict.rejection.to_row(),
-        }
-        kind = "rejection" if verdict.rejection is not None else "episode"
-        return {"kind": kind, "episode_id": item.episode_id, "payload": json.dumps(payload)}
-
-    return screen_row
-
-
-def screen(job: CurateJob, work: Path) -> dict[str, Any]:
-    """Phase 1, saved to ``.work/screen.json``: accepted episodes and the rejections so far."""
-    import ray
-
-    path = work / "screen.json"
+def discover_all(job: CurateJob, work: Path) -> dict[str, Any]:
+    """Phase 1, saved to ``.work/discover.json``: every episode ref (in source order, then the
+    reader's order) and a rejection per source that cannot be listed; the inputs of each
+    source are counted as they are listed (so an RLDS source, whose reader resolves to a
+    version folder inside it, still counts under its configured path)."""
+    path = work / "discover.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        log(f"phase 1 (screen): reusing {path} ({len(saved['accepted'])} accepted episodes)")
+        log(f"phase 1 (discover): reusing {path} ({len(saved['refs'])} episodes)")
         return saved
-    specs = [s.to_row() for s in job.sources]
-    ds = ray.data.from_items(specs, override_num_blocks=max(1, len(specs)))
-    # discover: 1 source -> N episode refs, metadata only (an unlistable source -> 1 rejection)
-    ds = ds.flat_map(_discover_row, num_cpus=0.25)
-    # load + validate + filters: 1:1; decodes only a few low-res sampled frames per episode
-    ds = ds.map(make_screen_fn(job.curation), num_cpus=job.run.screen_num_cpus)
-    rows = sorted(ds.take_all(), key=lambda r: (r["kind"], r["episode_id"], r["payload"]))
-    discovered = [json.loads(r["payload"]) for r in rows]
-    rejections = [Rejection.from_row(p["rejection"]) for p in discovered if p.get("rejection")]
-    passed = [p for p in discovered if not p.get("rejection")]
-    counts = _screen_counts(rejections, len(discovered), len(passed))
-    # near-duplicates: N:1 over the fingerprints of every passing episode, on the driver
-    dup = (
-        make_dedup_rejections(passed, job.curation.filters)
-        if "duplicate" in job.curation.filters.enabled
-        else []
-    )
-    dup_ids = {r.episode for r in dup}
-    accepted = sorted((p for p in passed if p["episode_id"] not in dup_ids), key=lambda p: p["episode_id"])
-    counts["dedup"] = {"in": len(passed), "out": len(accepted), "rejected": len(dup)}
+    refs: list[dict[str, Any]] = []
+    rejections: list[dict[str, Any]] = []
+    source_inputs: dict[str, int] = {}
+    for spec in job.sources:
+        found, rejected = discover(spec)
+        refs += [ref.to_row() for ref in found]
+        rejections += [r.to_row() for r in rejected]
+        source_inputs[spec.path] = source_inputs.get(spec.path, 0) + len(found) + len(rejected)
     saved = {
-        "accepted": accepted,
-        "rejections": [r.to_row() for r in [*rejections, *dup]],
-        "inputs": len(discovered),
-        "stage_counts": counts,
+        "refs": refs,
+        "rejections": rejections,
+        "source_inputs": source_inputs,
         "source_formats": {s.path: s.format or _safe_detect(s.path) for s in job.sources},
-        "source_inputs": dict(Counter(_source_path(p["root"], job.sources) for p in discovered)),
     }
     atomic_write_bytes(path, json.dumps(saved).encode())
     log(
-        f"phase 1 (screen): {len(discovered)} inputs, {len(accepted)} accepted, {len(rejections) + len(dup)} rejected"
+        f"phase 1 (discover): {len(refs)} episodes in {len(job.sources)} sources, {len(rejections)} unlistable"
     )
     return saved
-
-
-def _source_path(root: str, sources: tuple[SourceSpec, ...]) -> str:
-    """The configured source a reader root belongs to (RLDS resolves to a version folder inside it)."""
-    for spec in sources:
-        base = spec.path.rstrip("/")
-        if root == spec.path or root.startswith(base + "/"):
-            return spec.path
-    return root
 
 
 def _safe_detect(path: str) -> str:
@@ -230,42 +181,47 @@ def _safe_detect(path: str) -> str:
         return "unknown"
 
 
-def _screen_counts(rejections: list[Rejection], inputs: int, passed: int) -> dict[str, dict[str, int]]:
-    by_stage = defaultdict(int)
-    for r in rejections:
-        by_stage[r.stage.split(".")[0]] += 1
-    loaded = inputs - by_stage["discover"] - by_stage["load"]
-    return {
-        "ingest": {"in": inputs, "out": loaded, "rejected": by_stage["discover"] + by_stage["load"]},
-        "filter": {"in": loaded, "out": passed, "rejected": by_stage["filter"]},
-    }
-
-
-# ---- phase 2: samples ---------------------------------------------------------------
+# ---- phase 2: episodes --------------------------------------------------------------
 
 
 def part_path(work: Path, group: int) -> Path:
     return work / "parts" / f"part-{group:05d}.parquet"
 
 
-def make_samples(job: CurateJob, work: Path, accepted: list[dict[str, Any]]) -> None:
-    """Phase 2: one work part (raw sample rows + the group's ledger) per group of episodes."""
+def num_parts(job: CurateJob, refs: int) -> int:
+    return -(-refs // job.run.episodes_per_part)
+
+
+def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> None:
+    """Phase 2: one work part (raw sample rows + one record per episode) per group of refs."""
     import ray
 
     per = job.run.episodes_per_part
-    groups = [accepted[i : i + per] for i in range(0, len(accepted), per)]
-    pending = {g: eps for g, eps in enumerate(groups) if not part_path(work, g).exists()}
-    log(f"phase 2 (samples): {len(groups)} parts, {len(groups) - len(pending)} already done")
+    groups = [refs[i : i + per] for i in range(0, len(refs), per)]
+    pending = {g: rs for g, rs in enumerate(groups) if not part_path(work, g).exists()}
+    log(f"phase 2 (episodes): {len(groups)} parts, {len(groups) - len(pending)} already done")
     if not pending:
         return
-    items = [
-        {"group": g, "ref": ep["ref"], "quality": json.dumps(ep["quality"])}
-        for g, eps in sorted(pending.items())
-        for ep in eps
-    ]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # decode + compose + window + encode: 1 episode row -> 1 row holding its N samples;
-    # a whole CPU each: this is the decode-bound stage
+    items = [{"group": g, "ref": json.dumps(r)} for g, rs in sorted(pending.items()) for r in rs]
+    per_task = max(1, job.run.episodes_per_task)
+    ctx = ray.data.DataContext.get_current()
+    reservation = ctx.op_resource_reservation_enabled
+    if job.caption is None:
+        # a single operator: nothing to reserve CPUs for, and with the reservation on Ray Data
+        # runs one task at a time until it has seen a task's output size (measured: the
+        # second core idles for about the first task's length)
+        ctx.op_resource_reservation_enabled = False
+    try:
+        _run_episodes(
+            job, work, ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task)), pending
+        )
+    finally:
+        ctx.op_resource_reservation_enabled = reservation
+
+
+def _run_episodes(job: CurateJob, work: Path, ds, pending: dict[int, list[dict[str, Any]]]) -> None:
+    # load + filters + decode + compose + window + encode: 1 ref row -> 1 row holding the
+    # episode's N samples and its record; one task per block of episodes_per_task refs
     ds = ds.map(make_episode_fn(job.curation), num_cpus=job.run.episode_num_cpus)
     if job.caption is not None:
         # captions + CLIP: actor pool (model loaded once per actor), batched over episodes
@@ -285,7 +241,7 @@ def make_samples(job: CurateJob, work: Path, accepted: list[dict[str, Any]]) -> 
         if len(buffers[g]) == len(pending[g]):
             _write_part(work, g, buffers.pop(g))
             done += 1
-            log(f"phase 2 (samples): part {g} written ({done}/{len(pending)})")
+            log(f"phase 2 (episodes): part {g} written ({done}/{len(pending)})")
 
 
 def _write_part(work: Path, group: int, episode_rows: list[dict[str, Any]]) -> None:
@@ -296,36 +252,85 @@ def _write_part(work: Path, group: int, episode_rows: list[dict[str, Any]]) -> N
     tables = [table_from_bytes(r["table"]) for r in episode_rows if len(r["table"])]
     table = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
     table = table.sort_by([("episode_id", "ascending"), ("start_frame", "ascending")])
-    ledger = sorted(
-        (
-            {
-                "episode_id": r["episode_id"],
-                "windows_in": int(r["windows_in"]),
-                "rejected": bool(r["rejected"]),
-                "ledger": json.loads(r["ledger"]),
-            }
-            for r in episode_rows
-        ),
-        key=lambda e: e["episode_id"],
+    records = sorted(
+        (json.loads(r["record"]) for r in episode_rows), key=lambda e: (e["episode_id"], e["label"])
     )
-    meta = {b"gwp_ledger": json.dumps(ledger).encode()}
+    meta = {b"gwp_ledger": json.dumps(records).encode()}
     atomic_write_table(part_path(work, group), table.replace_schema_metadata(meta))
 
 
 def read_part(path: Path):
+    """``(raw sample rows, episode records)`` of one work part."""
     table = pq.read_table(path)
-    ledger = json.loads(table.schema.metadata[b"gwp_ledger"])
-    return table, ledger
+    records = json.loads(table.schema.metadata[b"gwp_ledger"])
+    return table, records
 
 
-# ---- phase 3: statistics ------------------------------------------------------------
+def read_records(path: Path) -> list[dict[str, Any]]:
+    return json.loads(pq.read_schema(path).metadata[b"gwp_ledger"])
 
 
-def part_stats(path: str, sketch_k: int) -> dict[str, bytes]:
-    """Sketches of one work part, per embodiment, in the training representation (N:1)."""
-    table = pq.read_table(path, columns=["embodiment", "raw_action", "raw_state", "valid_steps"])
+# ---- phase 3: near-duplicates -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Every episode's fate after the driver's N:1 duplicate stage, with the stage counts."""
+
+    rejections: list[Rejection]
+    duplicates: frozenset[str]
+    stage_counts: dict[str, dict[str, int]]
+    windows_in: int
+    window_rejections: int
+    episodes_with_samples: int
+
+
+def settle(
+    records: list[dict[str, Any]], discover_rejections: list[Rejection], cfg: CurationConfig
+) -> Outcome:
+    """Dedup over the fingerprints of every episode the filters passed; then the accounting."""
+    loaded = [r for r in records if r["stage"] != "load"]
+    passed = [r for r in loaded if r["stage"] == "passed"]
+    dup = make_dedup_rejections(passed, cfg.filters) if "duplicate" in cfg.filters.enabled else []
+    dup_ids = frozenset(r.episode for r in dup)
+    accepted = [r for r in passed if r["episode_id"] not in dup_ids]
+    rejections = list(discover_rejections)
+    for rec in records:
+        if rec["stage"] != "passed" or rec["episode_id"] not in dup_ids:
+            rejections += [Rejection.from_row(x) for x in rec["ledger"]]
+    rejections += dup
+    decode_rejected = sum(1 for r in accepted if r["outcome"] == "decode")
+    with_samples = sum(1 for r in accepted if r["outcome"] == "samples")
+    windows_in = sum(r["windows_in"] for r in accepted)
+    window_rejections = sum(1 for r in accepted for x in r["ledger"] if x["window"] >= 0)
+    inputs = len(records) + len(discover_rejections)
+    counts = {
+        "ingest": {"in": inputs, "out": len(loaded), "rejected": inputs - len(loaded)},
+        "filter": {"in": len(loaded), "out": len(passed), "rejected": len(loaded) - len(passed)},
+        "dedup": {"in": len(passed), "out": len(accepted), "rejected": len(dup)},
+        "decode": {"in": len(accepted), "out": len(accepted) - decode_rejected, "rejected": decode_rejected},
+        "window": {
+            "in": len(accepted) - decode_rejected,
+            "out": with_samples,
+            "rejected": len(accepted) - decode_rejected - with_samples,
+        },
+    }
+    return Outcome(rejections, dup_ids, counts, windows_in, window_rejections, with_samples)
+
+
+# ---- phase 4: statistics ------------------------------------------------------------
+
+
+def part_stats(path: str, sketch_k: int, exclude: frozenset[str] = frozenset()) -> dict[str, bytes]:
+    """Sketches of one work part, per embodiment, in the training representation (N:1);
+    rows of the episodes in ``exclude`` (near-duplicates) are left out."""
+    table = pq.read_table(
+        path, columns=["episode_id", "embodiment", "raw_action", "raw_state", "valid_steps"]
+    )
     accs: dict[str, StatsAccumulator] = {}
     for row in table.to_pylist():
+        if row["episode_id"] in exclude:
+            continue
         emb = row["embodiment"]
         spec = get_embodiment(emb)
         acc = accs.get(emb) or accs.setdefault(emb, StatsAccumulator(emb, sketch_k))
@@ -335,12 +340,15 @@ def part_stats(path: str, sketch_k: int) -> dict[str, bytes]:
     return {emb: acc.to_bytes() for emb, acc in accs.items()}
 
 
-def compute_stats(job: CurateJob, parts: list[Path]) -> dict[str, EmbodimentStats]:
+def compute_stats(
+    job: CurateJob, parts: list[Path], exclude: frozenset[str] = frozenset()
+) -> dict[str, EmbodimentStats]:
     import ray
 
     remote = ray.remote(num_cpus=0.5)(part_stats)
     k = job.curation.norm.sketch_k
-    results = ray.get([remote.remote(str(p), k) for p in parts])  # in part order: deterministic merge
+    ex = ray.put(exclude)
+    results = ray.get([remote.remote(str(p), k, ex) for p in parts])  # in part order: deterministic merge
     merged: dict[str, StatsAccumulator] = {}
     for res in results:
         for emb, blob in sorted(res.items()):
@@ -349,11 +357,15 @@ def compute_stats(job: CurateJob, parts: list[Path]) -> dict[str, EmbodimentStat
     return {emb: acc.finalize(job.curation.norm) for emb, acc in sorted(merged.items())}
 
 
-# ---- phase 4: shards ----------------------------------------------------------------
+# ---- phase 5: shards ----------------------------------------------------------------
 
 
-def normalised_rows(table, stats: dict[str, EmbodimentStats], cfg: CurationConfig):
+def normalised_rows(
+    table, stats: dict[str, EmbodimentStats], cfg: CurationConfig, exclude: frozenset[str] = frozenset()
+):
     for row in table.to_pylist():
+        if row["episode_id"] in exclude:
+            continue
         spec = get_embodiment(row["embodiment"])
         st = stats[row["embodiment"]]
         raw_state = np.asarray(row["raw_state"], dtype=np.float32)
@@ -391,7 +403,9 @@ def normalised_rows(table, stats: dict[str, EmbodimentStats], cfg: CurationConfi
         )
 
 
-def write_shards(out: Path, parts: list[Path], stats, cfg: CurationConfig):
+def write_shards(
+    out: Path, parts: list[Path], stats, cfg: CurationConfig, exclude: frozenset[str] = frozenset()
+):
     sc = cfg.shards
     shards, buffer, size = [], [], 0
 
@@ -401,12 +415,12 @@ def write_shards(out: Path, parts: list[Path], stats, cfg: CurationConfig):
             out, len(shards), buffer, compression=sc.compression, row_group_rows=sc.row_group_rows
         )
         shards.append(info)
-        log(f"phase 4 (shards): {info.name} ({info.rows} rows)")
+        log(f"phase 5 (shards): {info.name} ({info.rows} rows)")
         buffer, size = [], 0
 
     for path in parts:
         table, _ = read_part(path)
-        for row, nbytes in normalised_rows(table, stats, cfg):
+        for row, nbytes in normalised_rows(table, stats, cfg, exclude):
             if buffer and (size + nbytes > sc.target_bytes or len(buffer) >= sc.max_rows):
                 flush()
             buffer.append(row)
@@ -421,7 +435,7 @@ def write_shards(out: Path, parts: list[Path], stats, cfg: CurationConfig):
     return shards
 
 
-# ---- phase 5: manifest --------------------------------------------------------------
+# ---- phase 6: manifest --------------------------------------------------------------
 
 
 def source_digest(path: str) -> str:
@@ -458,12 +472,13 @@ def run(job: CurateJob) -> Manifest:
             )
         work = out / WORK_DIR
         digest_file = work / "digest"
-        if work.exists() and (not digest_file.exists() or digest_file.read_text() != job.digest()):
-            log(f"{work} is from another config: starting over")
+        stamp = f"{job.digest()} work-layout {WORK_LAYOUT} per-part {job.run.episodes_per_part}"
+        if work.exists() and (not digest_file.exists() or digest_file.read_text() != stamp):
+            log(f"{work} is from another config or code version: starting over")
             shutil.rmtree(work)
             shutil.rmtree(out / "data", ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(digest_file, job.digest().encode())
+        atomic_write_bytes(digest_file, stamp.encode())
 
         if not ray.is_initialized():
             if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
@@ -475,62 +490,42 @@ def run(job: CurateJob) -> Manifest:
         ray.data.DataContext.get_current().enable_progress_bars = job.run.progress
         started = time.time()
 
-        screened = screen(job, work)
-        accepted = screened["accepted"]
-        make_samples(job, work, accepted)
-        per = job.run.episodes_per_part
-        parts = [part_path(work, g) for g in range((len(accepted) + per - 1) // per)]
+        found = discover_all(job, work)
+        make_samples(job, work, found["refs"])
+        parts = [part_path(work, g) for g in range(num_parts(job, len(found["refs"])))]
 
-        rejections = [Rejection.from_row(r) for r in screened["rejections"]]
-        windows_in = episodes_with_samples = decode_rejected = window_rejected_eps = 0
-        window_rejections = 0
-        for p in parts:
-            _, ledger = read_part(p)
-            for ep in ledger:
-                windows_in += ep["windows_in"]
-                recs = [Rejection.from_row(r) for r in ep["ledger"]]
-                rejections += recs
-                window_rejections += sum(1 for r in recs if r.window >= 0)
-                if ep["rejected"]:
-                    if any(r.stage == "decode" or r.stage == "load" for r in recs):
-                        decode_rejected += 1
-                    else:
-                        window_rejected_eps += 1
-                else:
-                    episodes_with_samples += 1
+        records = [rec for p in parts for rec in read_records(p)]
+        outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], job.curation)
+        log(f"phase 3 (dedup): {len(outcome.duplicates)} near-duplicate episodes dropped")
+        rejections = outcome.rejections
 
-        stats = compute_stats(job, [p for p in parts if pq.ParquetFile(p).metadata.num_rows])
-        log(f"phase 3 (stats): {', '.join(f'{k}: {v.action.count} action values' for k, v in stats.items())}")
-        shards = write_shards(out, parts, stats, job.curation)
+        with_rows = [p for p in parts if pq.ParquetFile(p).metadata.num_rows]
+        stats = compute_stats(job, with_rows, outcome.duplicates)
+        log(f"phase 4 (stats): {', '.join(f'{k}: {v.action.count} action values' for k, v in stats.items())}")
+        shards = write_shards(out, with_rows, stats, job.curation, outcome.duplicates)
         samples = sum(s.rows for s in shards)
         episode_rejections = [r for r in rejections if r.window < 0]
         counts = {
-            "episodes_in": screened["inputs"],
-            "episodes_with_samples": episodes_with_samples,
+            "episodes_in": outcome.stage_counts["ingest"]["in"],
+            "episodes_with_samples": outcome.episodes_with_samples,
             "episodes_rejected": len(episode_rejections),
-            "windows_in": windows_in,
+            "windows_in": outcome.windows_in,
             "samples": samples,
-            "windows_rejected": window_rejections,
+            "windows_rejected": outcome.window_rejections,
         }
-        stage_counts = dict(screened["stage_counts"])
-        stage_counts["decode"] = {
-            "in": len(accepted),
-            "out": len(accepted) - decode_rejected,
-            "rejected": decode_rejected,
+        stage_counts = dict(outcome.stage_counts)
+        stage_counts["windows"] = {
+            "in": outcome.windows_in,
+            "out": samples,
+            "rejected": outcome.window_rejections,
         }
-        stage_counts["window"] = {
-            "in": len(accepted) - decode_rejected,
-            "out": episodes_with_samples,
-            "rejected": window_rejected_eps,
-        }
-        stage_counts["windows"] = {"in": windows_in, "out": samples, "rejected": window_rejections}
         stage_counts["caption"] = {"in": samples, "out": samples, "rejected": 0}
         sources = tuple(
             SourceInput(
                 s.path,
-                screened["source_formats"].get(s.path, "unknown"),
+                found["source_formats"].get(s.path, "unknown"),
                 source_digest(s.path),
-                screened["source_inputs"].get(s.path, 0),
+                found["source_inputs"].get(s.path, 0),
             )
             for s in job.sources
         )
@@ -549,14 +544,15 @@ def run(job: CurateJob) -> Manifest:
             atomic_write_table(out / LEDGER_PATH, to_table(ledger_rows))
         write_manifest(out, manifest)
         log(
-            f"done in {time.time() - started:.0f}s: {counts['episodes_in']} episodes in, "
+            f"done in {time.time() - started:.1f}s: {counts['episodes_in']} episodes in, "
             f"{counts['episodes_with_samples']} gave {samples} samples in {len(shards)} shards, "
             f"{counts['episodes_rejected']} rejected"
         )
-    try:
-        from curation.report import write_report
+    if job.run.report:
+        try:
+            from curation.report import write_report
 
-        log(f"data report: {write_report(out)}")
-    except Exception as err:  # the dataset is complete; a report failure must not hide that
-        print(f"data report failed: {type(err).__name__}: {err}", file=sys.stderr)
+            log(f"data report: {write_report(out)}")
+        except Exception as err:  # the dataset is complete; a report failure must not hide that
+            print(f"data report failed: {type(err).__name__}: {err}", file=sys.stderr)
     return manifest

@@ -111,6 +111,55 @@ def test_accounting_balances_stage_by_stage(curated):
     episode_rej = [r for r in m.rejections if r.window < 0]
     assert len(episode_rej) == c["episodes_rejected"]
     assert sum(s.episodes for s in m.sources) == c["episodes_in"]
+    assert [s.episodes for s in m.sources] == [4, 4, 1]  # lerobot, hdf5, the unlistable folder
+
+
+def test_a_duplicate_is_decoded_once_but_leaves_no_rows(curated):
+    """Dedup runs after the one pass over each episode: the duplicate's rows must not reach
+    the shards or the statistics, and its windows are not counted."""
+    import pyarrow.parquet as pq
+
+    m = read_manifest(curated)
+    dup = next(r for r in m.rejections if r.reason == "near_duplicate")
+    ids = set()
+    for path in (curated / "data").glob("shard-*.parquet"):
+        ids |= set(pq.read_table(path, columns=["episode_id"]).column("episode_id").to_pylist())
+    assert dup.episode not in ids
+    assert len(ids) == m.counts["episodes_with_samples"]
+    assert not [r for r in m.rejections if r.episode == dup.episode and r.reason != "near_duplicate"]
+    from curation.pipeline import read_part
+
+    steps = dup_rows = 0
+    for part in sorted((curated / ".work" / "parts").glob("part-*.parquet")):
+        rows = read_part(part)[0].select(["episode_id", "valid_steps"]).to_pylist()
+        dup_rows += sum(1 for r in rows if r["episode_id"] == dup.episode)
+        steps += sum(r["valid_steps"] for r in rows if r["episode_id"] != dup.episode)
+    assert dup_rows > 0  # it went through the one pass like any other episode
+    assert m.stats["metaworld_sawyer"].action.count == steps  # the statistics leave it out too
+
+
+def test_inputs_are_counted_under_the_configured_source_path(tmp_path):
+    """An RLDS reader resolves to ``<name>/<version>`` inside the configured folder; the
+    manifest's lineage must still count its episodes under the configured path."""
+    from curation.formats.rlds import write_rlds
+    from curation.pipeline import discover_all
+    from tests.helpers import make_episodes
+
+    version = write_rlds(make_episodes([12, 14, 16]), tmp_path / "rlds")
+    assert version != tmp_path / "rlds"
+    write_lerobot_v3(make_episodes([12, 13]), tmp_path / "lerobot")
+    job = job_from_dict(
+        {"sources": [str(tmp_path / "rlds"), str(tmp_path / "lerobot")], "out": str(tmp_path / "out")}
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    found = discover_all(job, work)
+    assert found["source_inputs"] == {str(tmp_path / "rlds"): 3, str(tmp_path / "lerobot"): 2}
+    assert found["source_formats"] == {
+        str(tmp_path / "rlds"): "rlds",
+        str(tmp_path / "lerobot"): "lerobot_v3",
+    }
+    assert len(found["refs"]) == 5
 
 
 def test_bad_inputs_are_caught_by_the_right_stage(curated):
