@@ -80,7 +80,11 @@ class RunConfig:
     """How the job runs (resources, granularity); never changes what it produces."""
 
     episodes_per_part: int = 16  # resume granularity; also decides the order of the rows
-    episodes_per_task: int = 2  # episodes per Ray task: fewer, bigger tasks cost less overhead
+    # longest run of consecutive episodes per Ray task (shorter when needed to give every CPU
+    # a task): episodes packed in one video file (LeRobot v3.0) are then decoded front to back
+    # by one decoder, whose read-ahead is wasted when it jumps between episodes (64 packed
+    # episodes took twice the wall time and three times the CPU in tasks of 2)
+    episodes_per_task: int = 16
     episode_num_cpus: float = 1.0  # the one pass over an episode is decode-bound: a whole CPU
     caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running (§4)
     caption_actors: int = 1
@@ -203,7 +207,8 @@ def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> None
     if not pending:
         return
     items = [{"group": g, "ref": json.dumps(r)} for g, rs in sorted(pending.items()) for r in rs]
-    per_task = max(1, job.run.episodes_per_task)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    per_task = task_size(job.run.episodes_per_task, len(items), cpus)
     ctx = ray.data.DataContext.get_current()
     reservation = ctx.op_resource_reservation_enabled
     if job.caption is None:
@@ -217,6 +222,11 @@ def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> None
         )
     finally:
         ctx.op_resource_reservation_enabled = reservation
+
+
+def task_size(longest: int, episodes: int, cpus: int) -> int:
+    """Episodes per Ray task: at most ``longest``, and few enough that each CPU gets a task."""
+    return max(1, min(longest, -(-episodes // max(1, cpus))))
 
 
 def _run_episodes(job: CurateJob, work: Path, ds, pending: dict[int, list[dict[str, Any]]]) -> None:

@@ -222,10 +222,10 @@ register_train_config(
         zero_stage=2,
         precision="fp32",
         ema_decay=0.99,
-        steps=400,
+        steps=2000,
         batch_size=32,
         log_every=20,
-        ckpt_every=0,
+        ckpt_every=500,  # a rerun of an interrupted demo resumes from the last one
         output_dir="runs/demo",
     )
 )

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("generate", "curate", "pretrain", "finetune", "finetune_no_video", "evaluate")
+STAGES = ("generate", "curate", "pretrain", "finetune", "finetune_no_video", "evaluate", "evaluate_openloop")
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
@@ -36,8 +36,15 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     comparison = json.loads((out / "eval" / "comparison.json").read_text())
     assert {"gwp", "gwp_no_video", "expert", "random"} <= set(json.dumps(comparison).split('"'))
     report = (out / "REPORT.md").read_text()
-    for link in ("shards/meta/report/index.md", "eval/comparison.md", "losses.png"):
-        assert link in report
+    for link in (
+        "shards/meta/report/index.md",
+        "eval/comparison.md",
+        "losses.png",
+        "eval/openloop/openloop.md",
+        "eval/openloop/frames.png",
+        "eval/gwp/contact_sheet.png",
+    ):
+        assert link in report and (out / link).exists(), link
     assert (out / "losses.png").stat().st_size > 0
 
     second = run_demo(out)  # idempotent: every stage is skipped

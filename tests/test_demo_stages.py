@@ -1,0 +1,42 @@
+"""The demo's stage runner: skips what finished, starts over what is stale, resumes what was cut."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipelines.demo import Stages
+
+
+def touch(path: Path, text: str) -> list[str]:
+    """A command that appends ``text`` to ``path`` (so a test can count the runs)."""
+    return [sys.executable, "-c", f"open({str(path)!r}, 'a').write({text!r})"]
+
+
+def test_skips_finished_stages_and_reruns_stale_ones(tmp_path):
+    out = tmp_path / "demo"
+    a_out, b_out = out / "a", out / "b"
+    a_out.mkdir(parents=True)
+    b_out.mkdir(parents=True)
+    log = tmp_path / "log.txt"
+
+    def run_all(b_setting: str) -> None:
+        st = Stages(out)
+        st.run("a", [touch(log, "a")], outputs=(a_out,))
+        (b_out / "partial").write_text("from the last run")
+        st.run("b", [touch(log, "b")], outputs=(b_out,), inputs={"setting": b_setting})
+        st.run("c", [touch(log, "c")])
+
+    run_all("x")
+    assert log.read_text() == "abc"
+    run_all("x")  # everything finished with the same settings: nothing runs
+    assert log.read_text() == "abc"
+    run_all("y")  # b's settings changed: b starts over (its old outputs removed), and c after it
+    assert log.read_text() == "abcbc"
+    assert not (b_out / "partial").exists() and a_out.exists()
+    (out / "stages" / "c.done").unlink()  # c was cut short: it runs again, keeping its outputs
+    st = Stages(out)
+    st.run("a", [touch(log, "a")], outputs=(a_out,))
+    st.run("b", [touch(log, "b")], outputs=(b_out,), inputs={"setting": "y"})
+    st.run("c", [touch(log, "c")])
+    assert log.read_text() == "abcbcc"
