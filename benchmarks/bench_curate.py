@@ -11,8 +11,10 @@ the jobs; the mean is the ceiling, so a load change during the run shows). The j
 twice on one Ray instance, each time into a fresh folder: first with cold workers (they
 import Ray Data and the curation code inside the timed region), then with warm ones. The
 data report is timed on its own: it is a fixed cost of plotting, not throughput. Ray's own
-start (``ray.init``) is outside every timing. Peak memory is the largest sum of the resident
-set sizes of the driver and every Ray process, sampled every 0.2 s. Prints a Markdown table.
+start (``ray.init``) is outside every timing. Peak memory is the largest sum of the
+proportional set sizes (PSS: shared pages split between the processes that map them) of the
+driver and every Ray process, sampled every second; the RSS sum, which counts Ray's shared
+object store once per process, is printed beside it. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -28,28 +30,35 @@ from pathlib import Path
 import psutil
 
 
-def _rss_of_job(pid: int) -> int:
-    total = 0
-    for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+def _memory_of_job(pid: int) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) over the driver and every Ray process. RSS counts a shared page
+    (Ray's object store in /dev/shm, shared libraries) once per process that maps it; PSS
+    splits it between them, so the PSS sum is the job's real footprint."""
+    rss = pss = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
             if proc.info["pid"] == pid or "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                total += proc.info["memory_info"].rss
+                info = proc.memory_full_info()
+                rss += info.rss
+                pss += getattr(info, "pss", info.rss)
         except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
             continue
-    return total
+    return rss, pss
 
 
 class PeakMemory:
     def __init__(self) -> None:
-        self.peak = 0
+        self.peak = 0  # of the PSS sum
+        self.peak_rss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_of_job(os.getpid()))
-            time.sleep(0.2)
+            rss, pss = _memory_of_job(os.getpid())
+            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
+            time.sleep(1.0)  # reading every smaps costs CPU: sample sparsely
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             manifest = run(job)
             job_s = time.perf_counter() - start
-        jobs.append((name, job_s, mem.peak, manifest.counts["samples"]))
+        jobs.append((name, job_s, (mem.peak, mem.peak_rss), manifest.counts["samples"]))
     start = time.perf_counter()
     write_report(work / "out-cold")
     report_s = time.perf_counter() - start
@@ -126,14 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.episodes} episodes × {args.steps} steps × 2 cameras at {args.size}², {samples} samples "
           f"(p={w.chunk}, Δ={w.frame_stride}, K={w.num_future}, stride {w.stride}), {platform.node()} "
           f"{cores} cores, load {os.getloadavg()[0]:.1f} (1-min average at the end)\n")  # fmt: skip
-    print("| path | seconds | samples/s | frames decoded + resized/s | peak memory | ÷ ceiling |")
+    print("| path | seconds | samples/s | frames decoded + resized/s | peak memory, PSS (RSS) | ÷ ceiling |")
     print("|---|---|---|---|---|---|")
     print(f"| plain decode + resize (1 process, ceiling; mean of {ceiling_before:.2f} s before and "
           f"{ceiling_after:.2f} s after) | {ceiling_s:.2f} | {samples / ceiling_s:.1f} | "
           f"{frames / ceiling_s:.0f} | – | 1 |")  # fmt: skip
     for name, job_s, peak, _ in jobs:
         print(f"| curation job, {name} Ray workers (Ray Data, {cores} cores, no report) | {job_s:.2f} | "
-              f"{samples / job_s:.1f} | {frames / job_s:.0f} | {peak / 2**30:.2f} GiB | "
+              f"{samples / job_s:.1f} | {frames / job_s:.0f} | {peak[0] / 2**30:.2f} GiB ({peak[1] / 2**30:.2f}) | "
               f"{ceiling_s / job_s:.2f} |")  # fmt: skip
     print(f"| data report alone (matplotlib, after the job) | {report_s:.2f} | – | – | – | – |")
     cold_s = jobs[0][1]

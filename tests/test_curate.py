@@ -254,3 +254,13 @@ def test_quantiles_merged_across_ray_tasks_are_within_half_a_percent(ray_local):
             hi = np.searchsorted(col, est[d], side="right") / len(col)
             rank_error = 0.0 if lo <= q <= hi else min(abs(q - lo), abs(q - hi))
             assert rank_error <= 0.005, (q, d, rank_error)
+
+
+def test_task_size_gives_every_cpu_a_run_of_consecutive_episodes():
+    from curation.pipeline import task_size
+
+    assert task_size(16, 64, 2) == 16  # long runs: one decoder reads a packed file front to back
+    assert task_size(16, 16, 2) == 8  # but every CPU gets work
+    assert task_size(16, 3, 2) == 2
+    assert task_size(16, 1, 8) == 1
+    assert task_size(0, 10, 2) == 1
