@@ -84,10 +84,11 @@ def train_config(args: argparse.Namespace, preset: str, **fixed: Any) -> TrainCo
     A warm-up longer than the run is cut to the run."""
     over = {name: getattr(args, name, None) for name in TRAIN_OVERRIDES}
     over = {k: v for k, v in {**over, **fixed}.items() if v is not None}
-    cfg = replace(get_train_config(preset), output_dir=str(args.out), **over)
-    if cfg.warmup_steps > cfg.steps:
-        cfg = replace(cfg, warmup_steps=cfg.steps)
-    return cfg
+    base = get_train_config(preset)
+    steps = over.get("steps", base.steps)
+    if "warmup_steps" not in over and base.warmup_steps > steps:  # cut in the same replace:
+        over["warmup_steps"] = steps  # TrainConfig rejects a warm-up longer than the run
+    return replace(base, output_dir=str(args.out), **over)
 
 
 def checked_train_config(

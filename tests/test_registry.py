@@ -45,3 +45,17 @@ def test_pretrain_presets_use_the_registry():
     assert {"debug", "demo", "small", "wan22-5b"} <= set(train_config_names())
     with pytest.raises(KeyError, match=r"unknown train config preset 'wan22_5b'; did you mean 'wan22-5b'"):
         get_train_config("wan22_5b")
+
+
+def test_a_run_shorter_than_the_presets_warmup_gets_a_shorter_warmup(tmp_path):
+    import argparse
+
+    from pipelines import train_cli
+    from pretrain.run_config import get_train_config
+
+    args = argparse.Namespace(out=str(tmp_path), steps=1)
+    assert get_train_config("debug").warmup_steps > 1
+    cfg = train_cli.train_config(args, "debug")
+    assert (cfg.steps, cfg.warmup_steps) == (1, 1)
+    bad = argparse.Namespace(out=str(tmp_path), steps=1, warmup_steps=5)  # asked for: still refused
+    assert train_cli.checked_train_config("pretrain", bad, "debug") is None
