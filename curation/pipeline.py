@@ -192,20 +192,18 @@ def part_path(work: Path, group: int) -> Path:
     return work / "parts" / f"part-{group:05d}.parquet"
 
 
-def num_parts(job: CurateJob, refs: int) -> int:
-    return -(-refs // job.run.episodes_per_part)
-
-
-def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> None:
-    """Phase 2: one work part (raw sample rows + one record per episode) per group of refs."""
+def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> list[Path]:
+    """Phase 2: one work part (raw sample rows + one record per episode) per group of refs;
+    returns every part's path, in order."""
     import ray
 
     per = job.run.episodes_per_part
     groups = [refs[i : i + per] for i in range(0, len(refs), per)]
     pending = {g: rs for g, rs in enumerate(groups) if not part_path(work, g).exists()}
+    parts = [part_path(work, g) for g in range(len(groups))]
     log(f"phase 2 (episodes): {len(groups)} parts, {len(groups) - len(pending)} already done")
     if not pending:
-        return
+        return parts
     items = [{"group": g, "ref": json.dumps(r)} for g, rs in sorted(pending.items()) for r in rs]
     cpus = int(ray.cluster_resources().get("CPU", 1))
     per_task = task_size(job.run.episodes_per_task, len(items), cpus)
@@ -222,6 +220,7 @@ def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> None
         )
     finally:
         ctx.op_resource_reservation_enabled = reservation
+    return parts
 
 
 def task_size(longest: int, episodes: int, cpus: int) -> int:
@@ -501,8 +500,7 @@ def run(job: CurateJob) -> Manifest:
         started = time.time()
 
         found = discover_all(job, work)
-        make_samples(job, work, found["refs"])
-        parts = [part_path(work, g) for g in range(num_parts(job, len(found["refs"])))]
+        parts = make_samples(job, work, found["refs"])
 
         records = [rec for p in parts for rec in read_records(p)]
         outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], job.curation)

@@ -138,6 +138,7 @@ class Stages:
         inputs: object = None,
     ) -> None:
         marker = self.marker(name)
+        inputs = json.loads(json.dumps(inputs))  # as the marker stores it (tuples become lists)
         if marker.exists():
             record = json.loads(marker.read_text())
             same = record.get("commands") == commands and record.get("inputs") == inputs

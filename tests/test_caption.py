@@ -18,8 +18,8 @@ from curation.stages.caption import (
     Captioner,
     CaptionStage,
     WeightsUnavailableError,
-    text_embedding_fallback,
 )
+from curation.stages.text import text_embedding_fallback
 
 TINY = {
     "embed_dim": 64,

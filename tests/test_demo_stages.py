@@ -40,3 +40,11 @@ def test_skips_finished_stages_and_reruns_stale_ones(tmp_path):
     st.run("b", [touch(log, "b")], outputs=(b_out,), inputs={"setting": "y"})
     st.run("c", [touch(log, "c")])
     assert log.read_text() == "abcbcc"
+
+
+def test_inputs_compare_as_stored(tmp_path):
+    """A tuple in a stage's inputs comes back from the marker's JSON as a list: still the same."""
+    log = tmp_path / "log.txt"
+    for _ in range(2):
+        Stages(tmp_path / "demo").run("a", [touch(log, "a")], inputs={"chunk": (8, 4)})
+    assert log.read_text() == "a"

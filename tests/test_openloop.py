@@ -33,14 +33,6 @@ from tests.test_policy import build_shards
 LENGTHS = (20, 22, 24, 26, 28, 30)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> ShardSet:
     root = tmp_path_factory.mktemp("openloop")

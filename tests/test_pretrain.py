@@ -63,14 +63,6 @@ RESUME_ARGS = ["--preset", "debug", "--steps", "6", "--ckpt-every", "3", "--batc
 RESUME_ARGS += ["--no-progress", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build_synthetic_shards(out: Path) -> Path:
     return curate_in_memory(make_episodes(LENGTHS, size=64), out)
 

@@ -25,7 +25,6 @@ import torch
 
 from curation.config import CaptionConfig
 from curation.stages.text import l2_normalize as _l2
-from curation.stages.text import text_embedding_fallback  # noqa: F401  (re-exported)
 
 
 class WeightsUnavailableError(RuntimeError):
