@@ -8,7 +8,7 @@ Top to bottom:
    (64² corner + wrist cameras, ``policy.envs.rollout_expert``);
 2. curate them in memory with curation's own pure stages (no Ray; the ``debug`` curation preset:
    chunk 8, frame stride 2, K = 2 future frames, one composed 64×64 image) into a shard folder —
-   :func:`curate_in_memory`, also used by ``tests/test_pretrain.py``;
+   :func:`curation.in_memory.curate_in_memory`, also used by the tests;
 3. pretrain the ``debug`` model with the pixel codec (``python -m pipelines.pretrain``, one
    process, fp32 CPU, ZeRO-2) for ``--steps`` steps, constant learning rate after warm-up;
 4. report the video loss at the start and the end (mean of the first / last 10 steps) and the
@@ -25,65 +25,14 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from curation.config import get_preset
-from curation.episode_samples import RAW_SCHEMA, episode_sample_rows
-from curation.pipeline import part_stats, write_shards
-from curation.shards import write_manifest
-from curation.stages.stats import StatsAccumulator
-from schemas import Episode, Manifest
+from curation.in_memory import curate_in_memory
+from schemas import Episode
 
 TASKS = ("drawer-open-v3", "button-press-topdown-v3", "reach-v3", "door-open-v3")
-
-
-def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debug") -> Path:
-    """A curated shard folder (``data/*.parquet`` + ``meta/manifest.json``) from validated episodes.
-
-    The same pure functions the Ray job runs per episode/part (windows, composition, frame
-    encoding, hashed text embedding → per-embodiment statistics → normalised shards), without
-    the filters and without Ray. Deterministic for deterministic episodes (PNG frames).
-    """
-    cfg = get_preset(preset)
-    rows: list[dict[str, Any]] = []
-    for ep in episodes:
-        r, _, _ = episode_sample_rows(ep, cfg, {})
-        rows += r
-    if not rows:
-        raise ValueError(f"curate_in_memory: {len(episodes)} episodes gave no sample window")
-    part = out / ".work" / "parts" / "part-00000.parquet"
-    part.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA).replace_schema_metadata({b"gwp_ledger": b"[]"})
-    pq.write_table(table, part)
-    stats = {
-        emb: StatsAccumulator.from_bytes(blob).finalize(cfg.norm)
-        for emb, blob in part_stats(str(part), cfg.norm.sketch_k).items()
-    }
-    shards = write_shards(out, [part], stats, cfg)
-    n = len(rows)
-    manifest = Manifest(
-        code_version="in-memory",
-        config={"curation": cfg.to_dict(), "caption": None},
-        counts={
-            "episodes_in": len(episodes),
-            "episodes_with_samples": len({r["episode_id"] for r in rows}),
-            "episodes_rejected": 0,
-            "windows_in": n,
-            "samples": n,
-            "windows_rejected": 0,
-        },
-        stats=stats,
-        sources=(),
-        shards=tuple(shards),
-        rejections=(),
-    )
-    write_manifest(out, manifest)
-    return out
 
 
 def metaworld_episodes(n: int, image_size: int = 64, tasks: Sequence[str] = TASKS) -> list[Episode]:

@@ -17,9 +17,13 @@ dropped there.
 
 Normalisation needs statistics over the whole corpus, so rows here keep the *raw* action
 chunk and state (``raw_action [p, Da]``, ``raw_state [Ds]``); the shard writer normalises
-them. The result travels through Ray as one row per episode whose ``table`` column is the
-episode's rows as Arrow IPC bytes: one fixed schema for every Ray block, however many
-windows an episode has, and the episode's ledger travels with it.
+them, and each episode's statistics sketch is made here, while its windows are at hand.
+
+The job's Ray unit is a *part*, a run of consecutive episodes (:mod:`curation.parts`): one
+task decodes them front to back (episodes packed in one video file are then read in order)
+and, when no caption stage follows, writes the part itself, so only the small records reach
+the driver. Otherwise the part's rows travel to the caption actors as one row whose
+``table`` column is Arrow IPC bytes (one fixed schema for every Ray block).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -206,43 +211,88 @@ def process_episode(ref: EpisodeRef, cfg: CurationConfig) -> tuple[list[dict[str
     return rows, record
 
 
-def make_episode_fn(cfg: CurationConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Per-row (1:1) function for ``Dataset.map`` over discovered episode references.
+def episode_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
-    Input: ``group`` (work part), ``ref`` (EpisodeRef JSON). Output: ``group``, ``episode_id``,
-    ``table`` (raw rows as Arrow IPC, empty when none) and ``record`` (JSON, see
-    :func:`process_episode`).
+
+def process_part(
+    refs: list[EpisodeRef], cfg: CurationConfig
+) -> tuple[pa.Table, list[dict[str, Any]], list[bytes | None]]:
+    """A run of consecutive episodes: ``(raw rows, records, sketches)`` in discovery order.
+
+    Each episode that gave samples gets the statistics sketch of its windows (a serialised
+    :class:`curation.stages.stats.StatsAccumulator`); the driver merges them in discovery
+    order after dedup, leaving the near-duplicates out, so no row is read twice."""
+    from curation.stages.stats import raw_rows_accumulator
+
+    tables, records, sketches = [], [], []
+    for ref in refs:
+        rows, record = process_episode(ref, cfg)
+        records.append({**record, "samples": len(rows)})
+        if rows:
+            table = episode_table(rows)
+            tables.append(table)
+            sketches.append(raw_rows_accumulator(table, cfg.norm.sketch_k).to_bytes())
+        else:
+            sketches.append(None)
+    return (pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()), records, sketches
+
+
+def make_part_fn(cfg: CurationConfig, work: str | None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Per-row (1:1) function for ``Dataset.map`` over the job's parts.
+
+    Input: ``part`` (index), ``refs`` (JSON list of EpisodeRef rows). Output: ``part``,
+    ``records`` and ``sketches`` (JSON), ``table`` (the raw rows as Arrow IPC). With ``work``
+    set this is the last stage: the task writes the part file itself
+    (:func:`curation.parts.write_part`) and sends back only the records (``table`` empty);
+    with ``work`` None the rows travel on to the caption actors, which write it.
     """
 
-    def episode_row(row: dict[str, Any]) -> dict[str, Any]:
-        ref = EpisodeRef.from_row(json.loads(row["ref"]))
-        rows, record = process_episode(ref, cfg)
-        table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA) if rows else None
-        return {
-            "group": int(row["group"]),
-            "episode_id": record["episode_id"],
-            "table": table_to_bytes(table) if table is not None else b"",
-            "record": json.dumps(record),
-        }
+    def part_row(row: dict[str, Any]) -> dict[str, Any]:
+        refs = [EpisodeRef.from_row(r) for r in json.loads(row["refs"])]
+        table, records, sketches = process_part(refs, cfg)
+        return finish_part(row["part"], table, records, sketches, work)
 
-    return episode_row
+    return part_row
 
 
-class EpisodeCaptioner:
+def finish_part(
+    index: int, table: pa.Table, records: list, sketches: list[bytes | None], work: str | None
+) -> dict[str, Any]:
+    """The output row of a part stage; writes the part file when ``work`` is set."""
+    from curation.parts import encode_sketches, part_path, write_part
+
+    if work is not None:
+        write_part(part_path(Path(work), int(index)), table, records, sketches)
+    return {
+        "part": int(index),
+        "records": json.dumps(records),
+        "sketches": encode_sketches(sketches),
+        "table": b"" if work is not None else table_to_bytes(table),
+    }
+
+
+class PartCaptioner:
     """Ray Data actor: CoCa captions, CLIP scores and CLIP text embeddings for every sample
-    of a batch of episode rows (see :func:`make_episode_fn`). The model loads once per actor."""
+    of the part rows of :func:`make_part_fn` (``work=None``); the model loads once per actor.
+    With ``work`` set it writes each captioned part (the last stage)."""
 
-    def __init__(self, caption_cfg):
+    def __init__(self, caption_cfg, work: str | None = None):
         from curation.stages.caption import Captioner
 
         self.captioner = Captioner(caption_cfg)
         self.batch = caption_cfg.batch_size
+        self.work = work
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = [self.caption_part(batch, i) for i in range(len(batch["part"]))]
+        return {k: np.asarray([o[k] for o in out], dtype=object) for k in out[0]}
+
+    def caption_part(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+        from curation.parts import decode_sketches
         from curation.stages.compose import decode_sample_frames
 
-        tables = [table_from_bytes(b) if len(b) else None for b in batch["table"]]
-        rows = [r for t in tables if t is not None for r in t.to_pylist()]
+        rows = table_from_bytes(batch["table"][i]).to_pylist()
         for start in range(0, len(rows), self.batch):
             chunk = rows[start : start + self.batch]
             images = np.stack([decode_sample_frames(r["video"], r["video_format"])[0] for r in chunk])
@@ -253,12 +303,6 @@ class EpisodeCaptioner:
                 r["caption"] = caption
                 r["quality"] = {**r["quality"], "clip_score": float(score)}
                 r["text_embedding"] = emb.tolist()
-        out_tables, pos = [], 0
-        for t in tables:
-            if t is None:
-                out_tables.append(b"")
-                continue
-            part = rows[pos : pos + t.num_rows]
-            pos += t.num_rows
-            out_tables.append(table_to_bytes(pa.Table.from_pylist(part, schema=RAW_SCHEMA)))
-        return {**batch, "table": np.asarray(out_tables, dtype=object)}
+        sketches = decode_sketches(batch["sketches"][i])
+        records = json.loads(batch["records"][i])
+        return finish_part(batch["part"][i], episode_table(rows), records, sketches, self.work)

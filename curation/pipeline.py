@@ -4,24 +4,28 @@ Runs on Ray Data, in-process by default or on the cluster named by ``RAY_ADDRESS
 ``ray job submit`` sets). Stages (DESIGN.md §4), with row cardinality::
 
     phase 1  discover  1 source → N episode refs, metadata only (driver; a source that
-                       cannot be listed → 1 rejection)
-    phase 2  episodes  one pass per episode (Ray Data, several episodes per task): load →
-                       filters → decode → compose → window → encode (1:1 episode row holding
-                       its N samples, its verdict and its fingerprint) → captions + CLIP
-                       (actor pool, batched) → work parts
+                       cannot be listed → 1 rejection); the refs are cut into parts
+    phase 2  episodes  one Ray task per part (a run of consecutive episodes), one pass per
+                       episode: load → filters → decode → compose → window → encode (1:1
+                       episode → its N samples, its verdict, fingerprint and stats sketch)
+                       → captions + CLIP (actor pool) → the last stage writes the part
     phase 3  dedup     near-duplicates over every fingerprint (N:1, driver); a duplicate's
                        samples are dropped
-    phase 4  stats     one task per work part (N:1 sketches) → merged per embodiment
-    phase 5  shards    normalise (1:1) → pack in a fixed order into shards of a target size
+    phase 4  stats     the episodes' sketches merged per embodiment, in discovery order
+    phase 5  shards    normalise (vectorised, per part) → pack in order into shards of a
+                       target size
     phase 6  manifest  (with ledger, stats, lineage, stage accounting) → data report
 
-Resumable and deterministic: phase 1 is saved in ``.work/discover.json``; phase 2 writes
-one work part per group of ``episodes_per_part`` discovered episodes (in discovery order)
-atomically, and a rerun skips finished parts; statistics merge in part order; shards are
-cut from the rows in (part, episode id, start frame) order and written atomically, a rerun
-skipping complete ones. So a run interrupted anywhere and rerun gives shards with the same
-content as an uninterrupted run. How the job runs (``RunConfig``: episodes per task, CPUs)
-never changes what it writes; ``episodes_per_part`` decides the order of the rows.
+Resumable and deterministic: phase 1, with the cut into parts, is saved in
+``.work/discover.json``; each part is written atomically by its task (:mod:`curation.parts`)
+and a rerun skips finished parts; rows, records and sketches are in discovery order
+whatever the cut, so the statistics and the shards' content do not depend on it, nor on
+anything else in ``RunConfig``; shards are written atomically, a rerun skipping complete
+ones. So a run interrupted anywhere and rerun gives shards with the same content as an
+uninterrupted run.
+
+The workers write the parts into ``out``: on a multi-node cluster it must be storage every
+node can write, as the sources must be storage every node can read.
 
 Every input ends up in the shards or in the ledger: the manifest's counts balance at
 every stage (``Manifest.validate`` checks the totals).
@@ -35,30 +39,40 @@ import os
 import shutil
 import sys
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow.parquet as pq
 
-from curation.config import CaptionConfig, CurationConfig, config_from_dict, get_preset
-from curation.episode_samples import EpisodeCaptioner, make_episode_fn, table_from_bytes
+from curation.config import (
+    CaptionConfig,
+    CurationConfig,
+    NormConfig,
+    ShardConfig,
+    config_from_dict,
+    get_preset,
+)
+from curation.episode_samples import PartCaptioner, make_part_fn
 from curation.formats import detect_format
 from curation.ingest import SourceSpec, discover
+from curation.parts import iter_sketches, part_path, read_layout, read_records
 from curation.shards import (
     LEDGER_PATH,
     MANIFEST_PATH,
+    SAMPLE_METADATA,
+    SHARD_TEMPLATE,
     WORK_DIR,
+    atomic_parquet_writer,
     atomic_write_bytes,
     atomic_write_table,
     exclusive_output,
+    shard_info,
+    shard_is_complete,
     write_manifest,
-    write_shard,
 )
 from curation.stages.filters import make_dedup_rejections
-from curation.stages.normalize import normalize_action, normalize_state, to_training_action
+from curation.stages.sample import normalise_raw_table
 from curation.stages.stats import StatsAccumulator
 from schemas import (
     SCHEMA_VERSION,
@@ -66,29 +80,29 @@ from schemas import (
     Manifest,
     Rejection,
     Sample,
+    ShardInfo,
     SourceInput,
-    get_embodiment,
     to_table,
+    validate_sample_table,
 )
 
 CODE_VERSION = "0.1.0"
-WORK_LAYOUT = "2"  # of .work/: a work folder of another layout is started over
+WORK_LAYOUT = "3"  # of .work/: a work folder of another layout is started over
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """How the job runs (resources, granularity); never changes what it produces."""
 
-    episodes_per_part: int = 16  # resume granularity; also decides the order of the rows
-    # longest run of consecutive episodes per Ray task (shorter when needed to give every CPU
-    # a task): episodes packed in one video file (LeRobot v3.0) are then decoded front to back
-    # by one decoder, whose read-ahead is wasted when it jumps between episodes (64 packed
-    # episodes took twice the wall time and three times the CPU in tasks of 2)
+    # longest part: the run of consecutive episodes of one Ray task, and the resume unit
+    # (shorter when needed to give every CPU a task). Episodes packed in one video file
+    # (LeRobot v3.0) are then decoded front to back by one decoder, whose read-ahead is
+    # wasted when it jumps between episodes (64 packed episodes took twice the wall time and
+    # three times the CPU in tasks of 2)
     episodes_per_task: int = 16
     episode_num_cpus: float = 1.0  # the one pass over an episode is decode-bound: a whole CPU
     caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running (§4)
     caption_actors: int = 1
-    caption_episodes_per_batch: int = 4
     num_cpus: int | None = None  # in-process Ray only; None = all cores
     progress: bool = True
     report: bool = True  # write the data report (meta/report/) after the manifest
@@ -147,9 +161,10 @@ def log(msg: str) -> None:
 # ---- phase 1: discover --------------------------------------------------------------
 
 
-def discover_all(job: CurateJob, work: Path) -> dict[str, Any]:
+def discover_all(job: CurateJob, work: Path, cpus: int = 1) -> dict[str, Any]:
     """Phase 1, saved to ``.work/discover.json``: every episode ref (in source order, then the
-    reader's order) and a rejection per source that cannot be listed; the inputs of each
+    reader's order), their cut into parts (``parts``: episodes per part, see
+    :func:`task_size`), and a rejection per source that cannot be listed; the inputs of each
     source are counted as they are listed (so an RLDS source, whose reader resolves to a
     version folder inside it, still counts under its configured path)."""
     path = work / "discover.json"
@@ -165,8 +180,10 @@ def discover_all(job: CurateJob, work: Path) -> dict[str, Any]:
         refs += [ref.to_row() for ref in found]
         rejections += [r.to_row() for r in rejected]
         source_inputs[spec.path] = source_inputs.get(spec.path, 0) + len(found) + len(rejected)
+    per = task_size(job.run.episodes_per_task, len(refs), cpus)
     saved = {
         "refs": refs,
+        "parts": [min(per, len(refs) - i) for i in range(0, len(refs), per)],
         "rejections": rejections,
         "source_inputs": source_inputs,
         "source_formats": {s.path: s.format or _safe_detect(s.path) for s in job.sources},
@@ -188,25 +205,21 @@ def _safe_detect(path: str) -> str:
 # ---- phase 2: episodes --------------------------------------------------------------
 
 
-def part_path(work: Path, group: int) -> Path:
-    return work / "parts" / f"part-{group:05d}.parquet"
-
-
-def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> list[Path]:
-    """Phase 2: one work part (raw sample rows + one record per episode) per group of refs;
-    returns every part's path, in order."""
+def make_samples(job: CurateJob, work: Path, found: dict[str, Any]) -> list[Path]:
+    """Phase 2: one work part per run of ``found["parts"]`` consecutive refs, each written by
+    its Ray task; returns every part's path, in order."""
     import ray
 
-    per = job.run.episodes_per_part
-    groups = [refs[i : i + per] for i in range(0, len(refs), per)]
-    pending = {g: rs for g, rs in enumerate(groups) if not part_path(work, g).exists()}
-    parts = [part_path(work, g) for g in range(len(groups))]
-    log(f"phase 2 (episodes): {len(groups)} parts, {len(groups) - len(pending)} already done")
+    refs, parts, bounds = found["refs"], [], []
+    for i, n in enumerate(found["parts"]):
+        start = sum(found["parts"][:i])
+        parts.append(part_path(work, i))
+        bounds.append((start, start + n))
+    pending = [i for i, p in enumerate(parts) if not p.exists()]
+    log(f"phase 2 (episodes): {len(parts)} parts, {len(parts) - len(pending)} already done")
     if not pending:
         return parts
-    items = [{"group": g, "ref": json.dumps(r)} for g, rs in sorted(pending.items()) for r in rs]
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_task = task_size(job.run.episodes_per_task, len(items), cpus)
+    items = [{"part": i, "refs": json.dumps(refs[slice(*bounds[i])])} for i in pending]
     ctx = ray.data.DataContext.get_current()
     reservation = ctx.op_resource_reservation_enabled
     if job.caption is None:
@@ -215,68 +228,39 @@ def make_samples(job: CurateJob, work: Path, refs: list[dict[str, Any]]) -> list
         # second core idles for about the first task's length)
         ctx.op_resource_reservation_enabled = False
     try:
-        _run_episodes(
-            job, work, ray.data.from_items(items, override_num_blocks=-(-len(items) // per_task)), pending
-        )
+        # one part per block: one task per part
+        _run_parts(job, work, ray.data.from_items(items, override_num_blocks=len(items)), len(items))
     finally:
         ctx.op_resource_reservation_enabled = reservation
     return parts
 
 
 def task_size(longest: int, episodes: int, cpus: int) -> int:
-    """Episodes per Ray task: at most ``longest``, and few enough that each CPU gets a task."""
+    """Episodes per part (Ray task): at most ``longest``, and few enough that each CPU gets one."""
     return max(1, min(longest, -(-episodes // max(1, cpus))))
 
 
-def _run_episodes(job: CurateJob, work: Path, ds, pending: dict[int, list[dict[str, Any]]]) -> None:
-    # load + filters + decode + compose + window + encode: 1 ref row -> 1 row holding the
-    # episode's N samples and its record; one task per block of episodes_per_task refs
-    ds = ds.map(make_episode_fn(job.curation), num_cpus=job.run.episode_num_cpus)
-    if job.caption is not None:
-        # captions + CLIP: actor pool (model loaded once per actor), batched over episodes
+def _run_parts(job: CurateJob, work: Path, ds, total: int) -> None:
+    # load + filters + decode + compose + window + encode + sketch, one task per part; the
+    # last stage writes the part and sends the driver its records only
+    last = job.caption is None
+    ds = ds.map(make_part_fn(job.curation, str(work) if last else None), num_cpus=job.run.episode_num_cpus)
+    if not last:
+        # captions + CLIP: actor pool (model loaded once per actor), one part per call
         ds = ds.map_batches(
-            EpisodeCaptioner,
-            fn_constructor_kwargs={"caption_cfg": job.caption},
-            batch_size=job.run.caption_episodes_per_batch,
+            PartCaptioner,
+            fn_constructor_kwargs={"caption_cfg": job.caption, "work": str(work)},
+            batch_size=1,
             batch_format="numpy",
             num_cpus=job.run.caption_num_cpus,
             concurrency=job.run.caption_actors,
         )
-    buffers: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    done = 0
-    for row in ds.iter_rows():
-        g = int(row["group"])
-        buffers[g].append(row)
-        if len(buffers[g]) == len(pending[g]):
-            _write_part(work, g, buffers.pop(g))
-            done += 1
-            log(f"phase 2 (episodes): part {g} written ({done}/{len(pending)})")
-
-
-def _write_part(work: Path, group: int, episode_rows: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-
-    from curation.episode_samples import RAW_SCHEMA
-
-    tables = [table_from_bytes(r["table"]) for r in episode_rows if len(r["table"])]
-    table = pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()
-    table = table.sort_by([("episode_id", "ascending"), ("start_frame", "ascending")])
-    records = sorted(
-        (json.loads(r["record"]) for r in episode_rows), key=lambda e: (e["episode_id"], e["label"])
-    )
-    meta = {b"gwp_ledger": json.dumps(records).encode()}
-    atomic_write_table(part_path(work, group), table.replace_schema_metadata(meta))
-
-
-def read_part(path: Path):
-    """``(raw sample rows, episode records)`` of one work part."""
-    table = pq.read_table(path)
-    records = json.loads(table.schema.metadata[b"gwp_ledger"])
-    return table, records
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    return json.loads(pq.read_schema(path).metadata[b"gwp_ledger"])
+    for done, row in enumerate(ds.iter_rows(), 1):
+        records = json.loads(row["records"])
+        samples = sum(1 for r in records if r["outcome"] == "samples")
+        log(
+            f"phase 2 (episodes): part {row['part']} written, {samples}/{len(records)} episodes gave samples ({done}/{total})"
+        )
 
 
 # ---- phase 3: near-duplicates -------------------------------------------------------
@@ -330,113 +314,124 @@ def settle(
 # ---- phase 4: statistics ------------------------------------------------------------
 
 
-def part_stats(path: str, sketch_k: int, exclude: frozenset[str] = frozenset()) -> dict[str, bytes]:
-    """Sketches of one work part, per embodiment, in the training representation (N:1);
-    rows of the episodes in ``exclude`` (near-duplicates) are left out."""
-    table = pq.read_table(
-        path, columns=["episode_id", "embodiment", "raw_action", "raw_state", "valid_steps"]
-    )
-    accs: dict[str, StatsAccumulator] = {}
-    for row in table.to_pylist():
-        if row["episode_id"] in exclude:
-            continue
-        emb = row["embodiment"]
-        spec = get_embodiment(emb)
-        acc = accs.get(emb) or accs.setdefault(emb, StatsAccumulator(emb, sketch_k))
-        state = np.asarray(row["raw_state"], dtype=np.float64)
-        action = np.asarray(row["raw_action"], dtype=np.float64)[: row["valid_steps"]]
-        acc.add_values(to_training_action(action, state, spec), state[None])
-    return {emb: acc.to_bytes() for emb, acc in accs.items()}
-
-
 def compute_stats(
-    job: CurateJob, parts: list[Path], exclude: frozenset[str] = frozenset()
+    parts: list[Path], norm: NormConfig, exclude: frozenset[str] = frozenset()
 ) -> dict[str, EmbodimentStats]:
-    import ray
-
-    remote = ray.remote(num_cpus=0.5)(part_stats)
-    k = job.curation.norm.sketch_k
-    ex = ray.put(exclude)
-    results = ray.get([remote.remote(str(p), k, ex) for p in parts])  # in part order: deterministic merge
+    """Merge the episodes' sketches per embodiment in discovery order (deterministic whatever
+    the cut into parts), leaving out the episodes in ``exclude`` (near-duplicates)."""
     merged: dict[str, StatsAccumulator] = {}
-    for res in results:
-        for emb, blob in sorted(res.items()):
+    for path in parts:
+        for record, blob in iter_sketches(path):
+            if blob is None or record["episode_id"] in exclude:
+                continue
             acc = StatsAccumulator.from_bytes(blob)
-            merged[emb] = merged[emb].merge(acc) if emb in merged else acc
-    return {emb: acc.finalize(job.curation.norm) for emb, acc in sorted(merged.items())}
+            merged[acc.embodiment] = merged[acc.embodiment].merge(acc) if acc.embodiment in merged else acc
+    return {emb: acc.finalize(norm) for emb, acc in sorted(merged.items())}
 
 
 # ---- phase 5: shards ----------------------------------------------------------------
 
 
-def normalised_rows(
-    table, stats: dict[str, EmbodimentStats], cfg: CurationConfig, exclude: frozenset[str] = frozenset()
-):
-    for row in table.to_pylist():
-        if row["episode_id"] in exclude:
-            continue
-        spec = get_embodiment(row["embodiment"])
-        st = stats[row["embodiment"]]
-        raw_state = np.asarray(row["raw_state"], dtype=np.float32)
-        action, action_mask = normalize_action(
-            np.asarray(row["raw_action"], np.float32), raw_state, spec, st, cfg.norm
-        )
-        state, state_mask = normalize_state(raw_state, spec, st, cfg.norm)
-        quality = {k: v for k, v in (row["quality"] or {}).items() if v is not None}
-        emb = row.get("text_embedding")
-        sample = Sample(
-            sample_id=row["sample_id"],
-            episode_id=row["episode_id"],
-            source=row["source"],
-            embodiment=row["embodiment"],
-            embodiment_id=row["embodiment_id"],
-            start_frame=row["start_frame"],
-            frame_indices=tuple(row["frame_indices"]),
-            instruction=row["instruction"],
-            caption=row["caption"] or "",
-            video=row["video"],
-            video_format=row["video_format"],
-            height=row["height"],
-            width=row["width"],
-            action=action,
-            action_mask=action_mask,
-            state=state,
-            state_mask=state_mask,
-            quality=quality,
-            text_embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
-            latent_shape=tuple(row["latent_shape"] or ()),
-        ).validate()
-        yield (
-            sample.to_row(),
-            len(row["video"]) + 4 * (action.size + 2 * 32 + (0 if emb is None else len(emb))),
-        )
+@dataclass(frozen=True)
+class ShardPlan:
+    """Shard ``index``: row ranges ``(part path, start, stop)`` of the parts, in order."""
+
+    index: int
+    pieces: tuple[tuple[str, int, int], ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(stop - start for _, start, stop in self.pieces)
+
+
+def plan_shards(parts: list[Path], sc: ShardConfig, exclude: frozenset[str] = frozenset()) -> list[ShardPlan]:
+    """Cut the rows of ``parts`` (in order, without the episodes in ``exclude``) into shards of
+    ``sc.target_bytes`` (estimated: encoded video + 4 bytes per number) or ``sc.max_rows``,
+    from the parts' metadata alone (:func:`curation.parts.read_layout`)."""
+    plans: list[ShardPlan] = []
+    pieces: list[tuple[str, int, int]] = []
+    rows = size = 0
+    for path in parts:
+        records, nbytes = read_layout(path)
+        for run_start, run_stop in _kept_runs(records, exclude):
+            start = run_start
+            for i in range(run_start, run_stop):
+                if rows and (size + nbytes[i] > sc.target_bytes or rows >= sc.max_rows):
+                    if i > start:
+                        pieces.append((str(path), start, i))
+                    plans.append(ShardPlan(len(plans), tuple(pieces)))
+                    pieces, rows, size, start = [], 0, 0, i
+                rows += 1
+                size += nbytes[i]
+            pieces.append((str(path), start, run_stop))
+    if rows:
+        plans.append(ShardPlan(len(plans), tuple(pieces)))
+    return plans
+
+
+def _kept_runs(records: list[dict[str, Any]], exclude: frozenset[str]) -> list[tuple[int, int]]:
+    """``[start, stop)`` row ranges of a part's episodes that are not in ``exclude``, merged."""
+    runs: list[tuple[int, int]] = []
+    pos = 0
+    for rec in records:
+        n = rec["samples"]
+        if n and rec["episode_id"] not in exclude:
+            if runs and runs[-1][1] == pos:
+                runs[-1] = (runs[-1][0], pos + n)
+            else:
+                runs.append((pos, pos + n))
+        pos += n
+    return runs
+
+
+def write_planned_shard(
+    out: str, plan: ShardPlan, stats: dict[str, EmbodimentStats], cfg: CurationConfig
+) -> ShardInfo:
+    """One shard (a Ray task in the job): its row ranges a part at a time — read, normalise and
+    validate (vectorised; a bad row fails naming its part), append — written atomically, so
+    memory holds one part, not the shard. A complete shard from an earlier run is kept
+    without reading anything."""
+    sc = cfg.shards
+    path = Path(out) / SHARD_TEMPLATE.format(index=plan.index)
+    if not shard_is_complete(path, plan.rows):
+        schema = Sample.arrow_schema().with_metadata(SAMPLE_METADATA)
+        with atomic_parquet_writer(path, schema, compression=sc.compression) as writer:
+            for part, start, stop in plan.pieces:
+                raw = pq.read_table(part).slice(start, stop - start)
+                table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
+                writer.write_table(
+                    table.replace_schema_metadata(SAMPLE_METADATA), row_group_size=sc.row_group_rows
+                )
+    return shard_info(Path(out), plan.index, plan.rows)
 
 
 def write_shards(
-    out: Path, parts: list[Path], stats, cfg: CurationConfig, exclude: frozenset[str] = frozenset()
-):
-    sc = cfg.shards
-    shards, buffer, size = [], [], 0
+    out: Path,
+    parts: list[Path],
+    stats: dict[str, EmbodimentStats],
+    cfg: CurationConfig,
+    exclude: frozenset[str] = frozenset(),
+    *,
+    use_ray: bool = True,
+) -> list[ShardInfo]:
+    """Phase 5: plan the shards from the parts' metadata, then write them, one Ray task per
+    shard (``use_ray``; in this process otherwise); a stale shard left by an interrupted run
+    with more shards is removed."""
+    plans = plan_shards(parts, cfg.shards, exclude)
+    if use_ray:
+        import ray
 
-    def flush():
-        nonlocal buffer, size
-        info = write_shard(
-            out, len(shards), buffer, compression=sc.compression, row_group_rows=sc.row_group_rows
-        )
-        shards.append(info)
-        log(f"phase 5 (shards): {info.name} ({info.rows} rows)")
-        buffer, size = [], 0
-
-    for path in parts:
-        table, _ = read_part(path)
-        for row, nbytes in normalised_rows(table, stats, cfg, exclude):
-            if buffer and (size + nbytes > sc.target_bytes or len(buffer) >= sc.max_rows):
-                flush()
-            buffer.append(row)
-            size += nbytes
-    if buffer:
-        flush()
-    # a shard left over from an interrupted run with more shards would be stale: remove it
+        task = ray.remote(num_cpus=1)(write_planned_shard)
+        pending = {task.remote(str(out), plan, stats, cfg): plan for plan in plans}
+        done: dict[int, ShardInfo] = {}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            plan = pending.pop(ready[0])
+            done[plan.index] = ray.get(ready[0])
+            log(f"phase 5 (shards): {done[plan.index].name} ({plan.rows} rows; {len(done)}/{len(plans)})")
+        shards = [done[i] for i in range(len(plans))]
+    else:
+        shards = [write_planned_shard(str(out), plan, stats, cfg) for plan in plans]
     keep = {s.name for s in shards}
     for stale in (out / "data").glob("shard-*.parquet"):
         if f"data/{stale.name}" not in keep:
@@ -481,7 +476,7 @@ def run(job: CurateJob) -> Manifest:
             )
         work = out / WORK_DIR
         digest_file = work / "digest"
-        stamp = f"{job.digest()} work-layout {WORK_LAYOUT} per-part {job.run.episodes_per_part}"
+        stamp = f"{job.digest()} work-layout {WORK_LAYOUT}"
         if work.exists() and (not digest_file.exists() or digest_file.read_text() != stamp):
             log(f"{work} is from another config or code version: starting over")
             shutil.rmtree(work)
@@ -499,18 +494,17 @@ def run(job: CurateJob) -> Manifest:
         ray.data.DataContext.get_current().enable_progress_bars = job.run.progress
         started = time.time()
 
-        found = discover_all(job, work)
-        parts = make_samples(job, work, found["refs"])
+        found = discover_all(job, work, int(ray.cluster_resources().get("CPU", 1)))
+        parts = make_samples(job, work, found)
 
         records = [rec for p in parts for rec in read_records(p)]
         outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], job.curation)
         log(f"phase 3 (dedup): {len(outcome.duplicates)} near-duplicate episodes dropped")
         rejections = outcome.rejections
 
-        with_rows = [p for p in parts if pq.ParquetFile(p).metadata.num_rows]
-        stats = compute_stats(job, with_rows, outcome.duplicates)
+        stats = compute_stats(parts, job.curation.norm, outcome.duplicates)
         log(f"phase 4 (stats): {', '.join(f'{k}: {v.action.count} action values' for k, v in stats.items())}")
-        shards = write_shards(out, with_rows, stats, job.curation, outcome.duplicates)
+        shards = write_shards(out, parts, stats, job.curation, outcome.duplicates)
         samples = sum(s.rows for s in shards)
         episode_rejections = [r for r in rejections if r.window < 0]
         counts = {

@@ -73,20 +73,33 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def atomic_parquet_writer(
+    path: Path, schema: pa.Schema, *, compression: str = "zstd"
+) -> Iterator[pq.ParquetWriter]:
+    """A Parquet writer on a temporary name, fsynced and renamed to ``path`` when the block
+    ends without an error (removed otherwise): ``path`` is complete or absent. Tables written
+    one by one keep only one of them in memory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with pq.ParquetWriter(
+            tmp, schema, compression=None if compression == "none" else compression
+        ) as writer:
+            yield writer
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_table(
     path: Path, table: pa.Table, *, compression: str = "zstd", row_group_rows: int = 256
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(
-        table,
-        tmp,
-        compression=None if compression == "none" else compression,
-        row_group_size=row_group_rows,
-    )
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``table`` to a temporary name, fsync, rename: ``path`` is complete or absent."""
+    with atomic_parquet_writer(path, table.schema, compression=compression) as writer:
+        writer.write_table(table, row_group_size=row_group_rows)
 
 
 def file_sha256(path: Path) -> str:
@@ -97,11 +110,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+SAMPLE_METADATA = {"gwp_schema_version": SCHEMA_VERSION, "gwp_record": "Sample"}
+
+
 def sample_table(rows: list[dict]) -> pa.Table:
-    schema = Sample.arrow_schema().with_metadata(
-        {"gwp_schema_version": SCHEMA_VERSION, "gwp_record": "Sample"}
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
+    """A shard table from Sample rows (``Sample.to_row()``)."""
+    return pa.Table.from_pylist(rows, schema=Sample.arrow_schema().with_metadata(SAMPLE_METADATA))
 
 
 def shard_is_complete(path: Path, rows: int) -> bool:
@@ -112,14 +126,22 @@ def shard_is_complete(path: Path, rows: int) -> bool:
 
 
 def write_shard(
-    out: Path, index: int, rows: list[dict], *, compression: str, row_group_rows: int
+    out: Path, index: int, table: pa.Table, *, compression: str, row_group_rows: int
 ) -> ShardInfo:
-    """Write (or, if already complete, keep) shard ``index``; rows are validated Sample rows."""
+    """Write (or, if already complete, keep) shard ``index``; ``table`` holds validated Sample
+    rows (:func:`schemas.validate_sample_table`)."""
+    path = out / SHARD_TEMPLATE.format(index=index)
+    if not shard_is_complete(path, table.num_rows):
+        table = table.replace_schema_metadata(SAMPLE_METADATA)
+        atomic_write_table(path, table, compression=compression, row_group_rows=row_group_rows)
+    return shard_info(out, index, table.num_rows)
+
+
+def shard_info(out: Path, index: int, rows: int) -> ShardInfo:
+    """The manifest entry of a written shard."""
     rel = SHARD_TEMPLATE.format(index=index)
     path = out / rel
-    if not shard_is_complete(path, len(rows)):
-        atomic_write_table(path, sample_table(rows), compression=compression, row_group_rows=row_group_rows)
-    return ShardInfo(name=rel, rows=len(rows), sha256=file_sha256(path), bytes=path.stat().st_size)
+    return ShardInfo(name=rel, rows=rows, sha256=file_sha256(path), bytes=path.stat().st_size)
 
 
 def write_manifest(out: Path, manifest: Manifest) -> Path:

@@ -88,7 +88,7 @@ def ray_local():
 @pytest.fixture(scope="module")
 def curated(corpus, ray_local, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("curated") / "ds"
-    run(make_job(corpus, out, episodes_per_part=2))
+    run(make_job(corpus, out, episodes_per_task=2))
     return out
 
 
@@ -127,7 +127,7 @@ def test_a_duplicate_is_decoded_once_but_leaves_no_rows(curated):
     assert dup.episode not in ids
     assert len(ids) == m.counts["episodes_with_samples"]
     assert not [r for r in m.rejections if r.episode == dup.episode and r.reason != "near_duplicate"]
-    from curation.pipeline import read_part
+    from curation.parts import read_part
 
     steps = dup_rows = 0
     for part in sorted((curated / ".work" / "parts").glob("part-*.parquet")):
@@ -209,7 +209,7 @@ def test_normalised_actions_use_the_quantile_map(curated):
 
 def test_rerun_skips_finished_work(curated, corpus):
     before = {p.name: p.stat().st_mtime_ns for p in (curated / "data").glob("*.parquet")}
-    m = run(make_job(corpus, curated, episodes_per_part=2))
+    m = run(make_job(corpus, curated, episodes_per_task=2))
     after = {p.name: p.stat().st_mtime_ns for p in (curated / "data").glob("*.parquet")}
     assert before == after and isinstance(m, Manifest)
 
@@ -264,3 +264,50 @@ def test_task_size_gives_every_cpu_a_run_of_consecutive_episodes():
     assert task_size(16, 3, 2) == 2
     assert task_size(16, 1, 8) == 1
     assert task_size(0, 10, 2) == 1
+
+
+def test_statistics_are_the_episodes_sketches_merged_in_order(curated):
+    """The statistics come from the sketches the episode tasks stored, not from re-reading
+    rows: recomputing them from the parts' rows (one sketch per episode, in order, the
+    near-duplicate left out) gives exactly the manifest's figures."""
+    from curation.parts import read_part
+    from curation.stages.stats import raw_rows_accumulator
+
+    m = read_manifest(curated)
+    dup = {r.episode for r in m.rejections if r.reason == "near_duplicate"}
+    merged = None
+    for part in sorted((curated / ".work" / "parts").glob("part-*.parquet")):
+        table, records = read_part(part)
+        pos = 0
+        for rec in records:
+            rows = table.slice(pos, rec["samples"])
+            pos += rec["samples"]
+            if rec["samples"] and rec["episode_id"] not in dup:
+                acc = raw_rows_accumulator(rows, 1 << 20)  # large k: no compaction, exact
+                merged = acc if merged is None else merged.merge(acc)
+        assert pos == table.num_rows
+    exact = merged.finalize(_norm(m))
+    got = m.stats["metaworld_sawyer"]
+    assert got.action.count == exact.action.count and got.state.count == exact.state.count
+    np.testing.assert_allclose(got.action.mean, exact.action.mean, rtol=1e-9)
+    np.testing.assert_allclose(got.action.min, exact.action.min)
+    np.testing.assert_allclose(got.state.max, exact.state.max)
+
+
+def _norm(m: Manifest):
+    from curation.config import config_from_dict
+
+    return config_from_dict(m.config["curation"]).norm
+
+
+def test_how_the_job_runs_does_not_change_what_it_writes(curated, corpus, ray_local, tmp_path):
+    """Another cut into parts (one episode per Ray task instead of two) writes shards with the
+    same rows and the same statistics: rows, records and sketches are in discovery order."""
+    from curation.shards import content_digest
+
+    other = tmp_path / "ds"
+    m = run(make_job(corpus, other, episodes_per_task=1))
+    assert len(list((other / ".work" / "parts").glob("part-*.parquet"))) == 8  # 4 + 4 listed episodes
+    assert content_digest(other) == content_digest(curated)
+    assert m.stats == read_manifest(curated).stats
+    assert m.counts == read_manifest(curated).counts

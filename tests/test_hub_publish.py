@@ -26,7 +26,7 @@ from PIL import Image
 
 import schemas
 from curation.publish import CHUNK_GLOB, publish_dataset
-from curation.shards import LEDGER_PATH, REPORT_DIR, write_manifest, write_shard
+from curation.shards import LEDGER_PATH, REPORT_DIR, sample_table, write_manifest, write_shard
 from pipelines import publish as publish_cli
 from pretrain.data import ShardSet, resolve_dataset
 from pretrain.hub import (
@@ -97,7 +97,7 @@ def make_dataset(root: Path, shard_rows: tuple[int, ...] = (3, 2), offset: int =
     for index, n in enumerate(shard_rows):
         rows = [sample_row(i + j) for j in range(n)]
         ids += [r["sample_id"] for r in rows]
-        infos.append(write_shard(root, index, rows, compression="zstd", row_group_rows=64))
+        infos.append(write_shard(root, index, sample_table(rows), compression="zstd", row_group_rows=64))
         i += n
     rejections = (
         Rejection("filter.static_video", "static_video", "/src/a.mp4", "ep9", "no motion"),

@@ -1,9 +1,8 @@
 """GWP policy end to end: fine-tune → export → ``Policy.from_pretrained`` → robot-unit actions.
 
 The dataset is a tiny shard folder built here with curation's own pure stages (no Ray):
-simulated Meta-World episodes → ``episode_sample_rows`` (compose views, window, encode,
-hashed text embedding) → statistics (``part_stats``) → normalised shards (``write_shards``) →
-manifest. The "pretrained" backbone is a random ``debug`` transformer saved the way a
+simulated Meta-World episodes → ``curation.in_memory.curate_in_memory`` (compose views,
+window, encode, hashed text embedding → statistics → normalised shards → manifest). The "pretrained" backbone is a random ``debug`` transformer saved the way a
 pretraining export is (``model.safetensors`` + ``config.json`` holding the model config).
 """
 
@@ -14,17 +13,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from curation.config import get_preset
-from curation.episode_samples import RAW_SCHEMA, episode_sample_rows
-from curation.pipeline import part_stats, write_shards
-from curation.shards import write_manifest
-from curation.stages.stats import StatsAccumulator
+from curation.in_memory import curate_in_memory
 from pipelines import finetune
 from policy import Policy
 from policy.api import ObservationError
@@ -32,7 +25,7 @@ from policy.inference import sample_actions
 from policy.model import GWPPolicyModel, PolicyConfig, load_backbone
 from pretrain.config import get_model_config
 from pretrain.model import build_model
-from schemas import DimStats, EmbodimentStats, Manifest, get_embodiment
+from schemas import DimStats, EmbodimentStats, get_embodiment
 from tests.helpers import make_episodes
 
 LENGTHS = (24, 30)
@@ -40,40 +33,8 @@ LENGTHS = (24, 30)
 
 def build_shards(out: Path, lengths=LENGTHS) -> tuple[Path, list]:
     """A curated dataset (debug curation preset: p=8, Δ=2, K=2, 64×64) of simulated episodes."""
-    cfg = get_preset("debug")
     episodes = make_episodes(lengths, size=64)
-    rows = []
-    for ep in episodes:
-        r, _, _ = episode_sample_rows(ep, cfg, {})
-        rows += r
-    part = out / ".work" / "parts" / "part-00000.parquet"
-    part.parent.mkdir(parents=True)
-    table = pa.Table.from_pylist(rows, schema=RAW_SCHEMA).replace_schema_metadata({b"gwp_ledger": b"[]"})
-    pq.write_table(table, part)
-    stats = {
-        emb: StatsAccumulator.from_bytes(blob).finalize(cfg.norm)
-        for emb, blob in part_stats(str(part), cfg.norm.sketch_k).items()
-    }
-    shards = write_shards(out, [part], stats, cfg)
-    n = len(rows)
-    manifest = Manifest(
-        code_version="test",
-        config={"curation": cfg.to_dict(), "caption": None},
-        counts={
-            "episodes_in": len(episodes),
-            "episodes_with_samples": len(episodes),
-            "episodes_rejected": 0,
-            "windows_in": n,
-            "samples": n,
-            "windows_rejected": 0,
-        },
-        stats=stats,
-        sources=(),
-        shards=tuple(shards),
-        rejections=(),
-    )
-    write_manifest(out, manifest)
-    return out, episodes
+    return curate_in_memory(episodes, out), episodes
 
 
 def save_backbone(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:

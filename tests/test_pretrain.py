@@ -1,7 +1,7 @@
 """Pretraining end to end: objective, CLI, golden loss curve, learning, 2-process ZeRO-2/3 resume.
 
 Data: a tiny curated shard folder built here with curation's own pure stages
-(``benchmarks.pretrain_learning.curate_in_memory``: windows → composed 64² PNG frames → hashed
+(``curation.in_memory.curate_in_memory``: windows → composed 64² PNG frames → hashed
 text embedding → statistics → normalised shards → manifest; no Ray) from the deterministic
 simulated episodes of ``tests.helpers.make_episodes`` — 15 samples, debug curation geometry
 (P = 8 actions, K = 2 future frames). The learning test uses real Meta-World expert rollouts.
@@ -44,7 +44,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.pretrain_learning import curate_in_memory
+from curation.in_memory import curate_in_memory
 from pipelines import pretrain
 from pretrain import distributed as dd
 from pretrain.codec import PixelPatchCodec

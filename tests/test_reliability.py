@@ -76,7 +76,7 @@ def job_dict(corpus, out: Path) -> dict:
             "filters": {"min_sharpness": 1.0},
             "shards": {"target_bytes": 60_000},
         },
-        "run": {"progress": False, "num_cpus": 2, "episodes_per_part": 1},
+        "run": {"progress": False, "num_cpus": 2, "episodes_per_task": 1},
     }
 
 

@@ -73,13 +73,24 @@ class StatsAccumulator:
         return self.add_values(*episode_training_values(episode, wcfg))
 
     def add_window(self, window: Window) -> StatsAccumulator:
-        spec = get_embodiment(self.embodiment)
         if window.embodiment != self.embodiment:
             raise ValueError(
                 f"window {window.sample_id} is {window.embodiment}, accumulator is {self.embodiment}"
             )
-        x = to_training_action(window.action[: window.valid_steps], window.state, spec)
-        return self.add_values(x, window.state[None].astype(np.float64))
+        return self.add_chunks(window.action[None], window.state[None], np.asarray([window.valid_steps]))
+
+    def add_chunks(
+        self, action_NPDa: np.ndarray, state_NDs: np.ndarray, valid_N: np.ndarray
+    ) -> StatsAccumulator:
+        """N windows at once: raw chunks ``[N, p, Da]``, their start states ``[N, Ds]`` and the
+        real (non-padded) steps of each chunk ``[N]``; one sketch update for all of them."""
+        spec = get_embodiment(self.embodiment)
+        state = np.asarray(state_NDs, dtype=np.float64)
+        action = np.asarray(action_NPDa, dtype=np.float64)
+        if action.shape[0] == 0:
+            return self
+        real_NP = np.arange(action.shape[1])[None, :] < np.asarray(valid_N)[:, None]
+        return self.add_values(to_training_action(action, state, spec)[real_NP], state)
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         if other.embodiment != self.embodiment:
@@ -124,6 +135,29 @@ def _dim_stats(sketch: QuantileSketch, cfg: NormConfig) -> DimStats:
         return tuple(float(x) for x in v)
 
     return DimStats(t(m.mean), t(m.std), t(m.min), t(m.max), t(lo), t(hi), count=int(sketch.n)).validate()
+
+
+def raw_rows_accumulator(table: pa.Table, k: int = _NORM.sketch_k) -> StatsAccumulator:
+    """The accumulator of raw sample rows of one embodiment (columns ``embodiment``,
+    ``raw_action`` [p, Da], ``raw_state`` [Ds], ``valid_steps``; see
+    :data:`curation.episode_samples.RAW_SCHEMA`), built in one update from the flattened
+    columns. The curation job keeps one per episode and merges them in discovery order."""
+    names = set(table.column("embodiment").to_pylist())
+    if len(names) != 1:
+        raise ValueError(f"raw rows must be of one embodiment to accumulate, got {sorted(names)}")
+    (name,) = names
+    spec = get_embodiment(name)
+    n = table.num_rows
+    steps = table.column("raw_action").combine_chunks()
+    lengths = set(steps.value_lengths().to_pylist())
+    if len(lengths) != 1:
+        raise ValueError(f"raw rows of {name}: action chunks of different lengths {sorted(lengths)}")
+    action = (
+        steps.flatten().flatten().to_numpy(zero_copy_only=False).reshape(n, lengths.pop(), spec.action_dim)
+    )
+    state = table.column("raw_state").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    valid = table.column("valid_steps").to_numpy()
+    return StatsAccumulator(name, k).add_chunks(action, state.reshape(n, spec.state_dim), valid)
 
 
 def accumulate(

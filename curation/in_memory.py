@@ -1,0 +1,66 @@
+"""Curate validated episodes in one process, without Ray or filters: a shard folder for tests,
+benchmarks and small experiments.
+
+The same pure functions as the Ray job (:mod:`curation.pipeline`), in the same order: each
+episode's windows → composed, encoded frames → hashed text embedding (no captions); one
+statistics sketch per episode merged in order; normalised shards; a manifest. Deterministic
+for deterministic episodes (PNG frames). The filters do not run: every episode must give at
+least one window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+
+from curation.config import get_preset
+from curation.episode_samples import episode_sample_rows, episode_table
+from curation.parts import part_path, write_part
+from curation.pipeline import compute_stats, write_shards
+from curation.shards import WORK_DIR, write_manifest
+from curation.stages.stats import raw_rows_accumulator
+from schemas import Episode, Manifest
+
+
+def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debug") -> Path:
+    """``out`` as a curated shard folder (``data/*.parquet`` + ``meta/manifest.json``)."""
+    cfg = get_preset(preset)
+    if not episodes:
+        raise ValueError("curate_in_memory: no episodes")
+    out = Path(out)
+    tables, records, sketches = [], [], []
+    for ep in episodes:
+        rows, _, _ = episode_sample_rows(ep, cfg, {})
+        if not rows:
+            raise ValueError(
+                f"curate_in_memory: episode {ep.episode_id} ({ep.length} steps) gives no window "
+                f"with the {preset!r} preset"
+            )
+        tables.append(episode_table(rows))
+        records.append({"episode_id": ep.episode_id, "samples": len(rows)})
+        sketches.append(raw_rows_accumulator(tables[-1], cfg.norm.sketch_k).to_bytes())
+    part = part_path(out / WORK_DIR, 0)
+    write_part(part, pa.concat_tables(tables), records, sketches)
+    stats = compute_stats([part], cfg.norm)
+    shards = write_shards(out, [part], stats, cfg, use_ray=False)
+    n = sum(t.num_rows for t in tables)
+    manifest = Manifest(
+        code_version="in-memory",
+        config={"curation": cfg.to_dict(), "caption": None},
+        counts={
+            "episodes_in": len(episodes),
+            "episodes_with_samples": len(tables),
+            "episodes_rejected": 0,
+            "windows_in": n,
+            "samples": n,
+            "windows_rejected": 0,
+        },
+        stats=stats,
+        sources=(),
+        shards=tuple(shards),
+        rejections=(),
+    )
+    write_manifest(out, manifest)
+    return out

@@ -1,0 +1,74 @@
+"""Shard planning from the work parts' metadata alone (``curation.pipeline.plan_shards``)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from curation.config import ShardConfig
+from curation.episode_samples import RAW_SCHEMA
+from curation.parts import part_path, read_layout, write_part
+from curation.pipeline import ShardPlan, plan_shards
+
+ROW_BYTES = 100 + 4 * (1 * 32 + 2 * 32)  # 100 bytes of video, a 1-step chunk, no text embedding
+
+
+def _part(work, index: int, episodes: list[tuple[str, int]]):
+    rows = [
+        {
+            "episode_id": ep,
+            "start_frame": i,
+            "video": b"v" * 100,
+            "raw_action": [[0.0] * 4],
+            "raw_state": [0.0],
+        }
+        for ep, n in episodes
+        for i in range(n)
+    ]
+    records = [{"episode_id": ep, "samples": n} for ep, n in episodes]
+    path = part_path(work, index)
+    write_part(path, pa.Table.from_pylist(rows, schema=RAW_SCHEMA), records, [None] * len(records))
+    return path
+
+
+@pytest.fixture
+def parts(tmp_path):
+    # part 0: A (3 rows), B (2 rows, to be excluded), C (4 rows), E (no samples); part 1: D (5 rows)
+    return [_part(tmp_path, 0, [("A", 3), ("B", 2), ("C", 4), ("E", 0)]), _part(tmp_path, 1, [("D", 5)])]
+
+
+def test_the_layout_is_in_the_metadata(parts):
+    records, nbytes = read_layout(parts[0])
+    assert [r["samples"] for r in records] == [3, 2, 4, 0]
+    assert nbytes == [ROW_BYTES] * 9
+
+
+def test_shards_are_cut_at_the_target_size_skipping_excluded_episodes(parts):
+    plans = plan_shards(parts, ShardConfig(target_bytes=3 * ROW_BYTES), exclude=frozenset({"B"}))
+    p0, p1 = str(parts[0]), str(parts[1])
+    assert plans == [
+        ShardPlan(0, ((p0, 0, 3),)),  # A
+        ShardPlan(1, ((p0, 5, 8),)),  # C, after the gap left by B
+        ShardPlan(2, ((p0, 8, 9), (p1, 0, 2))),  # the rest of C, the start of D
+        ShardPlan(3, ((p1, 2, 5),)),
+    ]
+    assert sum(p.rows for p in plans) == 12
+
+
+def test_max_rows_and_one_big_shard(parts):
+    by_rows = plan_shards(parts, ShardConfig(max_rows=5))
+    assert [p.rows for p in by_rows] == [5, 5, 4]
+    assert by_rows[0].pieces == ((str(parts[0]), 0, 5),)  # A and B merged into one range
+    whole = plan_shards(parts, ShardConfig())
+    assert whole == [ShardPlan(0, ((str(parts[0]), 0, 9), (str(parts[1]), 0, 5)))]
+
+
+def test_a_part_whose_records_do_not_match_its_rows_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="records count 2 samples, the table has 3 rows"):
+        rows = [{"episode_id": "A", "video": b"v", "raw_action": [[0.0]]}] * 3
+        write_part(
+            part_path(tmp_path, 0),
+            pa.Table.from_pylist(rows, schema=RAW_SCHEMA),
+            [{"episode_id": "A", "samples": 2}],
+            [None],
+        )
