@@ -34,6 +34,7 @@ every stage (``Manifest.validate`` checks the totals).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -210,11 +211,10 @@ def make_samples(job: CurateJob, work: Path, found: dict[str, Any]) -> list[Path
     its Ray task; returns every part's path, in order."""
     import ray
 
-    refs, parts, bounds = found["refs"], [], []
-    for i, n in enumerate(found["parts"]):
-        start = sum(found["parts"][:i])
-        parts.append(part_path(work, i))
-        bounds.append((start, start + n))
+    refs, sizes = found["refs"], found["parts"]
+    stops = list(itertools.accumulate(sizes))
+    bounds = [(stop - n, stop) for n, stop in zip(sizes, stops, strict=True)]
+    parts = [part_path(work, i) for i in range(len(sizes))]
     pending = [i for i, p in enumerate(parts) if not p.exists()]
     log(f"phase 2 (episodes): {len(parts)} parts, {len(parts) - len(pending)} already done")
     if not pending:
