@@ -5,9 +5,10 @@
 One synthetic dataset (``tests.helpers.make_episodes``: two 128² cameras, smooth frames,
 LeRobot v3.0 with h264) is curated by the real job (``curation.pipeline.run``, in-process Ray
 on every core, the ``default`` preset, captions off) and, in the same run, the *ceiling*: a
-plain loop that decodes every frame of the same videos and composes/resizes them to the
-sample size, with no Ray, no windowing, no encoding and no writing (run before and after
-the jobs; the mean is the ceiling, so a load change during the run shows). The job runs
+plain loop that loads each episode, decodes every frame of its videos and composes/resizes
+the frames the job uses (those of its windows) to the sample size, with no Ray, no filters,
+no encoding and no writing; once in one process and once split over every core (run before
+and after the jobs; the mean is the ceiling, so a load change during the run shows). The job runs
 twice on one Ray instance, each time into a fresh folder: first with cold workers (they
 import Ray Data and the curation code inside the timed region), then with warm ones. The
 data report is timed on its own: it is a fixed cost of plotting, not throughput. Ray's own
@@ -70,36 +71,47 @@ class PeakMemory:
         self._thread.join()
 
 
-def ceiling_pass(src: Path, vc) -> tuple[float, int]:
-    """Seconds and frames of a plain loop: decode every frame once, compose/resize it (no Ray)."""
+def _plain_loop(refs, cfg) -> int:
+    """Load each episode, decode every frame of its cameras (a video decodes front to back),
+    compose/resize the frames the job's windows use; returns how many were composed."""
     from curation.frames import decode_frames
-    from curation.ingest import iter_episodes
+    from curation.ingest import load
     from curation.stages.compose import compose_views
+    from curation.stages.windowing import window_episode
 
+    vc, composed = cfg.video, 0
+    for ref in refs:
+        ep = load(ref)
+        used = sorted({i for w in window_episode(ep, cfg.windows, {}).windows for i in w.camera_indices})
+        views = {role: decode_frames(cam)[used] for role, cam in ep.cameras.items()}
+        composed += compose_views(views, vc.width, vc.height, vc.fit).shape[0]
+    return composed
+
+
+def _refs(src: Path):
+    from curation.ingest import SourceSpec, discover
+
+    return discover(SourceSpec(str(src)))[0]
+
+
+def ceiling_pass(src: Path, cfg) -> tuple[float, int]:
+    """Seconds and composed frames of the plain loop in one process (no Ray; listed first)."""
+    refs = _refs(src)
     start = time.perf_counter()
-    frames = 0
-    for ep in iter_episodes([str(src)]):
-        views = {role: decode_frames(ref) for role, ref in ep.cameras.items()}
-        frames += compose_views(views, vc.width, vc.height, vc.fit).shape[0]
-    return time.perf_counter() - start, frames
+    composed = _plain_loop(refs, cfg)
+    return time.perf_counter() - start, composed
 
 
-def _ceiling_worker(src: str, vc, first: int, stop: int, ready, go, results) -> None:
-    from curation.frames import decode_frames
-    from curation.ingest import iter_episodes
-    from curation.stages.compose import compose_views
-
-    episodes = list(iter_episodes([src]))[first:stop]  # listing and imports before the clock
+def _ceiling_worker(src: str, cfg, first: int, stop: int, ready, go, results) -> None:
+    refs = _refs(Path(src))[first:stop]  # imports and listing before the clock
     ready.wait()
     go.wait()
     start = time.perf_counter()
-    for ep in episodes:
-        views = {role: decode_frames(ref) for role, ref in ep.cameras.items()}
-        compose_views(views, vc.width, vc.height, vc.fit)
+    _plain_loop(refs, cfg)
     results.put(time.perf_counter() - start)
 
 
-def ceiling_parallel(src: Path, vc, episodes: int, procs: int) -> float:
+def ceiling_parallel(src: Path, cfg, episodes: int, procs: int) -> float:
     """Seconds of the same plain loop split over ``procs`` processes (consecutive runs of
     episodes, as the job's parts), started together once every process has imported and
     listed its episodes: the ceiling on every core."""
@@ -109,7 +121,7 @@ def ceiling_parallel(src: Path, vc, episodes: int, procs: int) -> float:
     ready, go, results = ctx.Barrier(procs + 1), ctx.Barrier(procs + 1), ctx.Queue()
     per = -(-episodes // procs)
     workers = [
-        ctx.Process(target=_ceiling_worker, args=(str(src), vc, i * per, (i + 1) * per, ready, go, results))
+        ctx.Process(target=_ceiling_worker, args=(str(src), cfg, i * per, (i + 1) * per, ready, go, results))
         for i in range(procs)
     ]
     for w in workers:
@@ -148,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     run_kw = {} if args.episodes_per_task is None else {"episodes_per_task": args.episodes_per_task}
 
     cores = os.cpu_count() or 1
-    ceiling_before, frames = ceiling_pass(src, cfg.video)
-    parallel_before = ceiling_parallel(src, cfg.video, args.episodes, cores)
+    ceiling_before, frames = ceiling_pass(src, cfg)
+    parallel_before = ceiling_parallel(src, cfg, args.episodes, cores)
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     jobs = []
     for name in ("cold", "warm"):  # cold: first job on a fresh Ray; warm: its workers are up
@@ -169,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     write_report(work / "out-cold")
     report_s = time.perf_counter() - start
     ray.shutdown()
-    ceiling_after, _ = ceiling_pass(src, cfg.video)
-    parallel_after = ceiling_parallel(src, cfg.video, args.episodes, cores)
+    ceiling_after, _ = ceiling_pass(src, cfg)
+    parallel_after = ceiling_parallel(src, cfg, args.episodes, cores)
     ceiling_s = (ceiling_before + ceiling_after) / 2
     parallel_s = (parallel_before + parallel_after) / 2
     samples = jobs[0][3]
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(p={w.chunk}, Δ={w.frame_stride}, K={w.num_future}, stride {w.stride}), {platform.node()} "
           f"{cores} cores, load {os.getloadavg()[0]:.1f} (1-min average at the end)\n")  # fmt: skip
     print(
-        "| path | seconds | samples/s | frames decoded + resized/s | peak memory, PSS (RSS) | ÷ 1-process ceiling | ÷ all-core ceiling |"
+        "| path | seconds | samples/s | composed frames/s | peak memory, PSS (RSS) | ÷ 1-process ceiling | ÷ all-core ceiling |"
     )
     print("|---|---|---|---|---|---|---|")
     print(f"| plain decode + resize, 1 process (mean of {ceiling_before:.2f} s before and {ceiling_after:.2f} s "

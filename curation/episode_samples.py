@@ -6,8 +6,8 @@ geometry::
 
     load episode (by reference) → numeric filters → decode the quality camera (whole) →
     video filters + fingerprint on frames picked from it → window → decode the other cameras
-    → compose the views of all T steps once ([T, H, W, 3]) → encode each window's 1+K
-    composed frames (PNG: each composed frame is deflated once and the windows' PNGs are
+    → compose, once, the views of the steps some window uses ([U, H, W, 3]) → encode each
+    window's 1+K composed frames (PNG: each composed frame is deflated once and the windows' PNGs are
     stacked from those pieces)
 
 An episode a filter rejects is not decoded further (the numeric filters need no frames at
@@ -108,21 +108,25 @@ def episode_sample_rows(
     if not result.windows:
         return [], result.rejections, result.candidates
     frames = frames if frames is not None and frames.episode is episode else EpisodeFrames(episode)
-    views = {role: frames.all(role) for role in episode.cameras}
+    # only the frames some window uses are composed (every Δ-th at stride Δ: a quarter of them
+    # with the default preset); at[i] is camera frame i's row in composed_UHWC
+    used = sorted({i for w in result.windows for i in w.camera_indices})
+    at = {i: k for k, i in enumerate(used)}
+    views = {role: frames.all(role)[used] for role in episode.cameras}
     vc = cfg.video
-    composed_THWC = compose_views(views, vc.width, vc.height, vc.fit)
+    composed_UHWC = compose_views(views, vc.width, vc.height, vc.fit)
     spec = get_embodiment(episode.embodiment)
     text_emb = text_embedding_fallback([episode.instruction])[0]
     rows = []
     png_cache: dict[int, PngRows] = {}  # each composed frame compressed once, whatever its windows
     for w in result.windows:
         if vc.format == "png":
-            idx = list(w.camera_indices)
+            idx = [at[i] for i in w.camera_indices]
             video = stack_png(
-                [png_cache.get(i) or png_cache.setdefault(i, png_rows(composed_THWC[i])) for i in idx]
+                [png_cache.get(i) or png_cache.setdefault(i, png_rows(composed_UHWC[i])) for i in idx]
             )
         else:
-            frames = composed_THWC[list(w.camera_indices)]
+            frames = composed_UHWC[[at[i] for i in w.camera_indices]]
             video = encode_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
         rows.append(
             {
