@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -222,21 +222,27 @@ def episode_table(rows: list[dict[str, Any]]) -> pa.Table:
 def process_part(
     refs: list[EpisodeRef], cfg: CurationConfig
 ) -> tuple[pa.Table, list[dict[str, Any]], list[bytes | None]]:
-    """A run of consecutive episodes: ``(raw rows, records, sketches)`` in discovery order.
+    """A run of consecutive episodes: ``(raw rows, records, sketches)`` in discovery order."""
+    return assemble_part((process_episode(ref, cfg) for ref in refs), cfg.norm.sketch_k)
 
-    Each episode that gave samples gets the statistics sketch of its windows (a serialised
-    :class:`curation.stages.stats.StatsAccumulator`); the driver merges them in discovery
+
+def assemble_part(
+    episodes: Iterable[tuple[list[dict[str, Any]], dict[str, Any]]], sketch_k: int
+) -> tuple[pa.Table, list[dict[str, Any]], list[bytes | None]]:
+    """``(raw rows, record)`` per episode, in order → the part's ``(table, records, sketches)``.
+
+    Each record gains ``samples`` (its number of rows); each episode that gave samples gets
+    the statistics sketch of its windows (a serialised
+    :class:`curation.stages.stats.StatsAccumulator`), which the driver merges in discovery
     order after dedup, leaving the near-duplicates out, so no row is read twice."""
     from curation.stages.stats import raw_rows_accumulator
 
     tables, records, sketches = [], [], []
-    for ref in refs:
-        rows, record = process_episode(ref, cfg)
+    for rows, record in episodes:
         records.append({**record, "samples": len(rows)})
         if rows:
-            table = episode_table(rows)
-            tables.append(table)
-            sketches.append(raw_rows_accumulator(table, cfg.norm.sketch_k).to_bytes())
+            tables.append(episode_table(rows))
+            sketches.append(raw_rows_accumulator(tables[-1], sketch_k).to_bytes())
         else:
             sketches.append(None)
     return (pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()), records, sketches
@@ -263,17 +269,16 @@ def make_part_fn(cfg: CurationConfig, work: str | None) -> Callable[[dict[str, A
 def finish_part(
     index: int, table: pa.Table, records: list, sketches: list[bytes | None], work: str | None
 ) -> dict[str, Any]:
-    """The output row of a part stage; writes the part file when ``work`` is set."""
+    """The output row of a part stage. With ``work`` set it writes the part file and the row
+    carries the records only (the driver needs nothing else); otherwise the rows and the
+    sketches travel on too."""
     from curation.parts import encode_sketches, part_path, write_part
 
+    row = {"part": int(index), "records": json.dumps(records), "sketches": "", "table": b""}
     if work is not None:
         write_part(part_path(Path(work), int(index)), table, records, sketches)
-    return {
-        "part": int(index),
-        "records": json.dumps(records),
-        "sketches": encode_sketches(sketches),
-        "table": b"" if work is not None else table_to_bytes(table),
-    }
+        return row
+    return {**row, "sketches": encode_sketches(sketches), "table": table_to_bytes(table)}
 
 
 class PartCaptioner:

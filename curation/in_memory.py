@@ -13,14 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow as pa
-
 from curation.config import get_preset
-from curation.episode_samples import episode_sample_rows, episode_table
+from curation.episode_samples import assemble_part, episode_sample_rows
 from curation.parts import part_path, write_part
 from curation.pipeline import compute_stats, write_shards
 from curation.shards import WORK_DIR, write_manifest
-from curation.stages.stats import raw_rows_accumulator
 from schemas import Episode, Manifest
 
 
@@ -30,28 +27,18 @@ def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debu
     if not episodes:
         raise ValueError("curate_in_memory: no episodes")
     out = Path(out)
-    tables, records, sketches = [], [], []
-    for ep in episodes:
-        rows, _, _ = episode_sample_rows(ep, cfg, {})
-        if not rows:
-            raise ValueError(
-                f"curate_in_memory: episode {ep.episode_id} ({ep.length} steps) gives no window "
-                f"with the {preset!r} preset"
-            )
-        tables.append(episode_table(rows))
-        records.append({"episode_id": ep.episode_id, "samples": len(rows)})
-        sketches.append(raw_rows_accumulator(tables[-1], cfg.norm.sketch_k).to_bytes())
+    table, records, sketches = assemble_part((_rows(ep, cfg, preset) for ep in episodes), cfg.norm.sketch_k)
     part = part_path(out / WORK_DIR, 0)
-    write_part(part, pa.concat_tables(tables), records, sketches)
+    write_part(part, table, records, sketches)
     stats = compute_stats([part], cfg.norm)
     shards = write_shards(out, [part], stats, cfg, use_ray=False)
-    n = sum(t.num_rows for t in tables)
+    n = table.num_rows
     manifest = Manifest(
         code_version="in-memory",
         config={"curation": cfg.to_dict(), "caption": None},
         counts={
             "episodes_in": len(episodes),
-            "episodes_with_samples": len(tables),
+            "episodes_with_samples": len(episodes),
             "episodes_rejected": 0,
             "windows_in": n,
             "samples": n,
@@ -64,3 +51,13 @@ def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debu
     )
     write_manifest(out, manifest)
     return out
+
+
+def _rows(ep: Episode, cfg, preset: str) -> tuple[list[dict], dict]:
+    rows, _, _ = episode_sample_rows(ep, cfg, {})
+    if not rows:
+        raise ValueError(
+            f"curate_in_memory: episode {ep.episode_id} ({ep.length} steps) gives no window "
+            f"with the {preset!r} preset"
+        )
+    return rows, {"episode_id": ep.episode_id}

@@ -396,8 +396,11 @@ def write_planned_shard(
     if not shard_is_complete(path, plan.rows):
         schema = Sample.arrow_schema().with_metadata(SAMPLE_METADATA)
         with atomic_parquet_writer(path, schema, compression=sc.compression) as writer:
+            loaded, rows = None, None  # a part with a gap (a duplicate) gives several pieces
             for part, start, stop in plan.pieces:
-                raw = pq.read_table(part).slice(start, stop - start)
+                if part != loaded:
+                    loaded, rows = part, pq.read_table(part)
+                raw = rows.slice(start, stop - start)
                 table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
                 writer.write_table(
                     table.replace_schema_metadata(SAMPLE_METADATA), row_group_size=sc.row_group_rows

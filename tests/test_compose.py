@@ -135,3 +135,31 @@ def test_stacked_png_from_cached_rows_equals_encoding_the_window():
     with Image.open(io.BytesIO(data)) as im:  # a standard PNG to any reader
         im.load()
         assert im.size == (30, 60) and im.text["gwp_frames"] == "3"
+
+
+def test_the_episode_stage_composes_only_the_frames_its_windows_use(monkeypatch):
+    """Every Δ-th frame at stride Δ is all the windows need: only those are resized, and each
+    sample's frames are exactly those of composing every frame and picking its indices."""
+    import curation.episode_samples as es
+    from curation.config import get_preset
+    from curation.stages.compose import decode_sample_frames
+    from curation.stages.windowing import window_episode
+    from tests.helpers import frames_of, make_episodes
+
+    cfg = get_preset("default")
+    (ep,) = make_episodes([60], size=64)
+    composed = []
+    real = es.compose_views
+    monkeypatch.setattr(
+        es, "compose_views", lambda views, *a: composed.append(real(views, *a)) or composed[-1]
+    )
+    rows, _, _ = es.episode_sample_rows(ep, cfg, {})
+    used = {i for w in window_episode(ep, cfg.windows, {}).windows for i in w.camera_indices}
+    assert composed[0].shape[0] == len(used) < ep.length
+    vc = cfg.video
+    every = real(frames_of(ep), vc.width, vc.height, vc.fit)
+    windows = window_episode(ep, cfg.windows, {}).windows
+    for row, w in zip(rows, windows, strict=True):
+        np.testing.assert_array_equal(
+            decode_sample_frames(row["video"], row["video_format"]), every[list(w.camera_indices)]
+        )

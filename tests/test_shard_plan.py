@@ -72,3 +72,45 @@ def test_a_part_whose_records_do_not_match_its_rows_is_refused(tmp_path):
             [{"episode_id": "A", "samples": 2}],
             [None],
         )
+
+
+def test_a_shard_reads_a_part_once_across_a_gap(tmp_path, monkeypatch):
+    """Leaving a duplicate out of the middle of a part splits it into two pieces of one shard;
+    the shard task reads that part once, and writes exactly the kept rows in order."""
+    import pyarrow.parquet as pq
+
+    import curation.pipeline as pipeline
+    from curation.config import get_preset
+    from curation.in_memory import curate_in_memory
+    from tests.helpers import make_episodes
+
+    ds = curate_in_memory(make_episodes([24, 26, 28], size=64), tmp_path / "ds")
+    part = part_path(ds / ".work", 0)
+    records, _ = read_layout(part)
+    middle = records[1]["episode_id"]
+    (plan,) = plan_shards([part], ShardConfig(), exclude=frozenset({middle}))
+    assert len(plan.pieces) == 2
+    reads = []
+    real_read = pq.read_table
+    monkeypatch.setattr(pipeline.pq, "read_table", lambda p, **kw: reads.append(p) or real_read(p, **kw))
+    stats = pipeline.compute_stats([part], get_preset("debug").norm, frozenset({middle}))
+    info = pipeline.write_planned_shard(str(tmp_path / "out"), plan, stats, get_preset("debug"))
+    assert reads == [str(part)]
+    ids = real_read(tmp_path / "out" / info.name, columns=["episode_id"]).column("episode_id").to_pylist()
+    assert info.rows == plan.rows == len(ids) and middle not in ids
+    assert ids == [
+        i for i in real_read(part, columns=["episode_id"]).column("episode_id").to_pylist() if i != middle
+    ]
+
+
+def test_a_written_part_sends_the_driver_its_records_only(tmp_path):
+    from curation.episode_samples import finish_part
+
+    table = pa.Table.from_pylist(
+        [{"episode_id": "A", "video": b"v", "raw_action": [[0.0]]}], schema=RAW_SCHEMA
+    )
+    records, sketches = [{"episode_id": "A", "samples": 1}], [b"sketch"]
+    written = finish_part(7, table, records, sketches, work=str(tmp_path))
+    assert written["table"] == b"" and written["sketches"] == "" and part_path(tmp_path, 7).exists()
+    passed_on = finish_part(7, table, records, sketches, work=None)
+    assert passed_on["table"] and passed_on["sketches"] and passed_on["records"] == written["records"]

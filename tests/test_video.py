@@ -155,3 +155,19 @@ def test_decode_frames_every_kind(tmp_path):
     ref = FrameRef(kind="inline", array=frames)
     np.testing.assert_array_equal(decode_frames(ref, [29, 0]), frames[[29, 0]])
     assert decode_frames(ref).shape == frames.shape
+
+
+def test_probe_is_remembered_per_file_version(tmp_path, monkeypatch):
+    """A packed mp4 is probed once per episode it holds: the header is read once per file
+    version, and read again when the file changes."""
+    import curation.video as video
+
+    opened = []
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda path: opened.append(path) or real_open(path))
+    path = tmp_path / "clip.mp4"
+    encode_video(smooth_frames(12), path, fps=10)
+    first = [probe_video(path) for _ in range(3)]
+    assert [p.num_frames for p in first] == [12, 12, 12] and len(opened) == 1
+    encode_video(smooth_frames(20), path, fps=10)  # same name, new content
+    assert probe_video(path).num_frames == 20 and len(opened) == 2
