@@ -8,7 +8,7 @@ One synthetic dataset (``tests.helpers.make_episodes``: metaworld_sawyer, camera
 
 * **reader** — ``curation.ingest.iter_episodes([source], decode=True)``: detection, listing,
   load + validation of every episode, and decoding of every camera frame to uint8 RGB. The
-  per-process caches (open readers, open decord files) are cleared before each round, so
+  per-process caches (open readers, open video cursors) are cleared before each round, so
   every round pays for opening the files as a fresh worker would.
 * **plain** — the least a hand-written loader must do for the same frames, with the same
   decoder the reader picks: decord (``num_threads=1``) for h264 mp4, PyAV for AV1 mp4,
@@ -143,7 +143,7 @@ def _reader_run(path: Path) -> Callable[[], tuple[int, int]]:
 
     def run() -> tuple[int, int]:
         ingest._reader.cache_clear()  # a fresh worker: reopen the source's metadata
-        video._READERS.clear()  # and its decord file handles
+        video.close_cursors()  # and its open PyAV containers
         episodes = frames = 0
         for item in ingest.iter_episodes([path], decode=True):
             if not isinstance(item, Episode):

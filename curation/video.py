@@ -8,11 +8,12 @@ Design:
   concatenated mp4 (LeRobot v3.0 packs many episodes per file) is reached by one seek plus
   at most ``fps`` decoded frames. :class:`VideoWriter` streams: episodes are appended to an
   open file one batch at a time, never all held in memory.
-* **Decoding** uses decord for h264 / mpeg4 / vp9 (fast frame-accurate random access via
-  ``get_batch``) and PyAV for AV1 (decord's bundled FFmpeg has no AV1 decoder; PyAV brings
-  dav1d) and as the fallback when decord refuses a file. The PyAV path seeks to the keyframe
-  before the first wanted frame and maps each decoded frame to its index by its timestamp,
-  re-seeking only across long gaps.
+* **Decoding** uses decord for h264 / mpeg4 / vp9 when most of a file is wanted (open,
+  ``get_batch``, close), and otherwise a PyAV cursor kept open per file that decodes on from
+  where the last span ended (consecutive episodes of a packed file) and maps each frame to its
+  index by its timestamp, seeking only backwards or across long gaps; PyAV also decodes AV1
+  (decord's bundled FFmpeg has none; PyAV brings dav1d) and is the fallback when decord
+  refuses a file. Why not keep decord readers open: see ``_CURSORS``.
 * **Errors** are :class:`~curation.formats.base.LoadError` naming the file:
   ``missing_video`` (no such file), ``bad_video`` (not a video, truncated, undecodable),
   ``video_too_short`` (asked for frames past the end).
@@ -26,7 +27,7 @@ import functools
 import io
 import os
 import threading
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -279,60 +280,115 @@ def _probe(path: Path) -> VideoInfo:
 
 # ---- decode --------------------------------------------------------------------------
 
-# A few open decord readers per process: loading many episodes' spans from one long mp4
-# must not re-open (and re-index) the file each time.
-_READERS: OrderedDict[tuple[str, float], object] = OrderedDict()
-_READERS_LOCK = threading.Lock()
-_READERS_MAX = 4
+# Two decoders, each where it is faster and costs nothing once done:
+#
+# * decord (open, ``get_batch``, close) for h264 / mpeg4 / vp9 when the wanted frames are
+#   most of the file (a per-episode mp4): its decode + RGB conversion is ~2.5x PyAV's. A
+#   decord reader is never kept: an idle ``VideoReader`` keeps a thread spinning at 100 % of a
+#   core (measured: 2.0 CPU-s over a 2 s sleep), which on a Ray node starves the other
+#   workers (two curation workers on 2 cores each ran 2-3x slower than alone). Re-opening a
+#   long file is no answer either: decord indexes the whole file on open (90 ms at 23 040
+#   frames).
+# * A PyAV cursor (:class:`_Cursor`) for a span of a longer file (LeRobot v3.0 packs many
+#   episodes per file; one Ray task reads consecutive episodes): it stays open per process and
+#   decodes on from where the last span ended, seeking only backwards or across a gap, with no
+#   thread of its own. Also AV1 (decord's FFmpeg has no AV1 decoder) and the fallback when
+#   decord refuses a file.
+_CURSORS: OrderedDict[tuple[str, int, int], _Cursor] = OrderedDict()
+_CURSORS_LOCK = threading.Lock()
+_CURSORS_MAX = 4
 
 
-def _decord_reader(path: Path):
-    import decord
+class _Cursor:
+    """An open PyAV container decoding one video front to back (used by one caller at a time)."""
 
-    key = (str(path.resolve()), path.stat().st_mtime)
-    with _READERS_LOCK:
-        if key in _READERS:
-            _READERS.move_to_end(key)
-            return _READERS[key]
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    with _READERS_LOCK:
-        _READERS[key] = reader
-        while len(_READERS) > _READERS_MAX:
-            _READERS.popitem(last=False)
-    return reader
+    def __init__(self, path: Path, fps: float):
+        from av.video.reformatter import VideoReformatter
+
+        self.path, self.fps = path, fps
+        self.container = _open(path)
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "NONE"  # one Ray CPU per task: no decoder threads of its own
+        self.tb = self.stream.time_base
+        self.t0 = float(self.stream.start_time * self.tb) if self.stream.start_time is not None else 0.0
+        self.reformatter = VideoReformatter()  # keeps its swscale context (per frame: 2x slower)
+        self.frames = None  # decode iterator
+        self.next_index = -1  # index of the frame the iterator yields next; -1 = unknown
+
+    def _seek(self, index: int) -> None:
+        # the keyframe at or before ``index`` (half a frame early: float safety)
+        ts = int(max(0.0, (index - 0.5) / self.fps + self.t0) / self.tb)
+        self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
+        self.frames, self.next_index = self.container.decode(self.stream), -1
+
+    def read(self, wanted: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] of the sorted, unique frame indices ``wanted``."""
+        out = []
+        for want in (int(i) for i in wanted):
+            if self.frames is None or not (0 <= self.next_index <= want <= self.next_index + _SEEK_GAP):
+                self._seek(want)
+            while True:
+                try:
+                    frame = next(self.frames, None)
+                except av.error.InvalidDataError as err:  # e.g. a file cut mid-packet
+                    self.frames = None
+                    raise LoadError(
+                        "video_too_short",
+                        f"frame {want}: decoding breaks off after frame {self.next_index - 1} ({err})",
+                        self.path,
+                    ) from err
+                if frame is None:
+                    self.frames = None
+                    raise LoadError("video_too_short", f"frame {want} not found while decoding", self.path)
+                idx = round((float(frame.pts * self.tb) - self.t0) * self.fps)
+                self.next_index = idx + 1
+                if idx == want:
+                    out.append(self.reformatter.reformat(frame, format="rgb24").to_ndarray())
+                    break
+                if idx > want:
+                    self.frames = None
+                    raise LoadError("bad_video", f"frame {want} missing from the stream", self.path)
+        return np.stack(out)
+
+    def close(self) -> None:
+        self.frames = None
+        self.container.close()
+
+
+def _read_cursor(path: Path, wanted: np.ndarray, fps: float) -> np.ndarray:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    with _CURSORS_LOCK:
+        cursor = _CURSORS.pop(key, None)  # taken out while in use: one reader at a time
+    if cursor is None:
+        cursor = _Cursor(path, fps)
+    try:
+        frames = cursor.read(wanted)
+    except BaseException:
+        cursor.close()  # its position is unknown after a failure: not kept
+        raise
+    with _CURSORS_LOCK:
+        _CURSORS[key] = cursor
+        while len(_CURSORS) > _CURSORS_MAX:
+            _CURSORS.popitem(last=False)[1].close()
+    return frames
+
+
+def close_cursors() -> None:
+    """Close this process's open video cursors (tests, benchmarks, long-lived workers)."""
+    with _CURSORS_LOCK:
+        while _CURSORS:
+            _CURSORS.popitem()[1].close()
 
 
 def _read_decord(path: Path, wanted: np.ndarray) -> np.ndarray:
-    reader = _decord_reader(path)
-    return reader.get_batch(wanted.tolist()).asnumpy()
+    import decord
 
-
-def _read_pyav(path: Path, wanted: np.ndarray, fps: float) -> np.ndarray:
-    """Frames ``wanted`` (sorted, unique) by seeking to keyframes and matching timestamps."""
-    out: dict[int, np.ndarray] = {}
-    pending = deque(int(i) for i in wanted)
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        tb = stream.time_base
-        t0 = float(stream.start_time * tb) if stream.start_time is not None else 0.0
-        while pending:
-            # Seek to the keyframe at or before the next wanted frame (half a frame early: float safety).
-            ts = int(max(0.0, (pending[0] - 0.5) / fps + t0) / tb)
-            container.seek(ts, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                idx = round((float(frame.pts * tb) - t0) * fps)
-                if idx < pending[0]:
-                    continue
-                if idx > pending[0]:
-                    raise LoadError("bad_video", f"frame {pending[0]} missing from the stream", path)
-                out[idx] = frame.to_ndarray(format="rgb24")
-                pending.popleft()
-                if not pending or pending[0] - idx > _SEEK_GAP:
-                    break  # done, or a long gap: seek again rather than decode through it
-            else:
-                raise LoadError("video_too_short", f"frames from {pending[0]} not found while decoding", path)
-    return np.stack([out[int(i)] for i in wanted])
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    try:
+        return reader.get_batch(wanted.tolist()).asnumpy()
+    finally:
+        del reader  # its decode thread spins while it lives
 
 
 def read_video(
@@ -365,14 +421,14 @@ def read_video(
         )
     uniq, inverse = np.unique(want, return_inverse=True)
     frames = None
-    if info.codec in _DECORD_CODECS:
+    if info.codec in _DECORD_CODECS and 2 * uniq.size >= info.num_frames:
         try:
             frames = _read_decord(path, uniq)
         except Exception:  # decord raises its own DECORDError / RuntimeError: fall back to PyAV
             frames = None
     if frames is None:
         try:
-            frames = _read_pyav(path, uniq, info.fps)
+            frames = _read_cursor(path, uniq, info.fps)
         except LoadError:
             raise
         except (av.error.FFmpegError, ValueError, RuntimeError) as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import h5py
 import numpy as np
@@ -171,3 +172,71 @@ def test_probe_is_remembered_per_file_version(tmp_path, monkeypatch):
     assert [p.num_frames for p in first] == [12, 12, 12] and len(opened) == 1
     encode_video(smooth_frames(20), path, fps=10)  # same name, new content
     assert probe_video(path).num_frames == 20 and len(opened) == 2
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def test_packed_spans_decode_on_without_seeking_and_equal_decord(tmp_path, monkeypatch):
+    """Consecutive episodes of a packed file: one open cursor, one seek, the same pixels as
+    decord (both convert with swscale), also out of order and for scattered frames."""
+    import decord
+
+    from curation import video
+
+    lengths = [40, 30, 50, 40, 40]
+    path = tmp_path / "packed.mp4"
+    encode_video(np.concatenate([smooth_frames(n, phase=5 * k) for k, n in enumerate(lengths)]), path, fps=20)
+    starts = np.cumsum([0, *lengths[:-1]]).tolist()
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    seeks = []
+    real_seek = video._Cursor._seek
+    monkeypatch.setattr(video._Cursor, "_seek", lambda self, i: (seeks.append(i), real_seek(self, i)))
+    video.close_cursors()
+    for k in range(1, 5):  # in order: the cursor decodes on from where the last episode ended
+        span = read_video(path, starts[k], starts[k] + lengths[k])
+        assert np.array_equal(
+            span, reader.get_batch(list(range(starts[k], starts[k] + lengths[k]))).asnumpy()
+        )
+    assert seeks == [starts[1]] and len(video._CURSORS) == 1
+    for idx in ([3, 90, 91, 199], [150, 10]):  # backwards and across gaps: seeks, same pixels
+        assert np.array_equal(read_video(path, indices=idx), reader.get_batch(idx).asnumpy())
+    video.close_cursors()
+    assert not video._CURSORS
+
+
+def test_no_decoder_burns_cpu_while_idle(tmp_path):
+    """An open decord reader spins a core while idle (it starved the other Ray workers), so
+    none is kept; the PyAV cursor that stays open between episodes has no thread at all."""
+    from curation import video
+
+    lengths = [60] * 4
+    path = tmp_path / "packed.mp4"
+    encode_video(np.concatenate([smooth_frames(n, phase=k) for k, n in enumerate(lengths)]), path, fps=20)
+    short = tmp_path / "short.mp4"
+    encode_video(smooth_frames(20), short, fps=20)
+    read_video(path, 60, 120)  # a span of a longer file: the cursor, kept open
+    read_video(short)  # a whole short file: decord, closed at once
+    assert len(video._CURSORS) == 1
+    before = _cpu_seconds()
+    time.sleep(0.5)
+    assert _cpu_seconds() - before < 0.15, "a decoder thread kept running after its read"
+    video.close_cursors()
+
+
+def test_a_cut_packed_video_is_too_short_and_its_cursor_dropped(tmp_path):
+    from curation import video
+    from tests.helpers import cut_video_data
+
+    cut = tmp_path / "cut.mp4"
+    encode_video(smooth_frames(200), cut, fps=20)
+    cut_video_data(cut, keep=0.6)  # header first, frame data cut: the header promises 200 frames
+    video.close_cursors()
+    with pytest.raises(LoadError) as err:
+        read_video(cut, 150, 190)
+    assert err.value.reason == "video_too_short" and "cut.mp4" in str(err.value)
+    assert not video._CURSORS
