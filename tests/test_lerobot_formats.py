@@ -314,3 +314,32 @@ def test_v2_bad_inputs(written, tmp_path):
     (root / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
     err = load_error(LeRobotV2Reader, root, 1)
     assert err.reason in ("length_mismatch", "video_too_short") and "episode_000001" in str(err)
+
+
+def test_v3_data_file_is_read_once_for_all_its_episodes(tmp_path, written, monkeypatch):
+    """Episodes packed in one data parquet: one read for all of them (not one per episode),
+    each episode's rows in frame order even when the file has them shuffled, and a rewritten
+    file is read again."""
+    from curation.formats import lerobot_common
+
+    root = tmp_path / "v3"
+    shutil.copytree(written["v3"], root)
+    (data_file,) = sorted((root / "data").rglob("*.parquet"))
+    table = pq.read_table(data_file)
+    shuffled = table.take(pa.array(np.random.default_rng(0).permutation(table.num_rows)))
+    pq.write_table(shuffled, data_file)
+    reads = []
+    real_read = pq.read_table
+    monkeypatch.setattr(
+        lerobot_common.pq, "read_table", lambda *a, **k: (reads.append(a[0]), real_read(*a, **k))[1]
+    )
+    lerobot_common._data_file.cache_clear()
+    reader = LeRobotV3Reader(root)
+    episodes = [reader.load(ref) for ref in reader.list_episodes()]
+    assert [str(r) for r in reads].count(str(data_file)) == 1
+    for ep, want in zip(episodes, make_episodes(), strict=True):
+        np.testing.assert_allclose(ep.action, want.action, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(ep.state, want.state, rtol=0, atol=1e-6)
+    pq.write_table(table, data_file)  # a new version of the file: read again
+    reader.load(reader.list_episodes()[0])
+    assert [str(r) for r in reads].count(str(data_file)) == 2

@@ -19,6 +19,7 @@ readers build Episodes through :func:`build_episode`, which maps every problem t
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import abstractmethod
 from collections.abc import Iterable, Iterator
@@ -334,24 +335,53 @@ def video_fps(info: dict[str, Any], key: str) -> float:
 
 
 def read_episode_rows(path: Path, columns: list[str], episode_index: int, label: str) -> pa.Table:
-    """The rows of one episode from a data parquet (row groups pruned by ``episode_index``)."""
+    """The rows of one episode from a data parquet, in ``frame_index`` order.
+
+    A v3.0 data file holds many episodes; the needed columns of the file are read once per
+    process (:func:`_data_file`) and each episode is a slice of them, so loading every episode
+    of a file costs one read, not one read per episode (9 ms per episode at 192 episodes per
+    file, growing with the file)."""
     if not path.exists():
         raise LoadError("missing_file", "data parquet not found", path, label)
+    st = path.stat()
+    try:
+        data = _data_file(str(path), st.st_size, st.st_mtime_ns, tuple(columns))
+    except LoadError as err:  # the file's problem, named for this episode
+        raise LoadError(err.reason, err.detail, path, label) from None
+    lo, hi = np.searchsorted(data.episodes, [episode_index, episode_index + 1])
+    return data.table.take(pa.array(data.order[lo:hi]))
+
+
+@dataclass(frozen=True)
+class _DataFile:
+    table: pa.Table  # the needed columns, file order
+    order: np.ndarray  # row positions sorted by (episode_index, frame_index)
+    episodes: np.ndarray  # episode_index of each row in that order
+
+
+@functools.lru_cache(maxsize=2)
+def _data_file(path: str, size: int, mtime_ns: int, columns: tuple[str, ...]) -> _DataFile:
+    """One data parquet's columns, read once per file version and process (two files kept)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as err:
-        raise LoadError("bad_parquet", f"cannot read: {err}", path, label) from err
+        raise LoadError("bad_parquet", f"cannot read: {err}", path) from err
     for col in [*columns, "episode_index"]:
         if col not in schema.names:
-            raise LoadError("missing_column", f"column {col!r} not in {schema.names}", path, label)
+            raise LoadError("missing_column", f"column {col!r} not in {schema.names}", path)
+    extra = [c for c in ("episode_index", "frame_index") if c in schema.names and c not in columns]
     try:
-        table = pq.read_table(path, columns=columns, filters=[("episode_index", "=", episode_index)])
+        table = pq.read_table(path, columns=[*columns, *extra])
     except (OSError, pa.ArrowInvalid) as err:
-        raise LoadError("bad_parquet", f"cannot read: {err}", path, label) from err
-    if "frame_index" in table.column_names:
-        order = np.argsort(table.column("frame_index").to_numpy(), kind="stable")
-        table = table.take(pa.array(order))
-    return table
+        raise LoadError("bad_parquet", f"cannot read: {err}", path) from err
+    episodes = table.column("episode_index").to_numpy(zero_copy_only=False)
+    frames = (
+        table.column("frame_index").to_numpy(zero_copy_only=False)
+        if "frame_index" in table.column_names
+        else np.zeros(len(episodes), np.int64)
+    )
+    order = np.lexsort((frames, episodes))  # stable: rows of equal keys keep file order
+    return _DataFile(table.select(list(columns)), order, episodes[order])
 
 
 def vector_column(table: pa.Table, key: str, dim: int, path: Path, label: str) -> np.ndarray:
