@@ -36,7 +36,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from curation.formats.base import LoadError
+from curation.formats.base import LoadError, file_version
 
 # SVT-AV1 prints its banner through its own logger unless told otherwise (1 = errors only).
 os.environ.setdefault("SVT_LOG", "1")
@@ -245,10 +245,10 @@ def probe_video(path: str | Path) -> VideoInfo:
     each probe it, and opening it costs ~2–4 ms per call at 200 episodes."""
     path = Path(path)
     try:
-        st = path.stat()
+        version = file_version(path)
     except OSError:
         return _probe(path)  # missing: _open names the problem
-    return _probe_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return _probe_cached(*version)
 
 
 @functools.lru_cache(maxsize=64)
@@ -300,7 +300,8 @@ _CURSORS_MAX = 4
 
 
 class _Cursor:
-    """An open PyAV container decoding one video front to back (used by one caller at a time)."""
+    """An open PyAV container decoding one video front to back (used by one caller at a time;
+    after a failed read its position is unknown and :func:`_read_cursor` closes it)."""
 
     def __init__(self, path: Path, fps: float):
         from av.video.reformatter import VideoReformatter
@@ -331,14 +332,10 @@ class _Cursor:
                 try:
                     frame = next(self.frames, None)
                 except av.error.InvalidDataError as err:  # e.g. a file cut mid-packet
-                    self.frames = None
                     raise LoadError(
-                        "video_too_short",
-                        f"frame {want}: decoding breaks off after frame {self.next_index - 1} ({err})",
-                        self.path,
+                        "video_too_short", f"decoding breaks off before frame {want} ({err})", self.path
                     ) from err
                 if frame is None:
-                    self.frames = None
                     raise LoadError("video_too_short", f"frame {want} not found while decoding", self.path)
                 idx = round((float(frame.pts * self.tb) - self.t0) * self.fps)
                 self.next_index = idx + 1
@@ -346,7 +343,6 @@ class _Cursor:
                     out.append(self.reformatter.reformat(frame, format="rgb24").to_ndarray())
                     break
                 if idx > want:
-                    self.frames = None
                     raise LoadError("bad_video", f"frame {want} missing from the stream", self.path)
         return np.stack(out)
 
@@ -356,8 +352,7 @@ class _Cursor:
 
 
 def _read_cursor(path: Path, wanted: np.ndarray, fps: float) -> np.ndarray:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    key = file_version(path)
     with _CURSORS_LOCK:
         cursor = _CURSORS.pop(key, None)  # taken out while in use: one reader at a time
     if cursor is None:

@@ -23,6 +23,14 @@ from curation.formats.mapping import SourceMapping
 from schemas import Episode, Rejection
 
 
+def file_version(path: str | Path) -> tuple[str, int, int]:
+    """``(resolved path, size, mtime_ns)``: the key of per-process caches of a file's contents,
+    so that a rewritten file is read again. Raises OSError when the file cannot be stat'ed."""
+    path = Path(path)
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
 class LoadError(Exception):
     """An episode (or a whole file) could not be read. ``reason`` is a short code."""
 

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, LoadError, SourceReader, file_version
 from curation.formats.mapping import SourceMapping
 from curation.video import probe_video
 from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, episode_id_for, get_embodiment
@@ -343,9 +343,8 @@ def read_episode_rows(path: Path, columns: list[str], episode_index: int, label:
     file, growing with the file)."""
     if not path.exists():
         raise LoadError("missing_file", "data parquet not found", path, label)
-    st = path.stat()
     try:
-        data = _data_file(str(path), st.st_size, st.st_mtime_ns, tuple(columns))
+        data = _data_file(*file_version(path), tuple(columns))
     except LoadError as err:  # the file's problem, named for this episode
         raise LoadError(err.reason, err.detail, path, label) from None
     lo, hi = np.searchsorted(data.episodes, [episode_index, episode_index + 1])
