@@ -25,6 +25,9 @@ What it does, given any ``nn.Module`` and a :class:`~pretrain.run_config.TrainCo
   come from DeepSpeed's ``zero_to_fp32`` over the final checkpoint (the fp32 master copy,
   consolidated across ZeRO partitions) when the run is partitioned or in bf16, else from the
   module itself; EMA partitions are all-gathered.
+* **Shared memory** — on CPU, DeepSpeed's all-reduce maps a 69 MB ``/dev/shm`` segment per rank
+  that it never unlinks; :func:`release_deepspeed_cpu_shm` unlinks it once all ranks have it
+  mapped, so runs (killed ones too) leave nothing in RAM-backed tmpfs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import deepspeed
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.accelerator import get_accelerator
 from safetensors.torch import save_file
 from torch import nn
 
@@ -237,6 +241,44 @@ class TrainEngine:
         return float(self.engine.get_lr()[0])
 
 
+DS_SHM_DIR = Path("/dev/shm")
+DS_SHM_PREFIX = "deepspeed_allreduce_buffer"
+
+
+def deepspeed_shm_name(rank: int) -> str:
+    """Name of the POSIX shared-memory segment DeepSpeed's CPU all-reduce gives ``rank`` in this run."""
+    addr = os.environ.get("MASTER_ADDR", "")
+    port = os.environ.get("MASTER_PORT", "")
+    return f"{DS_SHM_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}"
+
+
+def release_deepspeed_cpu_shm(info: dd.DistInfo) -> bool:
+    """Unlink this rank's DeepSpeed CPU all-reduce segment once every rank has mapped it.
+
+    Why: DeepSpeed's CPU comm op (``deepspeed/ops/csrc/cpu/comm/shm.cpp``, ``shm_initialize``,
+    run from ``TorchBackend.__init__`` in ``deepspeed/comm/torch.py`` when the launcher's
+    ``LOCAL_SIZE`` equals the world size) creates one ~69 MB segment per rank,
+    ``/dev/shm/deepspeed_allreduce_buffer_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}``, maps
+    every peer's, and never ``shm_unlink``s them: each multi-rank CPU run (a SIGKILLed one
+    too) left ``world_size`` × 69 MB of RAM-backed tmpfs behind until reboot.
+
+    ``shm_initialize`` returns only after it has opened every peer's segment, so once
+    DeepSpeed's comm backend exists on all ranks (the barrier) nobody needs the names any
+    more. Each rank removes its own; POSIX keeps the mappings valid after an unlink, so the
+    shm all-reduce keeps working and nothing is left if the process dies later. Only on the
+    CPU path (gloo, DeepSpeed CPU accelerator) and only this run's name for this rank.
+    Collective: every rank must call it. Returns True when a segment was removed.
+    """
+    if info.backend != "gloo" or get_accelerator().device_name() != "cpu":
+        return False
+    dd.barrier()
+    try:
+        (DS_SHM_DIR / deepspeed_shm_name(info.rank)).unlink()
+    except FileNotFoundError:  # LOCAL_SIZE != world size (no shm op), or already released
+        return False
+    return True
+
+
 def build_engine(model: nn.Module, cfg: TrainConfig, info: dd.DistInfo | None = None) -> TrainEngine:
     """Wrap ``model`` (any ``nn.Module``) in a DeepSpeed engine configured from ``cfg``."""
     info = info or dd.init_distributed()
@@ -257,6 +299,12 @@ def build_engine(model: nn.Module, cfg: TrainConfig, info: dd.DistInfo | None = 
     def scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(cfg, s))
 
+    # DeepSpeed's comm backend would be created inside deepspeed.initialize; create it here
+    # (same call, same backend) so its CPU shared memory can be released straight away
+    deepspeed.init_distributed(
+        dist_backend=get_accelerator().communication_backend_name(), dist_init_required=False
+    )
+    release_deepspeed_cpu_shm(info)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,

@@ -25,9 +25,12 @@ from torch import nn
 from pretrain import distributed as dd
 from pretrain.engine import (
     COMPLETE,
+    DS_SHM_DIR,
+    DS_SHM_PREFIX,
     EMA,
     checkpoint_root,
     deepspeed_config,
+    deepspeed_shm_name,
     export_weights,
     lr_multiplier,
     read_latest,
@@ -339,15 +342,22 @@ def test_two_process_zero2_zero3_resume_over_gloo(tmp_path):
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
+    port = dd.free_port()
     cmd = [
         str(Path(sys.executable).with_name("deepspeed")),
         "--num_gpus", "2",
-        "--master_port", str(dd.free_port()),
+        "--master_port", str(port),
         "--module", "tests.test_engine",  # the launcher rejects "-m"; "--module" is its spelling
         "--out", str(tmp_path),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # DeepSpeed's CPU all-reduce made one 69 MB /dev/shm segment per rank; each rank unlinked
+    # its own after the comm init (release_deepspeed_cpu_shm), so none outlives the run
+    leaked = sorted(p.name for p in DS_SHM_DIR.glob(f"{DS_SHM_PREFIX}_*_{port}_*"))
+    assert not leaked, leaked
+    shm = json.loads((tmp_path / "shm.json").read_text())
+    assert shm == {"names_gone_while_running": True, "sums": [3.0] * 4}, shm
     for stage in (2, 3):
         res = json.loads((tmp_path / f"result_stage{stage}.json").read_text())
         assert res["world_size"] == 2
@@ -394,6 +404,17 @@ def _worker(out: Path) -> None:
             res = {"world_size": dd.world_size(), "full": losses(full), "resumed": losses(first + second)}
             (out / f"result_stage{stage}.json").write_text(json.dumps(res))
         dd.barrier()
+    # each rank's segment name is gone while it runs, and DeepSpeed's shm all-reduce still works
+    # on the mappings (fp32 takes its shm kernel where the CPU has AVX2, else the gloo fallback);
+    # a small and a large tensor: the kernel has a separate path above 1 MB
+    gone = dd.all_agree(not (DS_SHM_DIR / deepspeed_shm_name(dd.rank())).exists(), torch.device("cpu"))
+    sums = []
+    for n in (1 << 10, 1 << 19):
+        t = torch.full((n,), float(dd.rank() + 1))
+        deepspeed.comm.inference_all_reduce(t)
+        sums += [t.min().item(), t.max().item()]
+    if dd.is_main():
+        (out / "shm.json").write_text(json.dumps({"names_gone_while_running": gone, "sums": sums}))
 
 
 if __name__ == "__main__":

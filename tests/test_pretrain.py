@@ -50,6 +50,7 @@ from pretrain import distributed as dd
 from pretrain.codec import PixelPatchCodec
 from pretrain.config import get_model_config
 from pretrain.data import LoaderConfig, ShardLoader
+from pretrain.engine import DS_SHM_DIR, DS_SHM_PREFIX
 from pretrain.model import build_model
 from pretrain.objective import ObjectiveConfig, PretrainObjective, sample_future
 from tests.helpers import make_episodes
@@ -284,10 +285,14 @@ def _launch(module: str, args: list[str]) -> subprocess.CompletedProcess:
         "PYTHONPATH": str(ROOT),
         "OMP_NUM_THREADS": "1",
     }
+    port = dd.free_port()
     cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", "2"]
-    cmd += ["--master_port", str(dd.free_port()), "--module", module, *args]
+    cmd += ["--master_port", str(port), "--module", module, *args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # no 69 MB DeepSpeed CPU all-reduce segment of this run is left in RAM (release_deepspeed_cpu_shm)
+    leaked = sorted(p.name for p in DS_SHM_DIR.glob(f"{DS_SHM_PREFIX}_*_{port}_*"))
+    assert not leaked, leaked
     return proc
 
 
