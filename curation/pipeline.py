@@ -40,10 +40,12 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.config import (
@@ -75,6 +77,7 @@ from curation.shards import (
 from curation.stages.filters import make_dedup_rejections
 from curation.stages.sample import normalise_raw_table
 from curation.stages.stats import StatsAccumulator
+from curation.warm import warm_workers
 from schemas import (
     SCHEMA_VERSION,
     EmbodimentStats,
@@ -387,25 +390,59 @@ def _kept_runs(records: list[dict[str, Any]], exclude: frozenset[str]) -> list[t
 def write_planned_shard(
     out: str, plan: ShardPlan, stats: dict[str, EmbodimentStats], cfg: CurationConfig
 ) -> ShardInfo:
-    """One shard (a Ray task in the job): its row ranges a part at a time — read, normalise and
-    validate (vectorised; a bad row fails naming its part), append — written atomically, so
-    memory holds one part, not the shard. A complete shard from an earlier run is kept
-    without reading anything."""
+    """One shard (a Ray task in the job): its row ranges ``row_group_rows`` at a time — read,
+    normalise and validate (vectorised; a bad row fails naming its part), append — written
+    atomically. Memory holds about one row group, not a part: where fresh memory is slow to
+    fault in (this VM: ~1 ms per MB), a whole part's table (tens of MB of PNGs) cost more than
+    compressing it. A complete shard from an earlier run is kept without reading anything."""
     sc = cfg.shards
     path = Path(out) / SHARD_TEMPLATE.format(index=plan.index)
     if not shard_is_complete(path, plan.rows):
         schema = Sample.arrow_schema().with_metadata(SAMPLE_METADATA)
         with atomic_parquet_writer(path, schema, compression=sc.compression) as writer:
-            loaded, rows = None, None  # a part with a gap (a duplicate) gives several pieces
+            parts: dict[str, PartRows] = {}  # a part with a gap (a duplicate) gives several pieces
             for part, start, stop in plan.pieces:
-                if part != loaded:
-                    loaded, rows = part, pq.read_table(part)
-                raw = rows.slice(start, stop - start)
-                table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
-                writer.write_table(
-                    table.replace_schema_metadata(SAMPLE_METADATA), row_group_size=sc.row_group_rows
-                )
+                rows = parts.setdefault(part, PartRows(part))
+                for raw in rows.chunks(start, stop, sc.row_group_rows):
+                    table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
+                    writer.write_table(table.replace_schema_metadata(SAMPLE_METADATA))
     return shard_info(Path(out), plan.index, plan.rows)
+
+
+class PartRows:
+    """Row ranges of one work part, read a row group at a time; the last group read is kept,
+    so the pieces either side of a gap share its read."""
+
+    def __init__(self, path: str):
+        self.file = pq.ParquetFile(path)
+        sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
+        self.stops = list(itertools.accumulate(sizes))
+        self._last: tuple[int, pa.Table | None] = (-1, None)
+
+    def group(self, index: int) -> pa.Table:
+        if self._last[0] != index:
+            self._last = (index, self.file.read_row_group(index))
+        return self._last[1]
+
+    def chunks(self, start: int, stop: int, rows: int) -> Iterator[pa.Table]:
+        """Rows ``[start, stop)`` in consecutive tables of ``rows`` (the last one shorter)."""
+        pending: list[pa.Table] = []
+        have = 0
+        for index, group_stop in enumerate(self.stops):
+            group_start = self.stops[index - 1] if index else 0
+            lo, hi = max(start, group_start), min(stop, group_stop)
+            if lo >= hi:
+                continue
+            table = self.group(index).slice(lo - group_start, hi - lo)
+            while table.num_rows:
+                take = min(rows - have, table.num_rows)
+                pending.append(table.slice(0, take))
+                table, have = table.slice(take), have + take
+                if have == rows:
+                    yield pa.concat_tables(pending)
+                    pending, have = [], 0
+        if pending:
+            yield pa.concat_tables(pending)
 
 
 def write_shards(
@@ -494,10 +531,12 @@ def run(job: CurateJob) -> Manifest:
                 ray.init(
                     address="local", num_cpus=job.run.num_cpus, include_dashboard=False, log_to_driver=True
                 )
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        warm_workers(cpus, job.run.episode_num_cpus)  # their imports overlap the driver's start
         ray.data.DataContext.get_current().enable_progress_bars = job.run.progress
         started = time.time()
 
-        found = discover_all(job, work, int(ray.cluster_resources().get("CPU", 1)))
+        found = discover_all(job, work, cpus)
         parts = make_samples(job, work, found)
 
         records = [rec for p in parts for rec in read_records(p)]

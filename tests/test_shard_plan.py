@@ -74,9 +74,10 @@ def test_a_part_whose_records_do_not_match_its_rows_is_refused(tmp_path):
         )
 
 
-def test_a_shard_reads_a_part_once_across_a_gap(tmp_path, monkeypatch):
+def test_a_shard_reads_each_row_group_once_across_a_gap(tmp_path, monkeypatch):
     """Leaving a duplicate out of the middle of a part splits it into two pieces of one shard;
-    the shard task reads that part once, and writes exactly the kept rows in order."""
+    the shard task reads each row group of that part once, and writes exactly the kept rows
+    in order."""
     import pyarrow.parquet as pq
 
     import curation.pipeline as pipeline
@@ -91,16 +92,36 @@ def test_a_shard_reads_a_part_once_across_a_gap(tmp_path, monkeypatch):
     (plan,) = plan_shards([part], ShardConfig(), exclude=frozenset({middle}))
     assert len(plan.pieces) == 2
     reads = []
-    real_read = pq.read_table
-    monkeypatch.setattr(pipeline.pq, "read_table", lambda p, **kw: reads.append(p) or real_read(p, **kw))
+    real_read = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(
+        pipeline.pq.ParquetFile, "read_row_group", lambda f, i, **kw: reads.append(i) or real_read(f, i, **kw)
+    )
     stats = pipeline.compute_stats([part], get_preset("debug").norm, frozenset({middle}))
     info = pipeline.write_planned_shard(str(tmp_path / "out"), plan, stats, get_preset("debug"))
-    assert reads == [str(part)]
-    ids = real_read(tmp_path / "out" / info.name, columns=["episode_id"]).column("episode_id").to_pylist()
+    assert reads == sorted(set(reads)) and reads
+    ids = pq.read_table(tmp_path / "out" / info.name, columns=["episode_id"]).column("episode_id").to_pylist()
     assert info.rows == plan.rows == len(ids) and middle not in ids
     assert ids == [
-        i for i in real_read(part, columns=["episode_id"]).column("episode_id").to_pylist() if i != middle
+        i for i in pq.read_table(part, columns=["episode_id"]).column("episode_id").to_pylist() if i != middle
     ]
+
+
+@pytest.mark.parametrize(
+    ("start", "stop", "rows"), [(0, 23, 4), (3, 17, 5), (5, 10, 5), (7, 8, 100), (4, 4, 3)]
+)
+def test_part_rows_chunks_match_a_slice(tmp_path, start, stop, rows):
+    """PartRows.chunks gives rows [start, stop) in tables of ``rows`` whatever the file's row
+    groups (here 5 rows each), as a slice of the whole table would."""
+    import pyarrow.parquet as pq
+
+    from curation.pipeline import PartRows
+
+    table = pa.table({"i": list(range(23))})
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=5)
+    chunks = list(PartRows(str(tmp_path / "t.parquet")).chunks(start, stop, rows))
+    assert [c.num_rows for c in chunks[:-1]] == [rows] * (len(chunks) - 1)
+    got = [v for c in chunks for v in c.column("i").to_pylist()]
+    assert got == list(range(start, stop))
 
 
 def test_a_written_part_sends_the_driver_its_records_only(tmp_path):

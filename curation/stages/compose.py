@@ -111,15 +111,29 @@ class PngRows:
     frames of any window can be stacked into one tall PNG without compressing them again: with
     Δ = stride every composed frame is in 1 + K windows, and compression is the costly part."""
 
-    raw: bytes  # filtered scanlines: filter byte 0 + the RGB row, for the Adler-32 of the stream
+    raw: bytes  # filtered scanlines (filter byte + the filtered RGB row), for the Adler-32 of the stream
     deflated: bytes  # raw deflate segment, byte-aligned
     height: int
     width: int
 
 
+PNG_FILTER_NONE, PNG_FILTER_UP = 0, 2  # a row as is; a row minus the one above it (mod 256)
+
+
 def png_rows(frame_HWC: np.ndarray) -> PngRows:
+    """One frame's scanlines with PNG's "Up" filter on every row: camera frames change little
+    from one row to the next, so the differences deflate to about half of the plain rows'
+    size (measured: 15 against 31 KB per 128² frame) in the same time, and every later step
+    (Parquet's zstd, the shard files, page faults on the video column) handles half the bytes."""
     h, w, _ = frame_HWC.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), frame_HWC.reshape(h, w * 3)], axis=1).tobytes()
+    rows_HW3 = frame_HWC.reshape(h, w * 3)
+    filtered = np.empty((h, w * 3 + 1), np.uint8)
+    # the first row as is: in a stack of frames the row above it is another frame's, and each
+    # frame's deflated rows must stand alone to be reused in every window that shows it
+    filtered[0, 0], filtered[1:, 0] = PNG_FILTER_NONE, PNG_FILTER_UP
+    filtered[0, 1:] = rows_HW3[0]
+    np.subtract(rows_HW3[1:], rows_HW3[:-1], out=filtered[1:, 1:])  # uint8: wraps mod 256
+    raw = filtered.tobytes()
     # ISA-L's deflate: a standard stream, as small as zlib's level 1 at ~5x its speed
     # (0.12 against 0.60 ms per 128² frame); compressing is most of a sample's encoding time
     comp = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
