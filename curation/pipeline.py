@@ -91,7 +91,7 @@ from schemas import (
 )
 
 CODE_VERSION = "0.1.0"
-WORK_LAYOUT = "3"  # of .work/: a work folder of another layout is started over
+WORK_LAYOUT = "4"  # of .work/: a work folder of another layout is started over
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,11 @@ def test_errors():
     s.update(np.zeros((3, 2)))
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         s.quantile(1.5)
+
+
+def test_serialised_sketch_that_is_not_one_or_is_cut_is_refused():
+    blob = QuantileSketch(3, 64).update(np.arange(3000, dtype=float).reshape(-1, 3)).to_bytes()
+    with pytest.raises(ValueError, match="bad magic"):
+        QuantileSketch.from_bytes(b"PK\x03\x04" + blob[4:])
+    with pytest.raises(ValueError, match="values, header says"):
+        QuantileSketch.from_bytes(blob[:-8])

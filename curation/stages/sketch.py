@@ -30,11 +30,13 @@ formula (numerically stable), plus min and max.
 
 from __future__ import annotations
 
-import io
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+
+_MAGIC = b"GWPQS1\x00\x00"  # serialised QuantileSketch, format 1
 
 _C = 2.0 / 3.0
 _MASK64 = (1 << 64) - 1
@@ -218,28 +220,41 @@ class QuantileSketch:
         return s
 
     def to_bytes(self) -> bytes:
-        """Compact binary form (``.npz``, no pickle) for Ray task results."""
+        """Compact binary form (no pickle) for Ray task results and part metadata: a magic,
+        the int64 header ``[dims, k, n, coins, levels, count, rows of each level…]``, then the
+        float64 moments (mean, m2, min, max) and the levels' values. Reading it is a few
+        ``frombuffer`` views (an ``.npz`` took 1 ms per sketch to unzip: a fifth of a second
+        for the driver at 200 episodes)."""
         m = self.moments
-        arrays = {
-            "header": np.array(
-                [self.dims, self.k, self.n, self._coins, len(self._levels), m.count], dtype=np.int64
-            ),
-            "mean": m.mean,
-            "m2": m.m2,
-            "min": m.min,
-            "max": m.max,
-        }
-        arrays.update({f"level{h}": lv for h, lv in enumerate(self._levels)})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        return buf.getvalue()
+        header = [self.dims, self.k, self.n, self._coins, len(self._levels), m.count]
+        header += [lv.shape[0] for lv in self._levels]
+        values = [
+            np.ascontiguousarray(a, dtype=np.float64) for a in (m.mean, m.m2, m.min, m.max, *self._levels)
+        ]
+        return (
+            _MAGIC
+            + np.asarray(header, dtype="<i8").tobytes()
+            + b"".join(v.astype("<f8").tobytes() for v in values)
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuantileSketch:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            dims, k, n, coins, num_levels, count = (int(v) for v in z["header"])
-            s = cls(dims, k)
-            s.n, s._coins = n, coins
-            s._levels = [z[f"level{h}"].reshape(-1, dims) for h in range(num_levels)]
-            s.moments = Moments(count, z["mean"], z["m2"], z["min"], z["max"])
+        if data[: len(_MAGIC)] != _MAGIC:
+            raise ValueError("not a serialised QuantileSketch (bad magic)")
+        pos = len(_MAGIC)
+        dims, k, n, coins, num_levels, count = (int(v) for v in np.frombuffer(data, "<i8", 6, pos))
+        pos += 6 * 8
+        rows = [int(v) for v in np.frombuffer(data, "<i8", num_levels, pos)]
+        pos += num_levels * 8
+        values = np.frombuffer(data, "<f8", offset=pos).astype(np.float64)  # a copy: writable
+        if values.size != dims * (4 + sum(rows)):
+            raise ValueError(
+                f"serialised QuantileSketch: {values.size} values, header says {dims * (4 + sum(rows))}"
+            )
+        s = cls(dims, k)
+        s.n, s._coins = n, coins
+        mean, m2, lo, hi = (values[i * dims : (i + 1) * dims] for i in range(4))
+        s.moments = Moments(count, mean, m2, lo, hi)
+        stops = np.cumsum([4 * dims] + [r * dims for r in rows])
+        s._levels = [values[a:b].reshape(-1, dims) for a, b in itertools.pairwise(stops)]
         return s
