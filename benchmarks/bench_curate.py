@@ -1,29 +1,31 @@
 """Curation throughput: samples per second of the Ray Data job against a plain decode + resize.
 
-    python -m benchmarks.bench_curate [--episodes 16] [--steps 120] [--size 128]
+    python -m benchmarks.bench_curate [--episodes 16] [--steps 120] [--size 128] [--rounds 3]
 
 One synthetic dataset (``tests.helpers.make_episodes``: two 128² cameras, smooth frames,
 LeRobot v3.0 with h264) is curated by the real job (``curation.pipeline.run``, in-process Ray
 on every core, the ``default`` preset, captions off) and, in the same run, the *ceiling*: a
 plain loop that loads each episode, decodes every frame of its videos and composes/resizes
 the frames the job uses (those of its windows) to the sample size, with no Ray, no filters,
-no encoding and no writing; once in one process and once split over every core (run before
-and after the jobs; the mean is the ceiling, so a load change during the run shows). The job runs
-twice on one Ray instance, each time into a fresh folder: first with cold workers (they
-import Ray Data and the curation code inside the timed region), then with warm ones. The
-data report is timed on its own: it is a fixed cost of plotting, not throughput. Ray's own
-start (``ray.init``) is outside every timing. Peak memory is the largest sum of the
-proportional set sizes (PSS: shared pages split between the processes that map them) of the
-driver and every Ray process, sampled every second; the RSS sum, which counts Ray's shared
-object store once per process, is printed beside it. Prints a Markdown table.
+no encoding and no writing; in one process (before and after the jobs: the mean is used) and
+split over every core. The job runs on one Ray instance, each time into a fresh folder: first
+with cold workers (they import Ray Data and the curation code inside the timed region), then
+``--rounds`` times with warm ones, each warm job right after an all-core ceiling run, so that
+the load changes of a shared machine hit both sides of each ratio alike (the medians are
+reported, and the round-by-round ratios). The data report is timed on its own: it is a
+fixed cost of plotting, not throughput. Ray's own start (``ray.init``) is outside every
+timing. Peak memory is the largest sum of the proportional set sizes (PSS: shared pages
+split between the processes that map them) of the driver and every Ray process, sampled
+every second; the RSS sum, which counts Ray's shared object store once per process, is
+printed beside it. Prints a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import platform
+import statistics
 import tempfile
 import threading
 import time
@@ -134,37 +136,51 @@ def ceiling_parallel(src: Path, cfg, episodes: int, procs: int) -> float:
     return seconds
 
 
+def _write_source(out: str, episodes: int, steps: int, size: int) -> None:
+    from curation.formats.lerobot_v3 import write_lerobot_v3
+    from tests.helpers import make_episodes
+
+    write_lerobot_v3(make_episodes([steps] * episodes, size=size), Path(out), codec="h264")
+
+
+def make_source(out: Path, episodes: int, steps: int, size: int) -> Path:
+    """The synthetic LeRobot v3.0 source, written by a child process: its frames (6 GiB at
+    512 episodes) must not stay in this process, whose memory counts as the job's driver's
+    (freed, they stayed in its heap: the peak PSS grew with the corpus by their size)."""
+    import multiprocessing as mp
+
+    child = mp.get_context("spawn").Process(target=_write_source, args=(str(out), episodes, steps, size))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"writing the synthetic source {out} failed (exit code {child.exitcode})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=16)
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--size", type=int, default=128)
+    p.add_argument(
+        "--rounds", type=int, default=3, help="warm jobs, each run right after an all-core ceiling"
+    )
     p.add_argument("--episodes-per-task", type=int, default=None, help="RunConfig.episodes_per_task")
     args = p.parse_args(argv)
 
     import ray
 
     from curation.config import get_preset
-    from curation.formats.lerobot_v3 import write_lerobot_v3
     from curation.ingest import SourceSpec
     from curation.pipeline import CurateJob, RunConfig, run
     from curation.report import write_report
-    from tests.helpers import make_episodes
 
     work = Path(tempfile.mkdtemp(prefix="gwp-bench-curate-"))
-    episodes = make_episodes([args.steps] * args.episodes, size=args.size)
-    src = write_lerobot_v3(episodes, work / "src", codec="h264")
-    del episodes  # their frames (1.5 GiB at 128 episodes) would count as the job's memory
-    gc.collect()
+    src = make_source(work / "src", args.episodes, args.steps, args.size)
     cfg = get_preset("default")
     run_kw = {} if args.episodes_per_task is None else {"episodes_per_task": args.episodes_per_task}
 
-    cores = os.cpu_count() or 1
-    ceiling_before, frames = ceiling_pass(src, cfg)
-    parallel_before = ceiling_parallel(src, cfg, args.episodes, cores)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    jobs = []
-    for name in ("cold", "warm"):  # cold: first job on a fresh Ray; warm: its workers are up
+    def curate(name: str) -> tuple[float, tuple[int, int], int]:
         job = CurateJob(
             sources=(SourceSpec(str(src)),),
             out=str(work / f"out-{name}"),
@@ -175,18 +191,34 @@ def main(argv: list[str] | None = None) -> int:
         with PeakMemory() as mem:
             start = time.perf_counter()
             manifest = run(job)
-            job_s = time.perf_counter() - start
-        jobs.append((name, job_s, (mem.peak, mem.peak_rss), manifest.counts["samples"]))
+            seconds = time.perf_counter() - start
+        return seconds, (mem.peak, mem.peak_rss), manifest.counts["samples"]
+
+    cores = os.cpu_count() or 1
+    ceiling_before, frames = ceiling_pass(src, cfg)
+    parallel = [ceiling_parallel(src, cfg, args.episodes, cores)]
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    cold = curate("cold")  # the first job on a fresh Ray: its workers start cold
+    # then, so that load changes on a shared machine hit both sides of each ratio alike,
+    # rounds of (all-core ceiling, warm job) back to back
+    warm = []
+    for r in range(args.rounds):
+        if r:
+            parallel.append(ceiling_parallel(src, cfg, args.episodes, cores))
+        warm.append(curate(f"warm{r}"))
     start = time.perf_counter()
     write_report(work / "out-cold")
     report_s = time.perf_counter() - start
     ray.shutdown()
     ceiling_after, _ = ceiling_pass(src, cfg)
-    parallel_after = ceiling_parallel(src, cfg, args.episodes, cores)
     ceiling_s = (ceiling_before + ceiling_after) / 2
-    parallel_s = (parallel_before + parallel_after) / 2
-    samples = jobs[0][3]
-    assert all(j[3] == samples for j in jobs), jobs
+    samples = cold[2]
+    assert all(w[2] == samples for w in warm), (cold, warm)
+    parallel_s = statistics.median(parallel)
+    # round 0's ceiling ran before the cold job; each later one right before its warm job
+    pair_ratios = [c / w[0] for c, w in zip(parallel, warm, strict=True)]
+    warm_s = statistics.median([w[0] for w in warm])
+    warm_peak = max(w[1] for w in warm)
     w = cfg.windows
     print(f"\n{args.episodes} episodes × {args.steps} steps × 2 cameras at {args.size}², {samples} samples "
           f"(p={w.chunk}, Δ={w.frame_stride}, K={w.num_future}, stride {w.stride}), {platform.node()} "
@@ -198,16 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| plain decode + resize, 1 process (mean of {ceiling_before:.2f} s before and {ceiling_after:.2f} s "
           f"after) | {ceiling_s:.2f} | {samples / ceiling_s:.1f} | {frames / ceiling_s:.0f} | – | 1 | "
           f"{parallel_s / ceiling_s:.2f} |")  # fmt: skip
-    print(f"| plain decode + resize, {cores} processes (mean of {parallel_before:.2f} s and {parallel_after:.2f} s) | "
+    print(f"| plain decode + resize, {cores} processes (median of {', '.join(f'{c:.2f}' for c in parallel)} s) | "
           f"{parallel_s:.2f} | {samples / parallel_s:.1f} | {frames / parallel_s:.0f} | – | "
           f"{ceiling_s / parallel_s:.2f} | 1 |")  # fmt: skip
-    for name, job_s, peak, _ in jobs:
+    for name, (job_s, peak, _) in (
+        ("cold", cold),
+        (f"warm, median of {len(warm)}", (warm_s, warm_peak, samples)),
+    ):
         print(f"| curation job, {name} Ray workers (Ray Data, {cores} cores, no report) | {job_s:.2f} | "
               f"{samples / job_s:.1f} | {frames / job_s:.0f} | {peak[0] / 2**30:.2f} GiB ({peak[1] / 2**30:.2f}) | "
               f"{ceiling_s / job_s:.2f} | {parallel_s / job_s:.2f} |")  # fmt: skip
     print(f"| data report alone (matplotlib, after the job) | {report_s:.2f} | – | – | – | – | – |")
-    cold_s, warm_s = jobs[0][1], jobs[1][1]
-    print(f"\njob ÷ ceiling (1 process / all {cores} cores): {ceiling_s / cold_s:.2f} / {parallel_s / cold_s:.2f} cold, "
+    print(f"\nwarm job ÷ the all-core ceiling run just before it, round by round: "
+          f"{', '.join(f'{r:.2f}' for r in pair_ratios)} (median {statistics.median(pair_ratios):.2f}); "
+          f"warm jobs {', '.join(f'{x[0]:.2f}' for x in warm)} s")  # fmt: skip
+    print(f"job ÷ ceiling (1 process / all {cores} cores): {ceiling_s / cold[0]:.2f} / {parallel_s / cold[0]:.2f} cold, "
           f"{ceiling_s / warm_s:.2f} / {parallel_s / warm_s:.2f} warm (the job also filters, fingerprints, windows, "
           "encodes PNGs, computes stats, writes parts, shards and manifest; Ray's start is outside the timing)")  # fmt: skip
     return 0
