@@ -234,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{parallel_s:.2f} | {samples / parallel_s:.1f} | {frames / parallel_s:.0f} | – | "
           f"{ceiling_s / parallel_s:.2f} | 1 |")  # fmt: skip
     for name, (job_s, peak, _) in (
-        ("cold", cold),
-        (f"warm, median of {len(warm)}", (warm_s, warm_peak, samples)),
+        ("cold Ray workers", cold),
+        (f"warm Ray workers, median of {len(warm)} jobs", (warm_s, warm_peak, samples)),
     ):
-        print(f"| curation job, {name} Ray workers (Ray Data, {cores} cores, no report) | {job_s:.2f} | "
+        print(f"| curation job, {name} (Ray Data, {cores} cores, no report) | {job_s:.2f} | "
               f"{samples / job_s:.1f} | {frames / job_s:.0f} | {peak[0] / 2**30:.2f} GiB ({peak[1] / 2**30:.2f}) | "
               f"{ceiling_s / job_s:.2f} | {parallel_s / job_s:.2f} |")  # fmt: skip
     print(f"| data report alone (matplotlib, after the job) | {report_s:.2f} | – | – | – | – | – |")
