@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import threading
@@ -166,8 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=3, help="warm jobs, each run right after an all-core ceiling"
     )
     p.add_argument("--episodes-per-task", type=int, default=None, help="RunConfig.episodes_per_task")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (source, outputs) in /tmp")
     args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="gwp-bench-curate-"))
+    try:
+        return _bench(args, work)
+    finally:  # the source and the job outputs: 1 GB at 192 episodes, 3 GB at 512
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
 
+
+def _bench(args: argparse.Namespace, work: Path) -> int:
     import ray
 
     from curation.config import get_preset
@@ -175,7 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     from curation.pipeline import CurateJob, RunConfig, run
     from curation.report import write_report
 
-    work = Path(tempfile.mkdtemp(prefix="gwp-bench-curate-"))
     src = make_source(work / "src", args.episodes, args.steps, args.size)
     cfg = get_preset("default")
     run_kw = {} if args.episodes_per_task is None else {"episodes_per_task": args.episodes_per_task}
