@@ -133,3 +133,12 @@ def test_ingest_cli_on_ray(ray_local, mixed, tmp_path, capsys):
         "unknown_layout",
         "video_too_short",
     ]
+
+
+def test_warm_workers_import_the_episode_stack(ray_local):
+    """curation.warm: one import task per CPU, each importing every module a phase-2 task
+    needs (all installed here); a module that cannot be imported is skipped, not fatal."""
+    from curation.warm import MODULES, import_modules, warm_workers
+
+    assert ray_local.get(warm_workers(2, 1.0)) == [len(MODULES)] * 2
+    assert import_modules(("json", "no_such_module_gwp")) == 1
