@@ -167,7 +167,7 @@ class AlohaReader(SourceReader):
             path=path,
             label=label,
             source=ref.source,
-            rel_path=rel,
+            episode_id=self.episode_id(ref, rel, ref.index),
             index=ref.index,
             embodiment=self.mapping.embodiment,
             instruction=instruction,
