@@ -6,7 +6,7 @@ given twice (the same path, or a byte-identical copy elsewhere) must be recognis
 So the identity is a hash over the dataset's files, each named by its path *relative to
 the dataset root* (a copy at another path hashes alike), with::
 
-    per file   relative path, size, and
+    per file   path relative to the root ("." for a dataset that is one file), size, and
                size <= FULL_BYTES:  sha256 of the whole file (metadata, small tables)
                larger:              sha256 of the first and last EDGE_BYTES and of SAMPLES
                                     evenly spaced SAMPLE_BYTES blocks between them
@@ -85,6 +85,6 @@ def dataset_fingerprint(fmt: str, root: Path, files: Iterable[Path] | None = Non
     files = dataset_files(root) if files is None else sorted(files)
     h = hashlib.sha256(f"gwp-dataset:{fmt}\n".encode())
     for path in files:
-        rel = path.name if path == root else path.relative_to(root).as_posix()
+        rel = "." if path == root else path.relative_to(root).as_posix()  # a one-file dataset: no name
         h.update(f"{rel}\0{file_digest(path)}\n".encode())
     return f"{fmt}-{h.hexdigest()[:32]}"

@@ -324,7 +324,7 @@ class RobomimicReader(SourceReader):
             path=path,
             label=demo,
             source=ref.source,
-            episode_id=self.episode_id(ref, path.name, ref.index),
+            episode_id=self.episode_id(ref, ".", ref.index),  # the file is the dataset: no name in ids
             index=ref.index,
             embodiment=self.mapping.embodiment,
             instruction=instruction,
