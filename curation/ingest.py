@@ -12,15 +12,15 @@ is rejected at stage ``"decode"``.
 
 Every input ends up as exactly one Episode or one Rejection: a source that cannot be
 listed at all (unknown layout, unreadable folder) is one rejected input, an episode that
-fails to load or validate is one rejected input.
+fails to load or validate is one rejected input. Nothing raises out of a worker and
+nothing is dropped, so ``inputs = episodes + rejections`` always holds.
 
 The same dataset given twice (the same path twice, or a byte-identical copy at another
 path: the same ``dataset_id``, :mod:`curation.formats.fingerprint`) is read once, from its
 first appearance; each later copy is *one* rejected input, like an unlistable source, with
 stage ``"discover"``, reason ``"duplicate_source"`` and a detail naming the first copy. Its
 episodes are not inputs: they are the first copy's, which count once. So the balance holds
-with the copy counted as one input. Nothing raises out of a worker and
-nothing is dropped, so ``inputs = episodes + rejections`` always holds.
+with the copy counted as one input.
 
 Rows on the Ray path are StreamItem rows (:data:`STREAM_ITEM_SCHEMA`): ``kind`` plus either
 an Episode row or a Rejection row, so downstream stages can split the ledger off with one

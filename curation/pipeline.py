@@ -512,12 +512,12 @@ def check_output_version(out: Path) -> None:
     another schema major version (SchemaVersionError naming the file). A ``.work`` stamp
     without a schema field was written before the field existed, under schema 1."""
     manifest_path = out / MANIFEST_PATH
-    if manifest_path.exists():
-        try:
-            found = json.loads(manifest_path.read_text()).get("schema_version")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            found = None
-        check_schema_version(found, str(manifest_path))
+    try:
+        data = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        data = None  # not a manifest of any version: run() reports it as it reads it
+    if isinstance(data, dict):
+        check_schema_version(data.get("schema_version"), str(manifest_path))
     for shard in sorted((out / "data").glob("shard-*.parquet")):
         try:
             meta = pq.read_schema(shard).metadata or {}
