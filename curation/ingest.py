@@ -15,6 +15,13 @@ listed at all (unknown layout, unreadable folder) is one rejected input, an epis
 fails to load or validate is one rejected input. Nothing raises out of a worker and
 nothing is dropped, so ``inputs = episodes + rejections`` always holds.
 
+The same dataset given twice (the same path twice, or a byte-identical copy at another
+path: the same ``dataset_id``, :mod:`curation.formats.fingerprint`) is read once, from its
+first appearance; each later copy is *one* rejected input, like an unlistable source, with
+stage ``"discover"``, reason ``"duplicate_source"`` and a detail naming the first copy. Its
+episodes are not inputs: they are the first copy's, which count once. So the balance holds
+with the copy counted as one input.
+
 Rows on the Ray path are StreamItem rows (:data:`STREAM_ITEM_SCHEMA`): ``kind`` plus either
 an Episode row or a Rejection row, so downstream stages can split the ledger off with one
 ``filter``. Every block is built against that schema, never inferred from Python rows.
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -96,17 +103,50 @@ def _rejection(err: Exception, stage: str, path: str, episode: str, source: str)
     return Rejection(stage, "unexpected_error", path, episode, f"{type(err).__name__}: {err}", source)
 
 
-def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
-    """List the episodes of one source; an unlistable source becomes one Rejection."""
+def discover(
+    spec: SourceSpec, seen: dict[str, str] | None = None
+) -> tuple[list[EpisodeRef], list[Rejection]]:
+    """List the episodes of one source; an unlistable source becomes one Rejection.
+
+    ``seen`` (dataset id -> path of the copy listed first, updated here) makes a source whose
+    dataset was already listed one ``duplicate_source`` Rejection instead of its episodes."""
     mapping_json = json.dumps(spec.mapping) if spec.mapping else ""
+    name = spec.name or Path(spec.path).stem  # the reader's default source name
     try:
         fmt = spec.format or detect_format(spec.path)
         reader = _reader(fmt, spec.path, mapping_json, spec.name or "")
-        refs = reader.list_episodes()
+        refs = reader.refs()  # fingerprints the dataset as it is now (the reader is cached)
+        dataset_id = reader.dataset_id
+        if seen is not None and dataset_id in seen:
+            return [], [duplicate_rejection(spec.path, name, dataset_id, seen[dataset_id])]
     except Exception as err:  # every failure goes to the ledger
-        name = spec.name or Path(spec.path).stem  # the reader's default source name
         return [], [_rejection(err, "discover", spec.path, f"{Path(spec.path).name}#*", name)]
+    if seen is not None:
+        seen[dataset_id] = spec.path
     return [_with_mapping(ref, mapping_json) for ref in refs], []
+
+
+def duplicate_rejection(path: str, source: str, dataset_id: str, first: str) -> Rejection:
+    """The ledger line of a source whose dataset is already an input (see the module docstring)."""
+    same = "given twice" if Path(path).resolve() == Path(first).resolve() else f"a copy of {first}"
+    return Rejection(
+        "discover",
+        "duplicate_source",
+        path,
+        f"{Path(path).name}#*",
+        f"the same dataset (id {dataset_id}) {same}: its episodes are read once, from {first}",
+        source,
+    )
+
+
+def _dataset_id_or_none(spec: SourceSpec) -> str | None:
+    """The source's dataset id, or None when it cannot be opened (its listing task reports why)."""
+    try:
+        fmt = spec.format or detect_format(spec.path)
+        mapping_json = json.dumps(spec.mapping) if spec.mapping else ""
+        return _reader(fmt, spec.path, mapping_json, spec.name or "").fingerprint()
+    except Exception:  # the listing task turns the same failure into a rejection
+        return None
 
 
 def _is_dataset(path: Path) -> bool:
@@ -150,9 +190,7 @@ def _children(folder: Path) -> list[Path]:
 def _with_mapping(ref: EpisodeRef, mapping_json: str) -> EpisodeRef:
     if not mapping_json:
         return ref
-    return EpisodeRef(
-        ref.format, ref.root, ref.path, ref.index, ref.source, {**ref.locator, "_mapping": mapping_json}
-    )
+    return replace(ref, locator={**ref.locator, "_mapping": mapping_json})
 
 
 def load(ref: EpisodeRef, *, decode: bool = False) -> Episode | Rejection:
@@ -205,9 +243,11 @@ def decode_episode(episode: Episode) -> Episode:
 def iter_episodes(
     sources: Iterable[str | Path | dict | SourceSpec], *, decode: bool = False
 ) -> Iterator[Episode | Rejection]:
-    """Every episode of every source, in order, or its rejection (no Ray)."""
+    """Every episode of every source, in order, or its rejection (no Ray); a dataset given
+    twice is read once."""
+    seen: dict[str, str] = {}
     for spec in map(SourceSpec.coerce, sources):
-        refs, rejected = discover(spec)
+        refs, rejected = discover(spec, seen)
         yield from rejected
         for ref in refs:
             yield load(ref, decode=decode)
@@ -248,6 +288,8 @@ def items_table(items: Iterable[Episode | Rejection]) -> pa.Table:
 
 def _discover_row(row: dict[str, Any]) -> list[dict[str, Any]]:
     # Intermediate rows (also used by curation.pipeline): the ref as JSON, the rejection as a row or None.
+    if row.get("duplicate"):
+        return [{"kind": "rejection", "ref": "", "rejection": json.loads(row["duplicate"])}]
     refs, rejected = discover(SourceSpec.from_row(row))
     out = [{"kind": "ref", "ref": json.dumps(ref.to_row()), "rejection": None} for ref in refs]
     out += [{"kind": "rejection", "ref": "", "rejection": r.to_row()} for r in rejected]
@@ -281,9 +323,21 @@ def read_episodes(
     """
     import ray
 
-    specs = [SourceSpec.coerce(s).to_row() for s in sources]
+    specs = [{**s.to_row(), "duplicate": ""} for s in map(SourceSpec.coerce, sources)]
     if not specs:
         raise ValueError("read_episodes needs at least one source")
+    # a dataset given twice is found here, on the driver (the listing tasks see one source each)
+    seen: dict[str, str] = {}
+    for row in specs:
+        spec = SourceSpec.from_row(row)
+        dataset_id = _dataset_id_or_none(spec)
+        if dataset_id in seen:
+            name = spec.name or Path(spec.path).stem
+            row["duplicate"] = json.dumps(
+                duplicate_rejection(spec.path, name, dataset_id, seen[dataset_id]).to_row()
+            )
+        elif dataset_id is not None:
+            seen[dataset_id] = spec.path
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     # discover: 1 source -> N episode refs (+ a rejection for an unlistable source); metadata only
     ds = ds.flat_map(_discover_row, num_cpus=0.25)

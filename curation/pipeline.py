@@ -28,7 +28,13 @@ The workers write the parts into ``out``: on a multi-node cluster it must be sto
 node can write, as the sources must be storage every node can read.
 
 Every input ends up in the shards or in the ledger: the manifest's counts balance at
-every stage (``Manifest.validate`` checks the totals).
+every stage (``Manifest.validate`` checks the totals). A dataset given twice (the same path,
+or a copy: the same content fingerprint) is read once; each later copy is one input,
+rejected at ``discover`` as ``duplicate_source`` (:mod:`curation.ingest`).
+
+Output written under another schema major version (a manifest, shards in ``data/``, a
+``.work`` folder) is refused with a :class:`~schemas.SchemaVersionError` naming the file:
+ids and layouts change meaning between majors, so nothing of it may be mixed in or reused.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ from schemas import (
     Sample,
     ShardInfo,
     SourceInput,
+    check_schema_version,
     to_table,
     validate_sample_table,
 )
@@ -179,8 +186,9 @@ def discover_all(job: CurateJob, work: Path, cpus: int = 1) -> dict[str, Any]:
     refs: list[dict[str, Any]] = []
     rejections: list[dict[str, Any]] = []
     source_inputs: dict[str, int] = {}
+    seen: dict[str, str] = {}  # dataset id -> the source listed for it (a copy is one rejection)
     for spec in job.sources:
-        found, rejected = discover(spec)
+        found, rejected = discover(spec, seen)
         refs += [ref.to_row() for ref in found]
         rejections += [r.to_row() for r in rejected]
         source_inputs[spec.path] = source_inputs.get(spec.path, 0) + len(found) + len(rejected)
@@ -194,7 +202,8 @@ def discover_all(job: CurateJob, work: Path, cpus: int = 1) -> dict[str, Any]:
     }
     atomic_write_bytes(path, json.dumps(saved).encode())
     log(
-        f"phase 1 (discover): {len(refs)} episodes in {len(job.sources)} sources, {len(rejections)} unlistable"
+        f"phase 1 (discover): {len(refs)} episodes in {len(job.sources)} sources, "
+        f"{len(rejections)} unlistable or given twice"
     )
     return saved
 
@@ -498,6 +507,31 @@ def source_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def check_output_version(out: Path) -> None:
+    """Refuse an output folder holding a manifest, shards or a ``.work`` folder written under
+    another schema major version (SchemaVersionError naming the file). A ``.work`` stamp
+    without a schema field was written before the field existed, under schema 1."""
+    manifest_path = out / MANIFEST_PATH
+    try:
+        data = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        data = None  # not a manifest of any version: run() reports it as it reads it
+    if isinstance(data, dict):
+        check_schema_version(data.get("schema_version"), str(manifest_path))
+    for shard in sorted((out / "data").glob("shard-*.parquet")):
+        try:
+            meta = pq.read_schema(shard).metadata or {}
+        except Exception:  # unreadable or cut: not reused, the shard is written again
+            continue
+        found = meta.get(b"gwp_schema_version")
+        check_schema_version(found.decode() if found else None, str(shard))
+    stamp = out / WORK_DIR / "digest"
+    if stamp.exists():
+        words = stamp.read_text().split()
+        found = words[words.index("schema") + 1] if "schema" in words[:-1] else "1.0"
+        check_schema_version(found, str(stamp))
+
+
 def run(job: CurateJob) -> Manifest:
     """Run (or resume) the whole job; returns the manifest."""
     import ray
@@ -505,6 +539,7 @@ def run(job: CurateJob) -> Manifest:
     out = Path(job.out)
     with exclusive_output(out):
         manifest_path = out / MANIFEST_PATH
+        check_output_version(out)
         if manifest_path.exists():
             data = json.loads(manifest_path.read_text())
             if data.get("config", {}).get("digest") == job.digest():
@@ -516,7 +551,7 @@ def run(job: CurateJob) -> Manifest:
             )
         work = out / WORK_DIR
         digest_file = work / "digest"
-        stamp = f"{job.digest()} work-layout {WORK_LAYOUT}"
+        stamp = f"{job.digest()} work-layout {WORK_LAYOUT} schema {SCHEMA_VERSION}"
         if work.exists() and (not digest_file.exists() or digest_file.read_text() != stamp):
             log(f"{work} is from another config or code version: starting over")
             shutil.rmtree(work)
@@ -566,12 +601,12 @@ def run(job: CurateJob) -> Manifest:
         stage_counts["caption"] = {"in": samples, "out": samples, "rejected": 0}
         sources = tuple(
             SourceInput(
-                s.path,
-                found["source_formats"].get(s.path, "unknown"),
-                source_digest(s.path),
-                found["source_inputs"].get(s.path, 0),
+                path,
+                found["source_formats"].get(path, "unknown"),
+                source_digest(path),
+                found["source_inputs"].get(path, 0),  # all its inputs, a repeat's rejection with them
             )
-            for s in job.sources
+            for path in dict.fromkeys(s.path for s in job.sources)  # a path given twice: one entry
         )
         manifest = Manifest(
             code_version=CODE_VERSION,

@@ -47,6 +47,7 @@ def load_job_file(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from curation.pipeline import job_from_dict, run
     from curation.shards import OutputLockedError
+    from schemas import SchemaVersionError
 
     args = build_parser().parse_args(argv)
     data: dict = load_job_file(args.config) if args.config else {}
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = run(job)
-    except (OutputLockedError, FileExistsError) as err:  # the folder is busy or holds another dataset
+    except (OutputLockedError, FileExistsError, SchemaVersionError) as err:
+        # the folder is busy, or holds another dataset or one written under another schema
         print(f"gwp curate: error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(manifest.counts, indent=2))

@@ -32,9 +32,10 @@ FRAME_KINDS = ("video", "hdf5", "encoded", "inline")
 GWP_NAMESPACE = uuid.UUID("5d1b7a38-2f0e-4c55-9a43-7c6f3f1de0a1")
 
 
-def episode_id_for(source: str, path: str, index: int) -> str:
-    """Stable episode id from source name, file path (relative to the source root) and index."""
-    return str(uuid.uuid5(GWP_NAMESPACE, f"episode:{source}:{path}:{index}"))
+def episode_id_for(dataset_id: str, path: str, index: int) -> str:
+    """Stable episode id from the dataset's identity (a content fingerprint, never a bare name:
+    see ``curation.formats.fingerprint``), file path (relative to the dataset root) and index."""
+    return str(uuid.uuid5(GWP_NAMESPACE, f"episode:{dataset_id}:{path}:{index}"))
 
 
 @dataclass(frozen=True, eq=False)

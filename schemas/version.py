@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from schemas.errors import SchemaVersionError
 
-SCHEMA_VERSION = "1.0"
+# 2.0: episode and sample ids derive from the dataset's content fingerprint, no longer from its
+# name, so the same episode has another id than under 1.x, and two 1.x datasets may share ids.
+SCHEMA_VERSION = "2.0"
 
 
 def check_schema_version(found: str | None, where: str) -> None:

@@ -101,7 +101,7 @@ def check_round_trip(root: Path, reader_cls, originals: list[Episode]) -> list[E
             "synthetic",
             ref.index,
         )
-        assert ep.episode_id == episode_id_for("synthetic", ref.locator["data"], ref.index)
+        assert ep.episode_id == episode_id_for(reader_cls(root).dataset_id, ref.locator["data"], ref.index)
         assert set(ep.cameras) == {"high", "wrist"}
         for role in ("high", "wrist"):
             assert ep.cameras[role].kind == "video"

@@ -15,6 +15,7 @@ from policy.envs import (
     make_env,
     rollout_expert,
 )
+from policy.envs.metaworld_env import sim_dataset_id
 from schemas import episode_id_for, get_embodiment
 
 SIZE = 48
@@ -134,7 +135,10 @@ def test_expert_episode_is_valid_and_short(drawer_episode):
     assert 20 < t < 200
     assert ep.embodiment == EMBODIMENT and ep.source == "metaworld_sim" and ep.fps == 80.0
     assert ep.instruction == "open the drawer"
-    assert ep.episode_id == episode_id_for("metaworld_sim", "drawer-open-v3", 7)
+    cfg = MetaWorldConfig(image_size=SIZE, steps_after_success=3)
+    assert ep.episode_id == episode_id_for(sim_dataset_id(cfg), "drawer-open-v3", 7)
+    # another recording setting is another dataset: the same task and seed get another id
+    assert sim_dataset_id(cfg) != sim_dataset_id(MetaWorldConfig(image_size=SIZE + 16, steps_after_success=3))
     assert ep.state.shape == (t, 4) and ep.action.shape == (t, 4)
     assert np.abs(ep.action).max() <= 1.0 and np.abs(ep.action).max() == 1.0  # the expert saturates
     np.testing.assert_allclose(np.diff(ep.timestamps), 1 / 80.0)

@@ -205,7 +205,9 @@ def test_round_trip_exact(dataset, episodes):
             assert back.cameras[role].kind == "encoded"
             assert back.cameras[role].encoded[0][:8] == b"\x89PNG\r\n\x1a\n"
             np.testing.assert_array_equal(decode_frames(back.cameras[role]), ep.cameras[role].array)
-        assert back.episode_id == episode_id_for("gwp_test", ref.locator["shard"], ref.locator["record"])
+        assert back.episode_id == episode_id_for(
+            reader.dataset_id, ref.locator["shard"], ref.locator["record"]
+        )
 
 
 def test_list_episodes_reads_only_headers(dataset, monkeypatch):

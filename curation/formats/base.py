@@ -10,17 +10,24 @@ A reader is split in two so that Ray can parallelise it:
 
 Nothing is dropped silently: a file that cannot even be listed gives a :class:`LoadError`
 from ``list_episodes`` (or a ``ListFailure`` entry), which becomes a rejection-ledger entry.
+
+Identity: every reader has a ``dataset_id``, a fingerprint of the dataset's content
+(:mod:`curation.formats.fingerprint`) computed once, on the driver, when it is first asked
+for; each ref carries it, and episode ids are ``episode_id_for(dataset_id, path, index)``
+(:meth:`SourceReader.episode_id`), so they never depend on the dataset's name and a worker
+never fingerprints anything.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+from curation.formats.fingerprint import dataset_files, dataset_fingerprint
 from curation.formats.mapping import SourceMapping
-from schemas import Episode, Rejection
+from schemas import Episode, Rejection, episode_id_for
 
 
 def file_version(path: str | Path) -> tuple[str, int, int]:
@@ -65,8 +72,9 @@ class EpisodeRef:
     root: str  # the source root: a folder or a single file
     path: str  # the file that holds the episode (named in rejections)
     index: int  # index of the episode within the source
-    source: str  # source dataset name
+    source: str  # source dataset name (for people; ids come from dataset_id)
     locator: dict[str, Any] = field(default_factory=dict)  # format-specific, JSON-safe
+    dataset_id: str = ""  # the reader's dataset_id; "" = ask the reader again
 
     @property
     def label(self) -> str:
@@ -82,6 +90,7 @@ class EpisodeRef:
             "index": self.index,
             "source": self.source,
             "locator": json.dumps(self.locator, sort_keys=True),
+            "dataset_id": self.dataset_id,
         }
 
     @classmethod
@@ -95,6 +104,7 @@ class EpisodeRef:
             index=int(row["index"]),
             source=row["source"],
             locator=json.loads(row["locator"]) if isinstance(row["locator"], str) else row["locator"],
+            dataset_id=row.get("dataset_id") or "",
         )
 
 
@@ -107,6 +117,26 @@ class SourceReader(ABC):
         self.root = Path(root)
         self.mapping = mapping if mapping is not None else SourceMapping.for_source(self.root, self.format)
         self.source = source or self.mapping.source or self.root.stem
+        self._dataset_id: str | None = None
+
+    @property
+    def dataset_id(self) -> str:
+        """The dataset's identity (:func:`~curation.formats.fingerprint.dataset_fingerprint` of
+        :meth:`identity_files`), computed once."""
+        return self._dataset_id or self.fingerprint()
+
+    def fingerprint(self) -> str:
+        """Fingerprint the dataset as it is now, and keep that as :attr:`dataset_id`."""
+        self._dataset_id = dataset_fingerprint(self.format, self.root, self.identity_files())
+        return self._dataset_id
+
+    def identity_files(self) -> list[Path]:
+        """The files whose content identifies the dataset; every file of the source by default."""
+        return dataset_files(self.root)
+
+    def episode_id(self, ref: EpisodeRef, path: str, index: int) -> str:
+        """The id of episode ``index`` of file ``path`` (relative to the root) of ``ref``'s dataset."""
+        return episode_id_for(ref.dataset_id or self.dataset_id, path, index)
 
     @staticmethod
     @abstractmethod
@@ -121,6 +151,15 @@ class SourceReader(ABC):
     def load(self, ref: EpisodeRef) -> Episode:
         """The episode, validated, frames as references; raises LoadError."""
 
+    def refs(self) -> list[EpisodeRef]:
+        """:meth:`list_episodes`, each ref carrying :attr:`dataset_id` (so its loader never
+        fingerprints the dataset again). Listing is discovery: the dataset is fingerprinted
+        again, so that a dataset rewritten in place since this reader first saw it gets the
+        id of its new content."""
+        refs = self.list_episodes()  # first: a source that cannot be listed fails with its reason
+        dataset_id = self.fingerprint()
+        return [replace(ref, dataset_id=dataset_id) for ref in refs]
+
     def __iter__(self):
-        for ref in self.list_episodes():
+        for ref in self.refs():
             yield self.load(ref)

@@ -162,12 +162,12 @@ class AlohaReader(SourceReader):
                         label,
                     )
             instruction = attr_str(f, INSTRUCTION_ATTR) or self.mapping.instruction
-        rel = str(path.relative_to(self.root)) if self.root.is_dir() else path.name
+        rel = path.relative_to(self.root).as_posix() if self.root.is_dir() else "."  # ids carry no name
         return finish_episode(
             path=path,
             label=label,
             source=ref.source,
-            rel_path=rel,
+            episode_id=self.episode_id(ref, rel, ref.index),
             index=ref.index,
             embodiment=self.mapping.embodiment,
             instruction=instruction,

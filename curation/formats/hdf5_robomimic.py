@@ -54,7 +54,7 @@ import numpy as np
 
 from curation.formats.base import EpisodeRef, LoadError, SourceReader
 from curation.formats.mapping import SourceMapping
-from schemas import Episode, FrameRef, SchemaError, episode_id_for, get_embodiment
+from schemas import Episode, FrameRef, SchemaError, get_embodiment
 
 FORMAT = "hdf5_robomimic"
 DATA_GROUP = "data"
@@ -103,7 +103,7 @@ def finish_episode(
     path: Path,
     label: str,
     source: str,
-    rel_path: str,
+    episode_id: str,
     index: int,
     embodiment: str,
     instruction: str,
@@ -147,7 +147,7 @@ def finish_episode(
     if timestamps is None:
         timestamps = np.arange(t, dtype=np.float64) / float(fps)
     episode = Episode(
-        episode_id=episode_id_for(source, rel_path, index),
+        episode_id=episode_id,
         source=source,
         embodiment=spec.name,
         instruction=instruction,
@@ -324,7 +324,7 @@ class RobomimicReader(SourceReader):
             path=path,
             label=demo,
             source=ref.source,
-            rel_path=path.name,
+            episode_id=self.episode_id(ref, ".", ref.index),  # the file is the dataset: no name in ids
             index=ref.index,
             embodiment=self.mapping.embodiment,
             instruction=instruction,

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from curation.formats.base import EpisodeRef, LoadError, SourceReader, file_version
 from curation.formats.mapping import SourceMapping
 from curation.video import probe_video
-from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, episode_id_for, get_embodiment
+from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
 
 # ---- path templates (the format's own names) -------------------------------------------
 INFO_PATH = "meta/info.json"
@@ -273,7 +273,7 @@ DEFAULT_REPO_ID = "local/dataset"
 
 def source_name(repo_id: str, root: Path) -> str:
     """Source name stored in ``gwp_source.json``: the repo name, or the folder name for the
-    default repo id (two local datasets must not share a source name: episode ids derive from it)."""
+    default repo id (a name for people: episode ids derive from the dataset's content, not from it)."""
     return root.name if repo_id == DEFAULT_REPO_ID else repo_id.split("/")[-1]
 
 
@@ -581,7 +581,7 @@ class LeRobotReader(SourceReader):
             rows=rows,
             spec=spec,
             mapping=self.mapping,
-            episode_id=episode_id_for(ref.source, ref.locator["data"], ref.index),
+            episode_id=self.episode_id(ref, ref.locator["data"], ref.index),
             source=ref.source,
             instruction=ref.locator["instruction"],
             fps=float(info["fps"]),

@@ -265,7 +265,7 @@ class RawVideoReader(SourceReader):
             path=sidecar,
             label=name,
             source=ref.source,
-            rel_path=sidecar.name,
+            episode_id=self.episode_id(ref, sidecar.name, ref.index),
             index=ref.index,
             embodiment=spec.name,
             instruction=str(instruction),

@@ -66,7 +66,7 @@ from curation.formats.tfrecord import (
     read_record_at,
     scan_records,
 )
-from schemas import Episode, FrameRef, SchemaError, episode_id_for, get_embodiment
+from schemas import Episode, FrameRef, SchemaError, get_embodiment
 
 DATASET_INFO = "dataset_info.json"
 FEATURES_JSON = "features.json"
@@ -616,7 +616,7 @@ class RLDSReader(SourceReader):
         rel = os.path.relpath(path, self.root)
         try:
             return Episode(
-                episode_id=episode_id_for(self.source, rel, int(ref.locator.get("record", ref.index))),
+                episode_id=self.episode_id(ref, rel, int(ref.locator.get("record", ref.index))),
                 source=self.source,
                 embodiment=self.spec.name,
                 instruction=self._instruction(ex),

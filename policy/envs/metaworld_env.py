@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
+import importlib.metadata
+import json
 import os
 import warnings
 import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import mujoco
@@ -320,6 +323,23 @@ class MetaWorldSim:
         self.env.close()
 
 
+def sim_dataset_id(cfg: MetaWorldConfig) -> str:
+    """The identity of the episodes recorded under ``cfg``: its settings (but the task, which the
+    episode id names) with the Meta-World and MuJoCo versions. Same identity, task and seed give
+    the same episode (module docstring), so its id is ``episode_id_for(this, task, seed)``."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "task"}
+    settings["versions"] = {name: _version(name) for name in ("metaworld", "mujoco")}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{SOURCE}-{digest[:32]}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def rollout_expert(
     task: str, seed: int, cfg: MetaWorldConfig | None = None, sim: MetaWorldSim | None = None
 ) -> Episode | None:
@@ -369,7 +389,7 @@ def rollout_expert(
         return None
     n = len(actions)
     episode = Episode(
-        episode_id=episode_id_for(SOURCE, task, seed),
+        episode_id=episode_id_for(sim_dataset_id(cfg), task, seed),
         source=SOURCE,
         embodiment=EMBODIMENT,
         instruction=TASK_INSTRUCTIONS[task],
