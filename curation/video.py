@@ -588,3 +588,54 @@ def read_video(
     if frames.shape[0] != uniq.size or frames.shape[1:] != (info.height, info.width, 3):
         raise LoadError("bad_video", f"decoder returned {frames.shape} for {uniq.size} frames", path)
     return frames[inverse.reshape(-1)]
+
+
+# ---- timing checks for readers -------------------------------------------------------------
+
+
+def check_timestamps(timestamps: np.ndarray, path: str | Path, episode: str) -> None:
+    """A step table's timestamps must be finite and strictly increasing: a step that goes back
+    in time or repeats one has no frame of its own (``bad_timestamps``)."""
+    ts = np.asarray(timestamps, np.float64).reshape(-1)
+    if not np.isfinite(ts).all():
+        step = int(np.flatnonzero(~np.isfinite(ts))[0])
+        raise LoadError("bad_timestamps", f"timestamp of step {step} is {ts[step]}", path, episode)
+    steps = np.diff(ts)
+    if (steps <= 0).any():
+        k = int(np.flatnonzero(steps <= 0)[0]) + 1
+        how = "repeats" if steps[k - 1] == 0 else "goes backwards"
+        raise LoadError(
+            "bad_timestamps",
+            f"timestamp {how} at step {k}: {ts[k]:.6f} s after {ts[k - 1]:.6f} s",
+            path,
+            episode,
+        )
+
+
+def check_frame_times(path: str | Path, times: np.ndarray, declared_fps: float, episode: str) -> None:
+    """Every step's time has its frame in the video (header and packets only, no decoding).
+
+    A header frame rate that disagrees with ``declared_fps`` is accepted when the frames are
+    where the steps' times say (frames are chosen by time, so the header does not move them:
+    a variable-rate file is fine); when they are not, the reason is ``fps_mismatch`` if the
+    rates differ (the likely cause) and ``frame_time_mismatch`` otherwise."""
+    try:
+        match_times(path, times)
+    except LoadError as err:
+        reason, detail = err.reason, err.detail
+        if reason == "frame_time_mismatch":
+            fps = probe_video(path).fps
+            if abs(fps - declared_fps) > 1e-3 * declared_fps:
+                reason = "fps_mismatch"
+                detail = f"declared {declared_fps:g} fps, the video's header says {fps:g} fps; {detail}"
+        raise LoadError(reason, detail, err.path, episode) from None
+
+
+def compact_times(times: np.ndarray, start: int, fps: float) -> tuple[float, ...]:
+    """``FrameRef.times`` for these step times: () where they are the grid ``(start + i) / fps``
+    (to float32 rounding), so constant-rate references carry no per-step list."""
+    times = np.asarray(times, np.float64)
+    grid = np.arange(start, start + times.size, dtype=np.float64) / fps
+    if times.size and np.all(np.abs(times - grid) <= tolerance_at(grid, 1e-6)):
+        return ()
+    return tuple(times.tolist())
