@@ -377,9 +377,9 @@ def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = T
     """int64 [N]: for each wanted time (s from the stream's first frame), the number of the frame
     (in presentation order) whose pts is nearest to it.
 
-    Raises ``video_too_short`` when a time lies past the last frame and ``frame_time_mismatch``
-    (detail: the wanted time and the nearest pts) when the nearest frame is farther than the
-    tolerance."""
+    Raises ``video_too_short`` when a time lies past the last frame or the file's data ends
+    before the frames its header promises, and ``frame_time_mismatch`` (detail: the wanted
+    time and the nearest pts) when the nearest frame is farther than the tolerance."""
     path = Path(path)
     have = frame_times(path)
     want = np.asarray(times, np.float64).reshape(-1)
@@ -402,6 +402,11 @@ def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = T
                 "video_too_short",
                 f"{detail} (the last of its {have.size} frames is at {have[-1]:.6f} s)",
                 path,
+            )
+        promised = probe_video(path).num_frames
+        if have.size < promised:  # the data breaks off (B-frames reorder: the gap can be mid-list)
+            raise LoadError(
+                "video_too_short", f"{detail}; its data ends after {have.size} of {promised} frames", path
             )
         raise LoadError("frame_time_mismatch", detail, path)
     return nearest.astype(np.int64)
