@@ -21,7 +21,7 @@ Design:
   file version (no decoding); :func:`match_times` maps wanted times to frame numbers in
   presentation order and raises ``frame_time_mismatch`` when no frame is close enough. Both
   decoders then read those frame numbers: decord only where its own per-frame timestamps
-  agree with that list (it numbers frames of a variable-rate file differently, or fails),
+  agree with that list (its frame numbering is its own; on some files it fails outright),
   the PyAV cursor by looking each decoded frame's pts up in the list. A variable-frame-rate
   file therefore gives the right frames in every path, and a header fps that disagrees with
   the frames does not move them.
@@ -524,8 +524,8 @@ def close_cursors() -> None:
 
 
 def _read_decord(path: Path, wanted: np.ndarray) -> np.ndarray | None:
-    """decord's frames ``wanted``, or None where its frame numbering differs from
-    :func:`frame_times` (it counts the frames of a variable-rate file its own way)."""
+    """decord's frames ``wanted``, or None where its frame count or its timestamps of those
+    frames differ from :func:`frame_times` (then frame ``k`` may not be the same frame)."""
     import decord
 
     times = frame_times(path)

@@ -113,3 +113,38 @@ def test_a_cut_file_lists_the_frames_before_the_cut(tmp_path):
     with pytest.raises(LoadError) as err:
         read_video(path, times=[59 / 20])
     assert err.value.reason == "video_too_short"
+
+
+def test_decord_is_used_only_where_its_frame_timestamps_agree_with_the_pts(tmp_path, monkeypatch):
+    """decord keeps the speed path where its per-frame timestamps are the pts list (constant
+    or variable rate); where they disagree its frames are refused and the cursor reads by time."""
+    import decord
+
+    from curation import video
+
+    used = []
+    real = video._read_decord
+
+    def spy(path, wanted):
+        out = real(path, wanted)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(video, "_read_decord", spy)
+    cfr, vfr = tmp_path / "cfr.mp4", tmp_path / "vfr.mp4"
+    encode_video(marker_frames(10), cfr, fps=10)
+    write_mp4(vfr, marker_frames(10), [0.0, 0.05, 0.1, 0.2, 0.25, 0.4, 0.5, 0.55, 0.7, 0.9])
+    steps = [0.0, 0.1, 0.2, 0.4, 0.5, 0.7, 0.9]
+    assert marker_numbers(read_video(cfr)).tolist() == list(range(10)) and used == [True]
+    assert marker_numbers(read_video(vfr, times=steps)).tolist() == [0, 2, 3, 5, 6, 8, 9]
+    # decord numbering frames differently (its timestamps shifted by one frame): refused
+    real_ts = decord.VideoReader.get_frame_timestamp
+    monkeypatch.setattr(
+        decord.VideoReader,
+        "get_frame_timestamp",
+        lambda self, idx: real_ts(self, [min(i + 1, 9) for i in idx]),
+    )
+    used.clear()
+    assert marker_numbers(read_video(vfr, times=steps)).tolist() == [0, 2, 3, 5, 6, 8, 9]
+    assert used == [False]
+    video.close_cursors()
