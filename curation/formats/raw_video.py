@@ -41,8 +41,8 @@ Episodes are the sidecar stems (``*.json`` except ``gwp_source.json``, and ``*.c
 sorted order; the index is the position in that order. Errors name the sidecar:
 ``bad_sidecar`` (unparsable JSON/CSV, wrong columns), ``unreadable`` (the sidecar cannot be
 opened), ``unknown_embodiment``, ``missing_video`` (a listed mp4 does
-not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``bad_timestamps``, ``frame_time_mismatch``,
-``fps_mismatch``, ``nan_action``,
+not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``bad_timestamps``,
+``frame_time_mismatch``, ``fps_mismatch``, ``nan_action``,
 ``nan_state``, ``bad_shape``, ``invalid_episode``.
 
 Without a mapping (no config entry, no ``gwp_source.json``) the reader builds one from the
