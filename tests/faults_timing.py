@@ -145,7 +145,7 @@ def build_timing_corpus(root: Path) -> tuple[dict[str, Path], list[Fault], list[
             FrameCase(
                 "pixels",
                 f"rotated video ({rotation} degrees)",
-                f"high-camera mp4 coded {CODED_HW[0]}x{CODED_HW[1]} with a display matrix of {rotation} "
+                f"high-camera mp4 coded W×H {CODED_HW[1]}×{CODED_HW[0]} with a display matrix of {rotation} "
                 "degrees counter-clockwise",
                 i,
                 str(video(i)),

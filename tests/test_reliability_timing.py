@@ -3,8 +3,8 @@
 The corpus of ``tests/faults_timing.py`` (a variable-frame-rate video, three rotated videos,
 an fps mismatch, timestamps that go backwards or repeat or miss the frames, duplicated
 ``episode_index`` listings in LeRobot v2.1 and v3.0, a v3.0 video span shorter than its data)
-is read by :func:`curation.ingest.iter_episodes` with decoding, as a curation worker reads it.
-Every check is recorded with :class:`tests.faults.Recorder` (groups ``timing`` and
+is read by :func:`curation.ingest.iter_episodes` with decoding, as a curation worker reads it,
+and once by the Ray curation job itself (its manifest's ledger and stage counts). Every check is recorded with :class:`tests.faults.Recorder` (groups ``timing`` and
 ``pixels``) so that ``python -m benchmarks.reliability`` shows it in ``RELIABILITY.md``.
 """
 
@@ -174,17 +174,73 @@ def test_rotated_video_is_displayed_alike_in_every_decode_path(corpus, rotation)
     }
     ok_probe = (info.height, info.width) == expected.shape[1:3] and info.rotation == rotation
     bad = [k for k, (right, other) in scores.items() if not (right >= 30 and right > other + 10)]
-    observed = f"probe {info.width}x{info.height} rot {info.rotation}; " + "; ".join(
+    observed = f"probe W×H {info.width}×{info.height}, rotation {info.rotation}; " + "; ".join(
         f"{k}: {right:.0f} dB (wrong turn {other:.0f} dB)" for k, (right, other) in scores.items()
     )
     REC.add(
         "pixels",
         case.name,
         case.injected,
-        f"probe {expected.shape[2]}x{expected.shape[1]} (displayed); every path's frames are the displayed "
+        f"probe W×H {expected.shape[2]}×{expected.shape[1]} (as displayed); every path's frames are the displayed "
         f"picture (>= 30 dB, 10 dB above the opposite turn); {t} frames",
         observed,
         ok_probe and not bad,
     )
     assert ok_probe and not bad, observed
     close_cursors()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import os
+
+    import ray
+
+    mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a token left by an earlier ray.init must not be required
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+    if mode is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = mode
+
+
+def test_the_curation_job_ledgers_every_timing_fault_and_balances(corpus, ray_local, tmp_path):
+    """The same corpus through the Ray curation job: each fault once in the manifest's ledger
+    (same file and reason as a plain load), and in = out + rejected at every stage."""
+    from curation.pipeline import job_from_dict, run
+
+    job = {
+        "sources": [str(p) for p in corpus["sources"].values()],
+        "out": str(tmp_path / "ds"),
+        # flat marker frames have no edges: no blur bar, or the VFR episode is filtered out
+        "curation": {"preset": "debug", "filters": {"min_sharpness": 0.0}},
+        "run": {"progress": False, "num_cpus": 2, "episodes_per_task": 2},
+    }
+    m = run(job_from_dict(job))
+    c, sc = m.counts, m.stage_counts
+    load_rej = [r for r in m.rejections if r.window < 0 and r.stage in ("load", "ingest")]
+    missing = [
+        f.name
+        for f in corpus["faults"]
+        if sum(
+            r.path == f.path and r.reason in f.reasons and f.episode in r.episode and f.detail in r.detail
+            for r in load_rej
+        )
+        != 1
+    ]
+    balanced = c["episodes_in"] == corpus["listed"] == c["episodes_with_samples"] + c["episodes_rejected"]
+    balanced &= all(k["in"] == k["out"] + k["rejected"] for k in sc.values())
+    ok = not missing and balanced and len(load_rej) == len(corpus["faults"])
+    stages = ", ".join(f"{s} {k['in']}→{k['out']}+{k['rejected']}" for s, k in sc.items())
+    REC.add(
+        "timing",
+        "curation job accounting",
+        f"the timing corpus ({corpus['listed']} listings, {len(corpus['faults'])} faulty) curated by the Ray job",
+        "each fault once in the manifest ledger; in = out + rejected at every stage",
+        f"{len(load_rej)} load rejections, missing: {missing or 'none'}; {stages}",
+        ok,
+    )
+    assert ok, (missing, c, sc, [(r.stage, r.reason, r.path, r.episode) for r in m.rejections])
