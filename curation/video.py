@@ -227,17 +227,26 @@ def encode_video_bytes(
     return buf.getvalue()
 
 
-def decode_video_bytes(data: bytes) -> np.ndarray:
-    """All frames of an in-memory video in presentation order, as displayed: uint8 [T, H, W, 3]."""
+def decode_video_bytes(data: bytes, times: Sequence[float] | None = None) -> np.ndarray:
+    """Frames of an in-memory video as displayed, uint8 [N, H, W, 3]: all of them in
+    presentation order, or with ``times`` (s from the first frame) the one presented at each."""
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            decoded = [(f.pts, f.rotation, f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            start, tb = stream.start_time or 0, float(stream.time_base)
+            decoded = [(f.pts, f.rotation, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
     except (av.error.FFmpegError, ValueError, IndexError) as err:
         raise LoadError("bad_video", f"cannot decode in-memory video: {err}", "<bytes>") from err
     if not decoded:
         raise LoadError("bad_video", "in-memory video has no frames", "<bytes>")
     decoded.sort(key=lambda d: -1 if d[0] is None else d[0])  # stable: frames without a pts keep their place
-    return _rotate(np.stack([d[2] for d in decoded]), _rotation_of(decoded[0][1]))
+    frames = _rotate(np.stack([d[2] for d in decoded]), _rotation_of(decoded[0][1]))
+    if times is None:
+        return frames
+    if any(d[0] is None for d in decoded):
+        raise LoadError("bad_video", "in-memory video has frames without a presentation time", "<bytes>")
+    have = np.array([(d[0] - start) * tb for d in decoded], np.float64)
+    return frames[_nearest_frames(have, times, TOLERANCE_S, "<bytes>")]
 
 
 def _rotation_of(degrees: float | None) -> int:
@@ -382,6 +391,21 @@ def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = T
     time and the nearest pts) when the nearest frame is farther than the tolerance."""
     path = Path(path)
     have = frame_times(path)
+    try:
+        return _nearest_frames(have, times, tolerance_s, path)
+    except LoadError as err:
+        promised = probe_video(path).num_frames
+        if err.reason == "frame_time_mismatch" and have.size < promised:
+            # the data breaks off (B-frames reorder: the gap can be mid-list)
+            raise LoadError(
+                "video_too_short", f"{err.detail}; its data ends after {have.size} of {promised} frames", path
+            ) from None
+        raise
+
+
+def _nearest_frames(have: np.ndarray, times: Sequence[float], tolerance_s: float, path) -> np.ndarray:
+    """For each wanted time, the index of the nearest of the ascending frame times ``have``;
+    ``video_too_short`` past the last frame, ``frame_time_mismatch`` beyond the tolerance."""
     want = np.asarray(times, np.float64).reshape(-1)
     if want.size == 0:
         return np.zeros(0, np.int64)
@@ -389,8 +413,7 @@ def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = T
     right = np.clip(np.searchsorted(have, want), 0, have.size - 1)
     left = np.clip(right - 1, 0, have.size - 1)
     nearest = np.where(np.abs(have[left] - want) <= np.abs(have[right] - want), left, right)
-    off = np.abs(have[nearest] - want)
-    bad = np.flatnonzero(off > tol)
+    bad = np.flatnonzero(np.abs(have[nearest] - want) > tol)
     if bad.size:
         k = int(bad[0])
         detail = (
@@ -402,11 +425,6 @@ def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = T
                 "video_too_short",
                 f"{detail} (the last of its {have.size} frames is at {have[-1]:.6f} s)",
                 path,
-            )
-        promised = probe_video(path).num_frames
-        if have.size < promised:  # the data breaks off (B-frames reorder: the gap can be mid-list)
-            raise LoadError(
-                "video_too_short", f"{detail}; its data ends after {have.size} of {promised} frames", path
             )
         raise LoadError("frame_time_mismatch", detail, path)
     return nearest.astype(np.int64)

@@ -112,6 +112,9 @@ def test_variable_frame_rate_frames_are_chosen_by_time(corpus):
         "sparse frames [1, 6, 3]": marker_numbers(decode_frames(loaded, [1, 6, 3])),
         "whole file, read_video": marker_numbers(read_video(case.video)),
         "decode_video_bytes": marker_numbers(decode_video_bytes(Path(case.video).read_bytes())),
+        "decode_video_bytes at the steps' times": marker_numbers(
+            decode_video_bytes(Path(case.video).read_bytes(), times=np.arange(len(case.expected)) / 10)
+        ),
     }
     want = {
         "episode, decoded at ingest": case.expected,
@@ -119,6 +122,7 @@ def test_variable_frame_rate_frames_are_chosen_by_time(corpus):
         "sparse frames [1, 6, 3]": case.expected[[1, 6, 3]],
         "whole file, read_video": np.arange(len(VFR_PTS)),
         "decode_video_bytes": np.arange(len(VFR_PTS)),
+        "decode_video_bytes at the steps' times": case.expected,
     }
     bad = {k: v.tolist() for k, v in paths.items() if not np.array_equal(v, want[k])}
     observed = "; ".join(f"{k}: {v.tolist()}" for k, v in paths.items())

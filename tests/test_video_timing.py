@@ -13,6 +13,7 @@ from curation.video import (
     check_frame_times,
     check_timestamps,
     compact_times,
+    decode_video_bytes,
     encode_video,
     frame_times,
     match_times,
@@ -148,3 +149,14 @@ def test_decord_is_used_only_where_its_frame_timestamps_agree_with_the_pts(tmp_p
     assert marker_numbers(read_video(vfr, times=steps)).tolist() == [0, 2, 3, 5, 6, 8, 9]
     assert used == [False]
     video.close_cursors()
+
+
+def test_decode_video_bytes_picks_frames_by_time(tmp_path):
+    path = tmp_path / "vfr.mp4"
+    write_mp4(path, marker_frames(5), [0.0, 0.05, 0.1, 0.2, 0.3])
+    data = path.read_bytes()
+    assert marker_numbers(decode_video_bytes(data)).tolist() == [0, 1, 2, 3, 4]
+    assert marker_numbers(decode_video_bytes(data, times=[0.3, 0.1, 0.0])).tolist() == [4, 2, 0]
+    with pytest.raises(LoadError) as err:
+        decode_video_bytes(data, times=[0.15])
+    assert err.value.reason == "frame_time_mismatch" and err.value.path == "<bytes>"
