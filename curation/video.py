@@ -24,7 +24,9 @@ Design:
   agree with that list (its frame numbering is its own; on some files it fails outright),
   the PyAV cursor by looking each decoded frame's pts up in the list. A variable-frame-rate
   file therefore gives the right frames in every path, and a header fps that disagrees with
-  the frames does not move them.
+  the frames does not move them. Readers run :func:`check_frame_times` at load, so an
+  episode with a step that has no frame is rejected whole, before any window of it is
+  decoded; that costs one demux per video file and process (its bytes read, nothing decoded).
 * **Rotation.** A display matrix (mp4 ``tkhd`` / FFmpeg side data) says how the decoded
   picture is shown; every path returns the *displayed* picture, turned by ``np.rot90`` with
   the angle :func:`probe_video` read once per file, and the probe's width/height are the
