@@ -3,7 +3,8 @@
 Readers never decode video; they hand out references. This module turns one reference
 (plus optional episode-relative frame indices) into ``uint8 [N, H, W, 3]`` RGB:
 
-* ``video``   — frames ``[start, stop)`` of an mp4 (:func:`curation.video.read_video`, which seeks);
+* ``video``   — the frames of an mp4 presented at the steps' times (:func:`curation.video.read_video`,
+  which seeks): ``ref.times``, or the grid ``(start + i) / fps``, each matched to a frame's pts;
 * ``hdf5``    — rows ``[start, stop)`` of the dataset ``key`` in an HDF5 file;
 * ``encoded`` — one PNG/JPEG per frame, decoded with PIL;
 * ``inline``  — a slice of the array carried in the reference.
@@ -93,13 +94,20 @@ def _decode_encoded(ref: FrameRef, idx: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def video_times(ref: FrameRef) -> np.ndarray:
+    """float64 [T]: when each step's frame of a video ref is presented (s from the file's first frame)."""
+    if ref.times:
+        return np.asarray(ref.times, np.float64)
+    if not ref.fps > 0:
+        raise LoadError("bad_frames", "video reference without times or a positive fps", ref.path)
+    return np.arange(ref.start, ref.stop, dtype=np.float64) / ref.fps
+
+
 def decode_frames(ref: FrameRef, indices: Sequence[int] | None = None) -> np.ndarray:
     """uint8 [N, H, W, 3] frames of ``ref`` (all of them, or the episode-relative ``indices``)."""
     idx = _relative_indices(ref, indices)
     if ref.kind == "video":
-        if idx.size == ref.stop - ref.start and np.array_equal(idx, np.arange(idx.size)):
-            return read_video(ref.path, ref.start, ref.stop)
-        return read_video(ref.path, indices=(idx + ref.start).tolist())
+        return read_video(ref.path, times=video_times(ref)[idx])
     if ref.kind == "hdf5":
         return _decode_hdf5(ref, idx)
     if ref.kind == "encoded":

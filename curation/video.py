@@ -14,9 +14,28 @@ Design:
   index by its timestamp, seeking only backwards or across long gaps; PyAV also decodes AV1
   (decord's bundled FFmpeg has none; PyAV brings dav1d) and is the fallback when decord
   refuses a file. Why not keep decord readers open: see ``_CURSORS``.
+* **Time, not position.** A frame is the one whose presentation time (pts, in seconds from
+  the stream's first frame) is the time asked for, within :data:`TOLERANCE_S` (LeRobot's
+  rule: a step's frame is at its data ``timestamp``, plus ``from_timestamp`` for a span of a
+  packed file). :func:`frame_times` lists every frame's pts by demuxing the file once per
+  file version (no decoding); :func:`match_times` maps wanted times to frame numbers in
+  presentation order and raises ``frame_time_mismatch`` when no frame is close enough. Both
+  decoders then read those frame numbers: decord only where its own per-frame timestamps
+  agree with that list (its frame numbering is its own; on some files it fails outright),
+  the PyAV cursor by looking each decoded frame's pts up in the list. A variable-frame-rate
+  file therefore gives the right frames in every path, and a header fps that disagrees with
+  the frames does not move them. Readers run :func:`check_frame_times` at load, so an
+  episode with a step that has no frame is rejected whole, before any window of it is
+  decoded; that costs one demux per video file and process (its bytes read, nothing decoded).
+* **Rotation.** A display matrix (mp4 ``tkhd`` / FFmpeg side data) says how the decoded
+  picture is shown; every path returns the *displayed* picture, turned by ``np.rot90`` with
+  the angle :func:`probe_video` read once per file, and the probe's width/height are the
+  displayed ones. decord turns 90/270 by itself but fails on 180, so rotated files always
+  take the PyAV cursor: one implementation of the turn.
 * **Errors** are :class:`~curation.formats.base.LoadError` naming the file:
   ``missing_video`` (no such file), ``bad_video`` (not a video, truncated, undecodable),
-  ``video_too_short`` (asked for frames past the end).
+  ``video_too_short`` (asked for frames past the end), ``frame_time_mismatch`` (no frame at
+  a wanted time).
 
 Frames are ``uint8 [T, H, W, 3]`` RGB everywhere (``frames_THWC``).
 """
@@ -55,6 +74,9 @@ _DECORD_CODECS = ("h264", "mpeg4", "vp9")
 DEFAULT_CRF = {"h264": 20, "av1": 30}
 _SVT_PRESET = "8"  # speed/quality middle ground; 64–256 px frames encode in milliseconds
 _SEEK_GAP = 48  # re-seek instead of decoding through a gap longer than this many frames
+# How far a frame's pts may be from the time asked for: LeRobot's default ``tolerance_s``.
+# Data timestamps are often float32, whose rounding grows with t: :func:`tolerance_at` adds it.
+TOLERANCE_S = 1e-4
 
 
 @dataclass(frozen=True)
@@ -62,9 +84,10 @@ class VideoInfo:
     codec: str
     num_frames: int
     fps: float
-    width: int
+    width: int  # as displayed (after the rotation)
     height: int
     duration_s: float
+    rotation: int = 0  # degrees counter-clockwise that turn the decoded picture upright: 0/90/180/270
 
 
 # ---- encode --------------------------------------------------------------------------
@@ -206,16 +229,37 @@ def encode_video_bytes(
     return buf.getvalue()
 
 
-def decode_video_bytes(data: bytes) -> np.ndarray:
-    """All frames of an in-memory video, uint8 [T, H, W, 3]."""
+def decode_video_bytes(data: bytes, times: Sequence[float] | None = None) -> np.ndarray:
+    """Frames of an in-memory video as displayed, uint8 [N, H, W, 3]: all of them in
+    presentation order, or with ``times`` (s from the first frame) the one presented at each."""
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            start, tb = stream.start_time or 0, float(stream.time_base)
+            decoded = [(f.pts, f.rotation, f.to_ndarray(format="rgb24")) for f in container.decode(stream)]
     except (av.error.FFmpegError, ValueError, IndexError) as err:
         raise LoadError("bad_video", f"cannot decode in-memory video: {err}", "<bytes>") from err
-    if not frames:
+    if not decoded:
         raise LoadError("bad_video", "in-memory video has no frames", "<bytes>")
-    return np.stack(frames)
+    decoded.sort(key=lambda d: -1 if d[0] is None else d[0])  # stable: frames without a pts keep their place
+    frames = _rotate(np.stack([d[2] for d in decoded]), _rotation_of(decoded[0][1]))
+    if times is None:
+        return frames
+    if any(d[0] is None for d in decoded):
+        raise LoadError("bad_video", "in-memory video has frames without a presentation time", "<bytes>")
+    have = np.array([(d[0] - start) * tb for d in decoded], np.float64)
+    return frames[_nearest_frames(have, times, TOLERANCE_S, "<bytes>")]
+
+
+def _rotation_of(degrees: float | None) -> int:
+    """PyAV's ``frame.rotation`` (counter-clockwise degrees, -180..180) as 0/90/180/270."""
+    return round((degrees or 0) / 90.0) % 4 * 90
+
+
+def _rotate(frames_THWC: np.ndarray, rotation: int) -> np.ndarray:
+    """The displayed picture: ``rotation`` degrees counter-clockwise (np.rot90 turns that way)."""
+    k = rotation // 90 % 4
+    return frames_THWC if k == 0 else np.ascontiguousarray(np.rot90(frames_THWC, k, axes=(1, 2)))
 
 
 # ---- probe ---------------------------------------------------------------------------
@@ -263,19 +307,129 @@ def _probe(path: Path) -> VideoInfo:
         n = int(stream.frames)
         if n <= 0:  # header without a frame count: count packets (demux only, no decoding)
             n = sum(1 for p in container.demux(stream) if p.size)
+            container.seek(0)
         duration = float(stream.duration * stream.time_base) if stream.duration else (n / fps if fps else 0.0)
         name = stream.codec_context.name
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        rotation = _first_frame_rotation(container, stream)
+        if rotation in (90, 270):
+            width, height = height, width
         info = VideoInfo(
             codec=_DECODED_NAMES.get(name, name),
             num_frames=n,
             fps=fps,
-            width=int(stream.codec_context.width),
-            height=int(stream.codec_context.height),
+            width=width,
+            height=height,
             duration_s=duration,
+            rotation=rotation,
         )
     if info.num_frames <= 0 or info.width <= 0 or info.fps <= 0:
         raise LoadError("bad_video", f"empty or unreadable video stream ({info})", path)
     return info
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream) -> int:
+    """The display matrix's rotation. PyAV shows the stream's side data only on decoded frames,
+    so one frame is decoded (the probe is remembered per file version: once per file)."""
+    try:
+        for frame in container.decode(stream):
+            return _rotation_of(frame.rotation)
+    except (av.error.FFmpegError, ValueError):
+        pass  # an undecodable file: the decoders name the problem when frames are asked for
+    return 0
+
+
+def frame_times(path: str | Path) -> np.ndarray:
+    """float64 [N]: every frame's presentation time in seconds from the stream's first frame,
+    ascending (frame ``k`` in presentation order is at ``frame_times(path)[k]``).
+
+    From the packets' pts (demux, no decoding), remembered per file version; a file whose data
+    breaks off lists the frames before the break."""
+    path = Path(path)
+    try:
+        version = file_version(path)
+    except OSError:
+        return _frame_times(path)  # missing: _open names the problem
+    return _frame_times_cached(*version)
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_times_cached(path: str, size: int, mtime_ns: int) -> np.ndarray:
+    return _frame_times(Path(path))
+
+
+def _frame_times(path: Path) -> np.ndarray:
+    pts = []
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    pts.append(packet.pts)
+        except av.error.FFmpegError:
+            pass  # data cut short: the frames before the cut are all there is
+        start = stream.start_time
+        tb = stream.time_base
+    if not pts:
+        raise LoadError("bad_video", "no frame with a presentation time", path)
+    pts_arr = np.sort(np.asarray(pts, np.int64))
+    times = (pts_arr - (start or 0)).astype(np.float64) * float(tb)
+    times.setflags(write=False)
+    return times
+
+
+def tolerance_at(times: np.ndarray, tolerance_s: float = TOLERANCE_S) -> np.ndarray:
+    """The tolerance for each wanted time: ``tolerance_s`` plus float32 rounding at that time
+    (LeRobot stores timestamps as float32: about 2e-4 s off at one hour)."""
+    return tolerance_s + np.abs(times) * float(np.finfo(np.float32).eps)
+
+
+def match_times(path: str | Path, times: Sequence[float], tolerance_s: float = TOLERANCE_S) -> np.ndarray:
+    """int64 [N]: for each wanted time (s from the stream's first frame), the number of the frame
+    (in presentation order) whose pts is nearest to it.
+
+    Raises ``video_too_short`` when a time lies past the last frame or the file's data ends
+    before the frames its header promises, and ``frame_time_mismatch`` (detail: the wanted
+    time and the nearest pts) when the nearest frame is farther than the tolerance."""
+    path = Path(path)
+    have = frame_times(path)
+    try:
+        return _nearest_frames(have, times, tolerance_s, path)
+    except LoadError as err:
+        promised = probe_video(path).num_frames
+        if err.reason == "frame_time_mismatch" and have.size < promised:
+            # the data breaks off (B-frames reorder: the gap can be mid-list)
+            raise LoadError(
+                "video_too_short", f"{err.detail}; its data ends after {have.size} of {promised} frames", path
+            ) from None
+        raise
+
+
+def _nearest_frames(have: np.ndarray, times: Sequence[float], tolerance_s: float, path) -> np.ndarray:
+    """For each wanted time, the index of the nearest of the ascending frame times ``have``;
+    ``video_too_short`` past the last frame, ``frame_time_mismatch`` beyond the tolerance."""
+    want = np.asarray(times, np.float64).reshape(-1)
+    if want.size == 0:
+        return np.zeros(0, np.int64)
+    tol = tolerance_at(want, tolerance_s)
+    right = np.clip(np.searchsorted(have, want), 0, have.size - 1)
+    left = np.clip(right - 1, 0, have.size - 1)
+    nearest = np.where(np.abs(have[left] - want) <= np.abs(have[right] - want), left, right)
+    bad = np.flatnonzero(np.abs(have[nearest] - want) > tol)
+    if bad.size:
+        k = int(bad[0])
+        detail = (
+            f"no frame within {tolerance_s:g} s of {bad.size} wanted time(s); first: step {k} wants "
+            f"t={want[k]:.6f} s, nearest frame pts={have[nearest[k]]:.6f} s"
+        )
+        if want[k] > have[-1] + tol[k]:
+            raise LoadError(
+                "video_too_short",
+                f"{detail} (the last of its {have.size} frames is at {have[-1]:.6f} s)",
+                path,
+            )
+        raise LoadError("frame_time_mismatch", detail, path)
+    return nearest.astype(np.int64)
 
 
 # ---- decode --------------------------------------------------------------------------
@@ -301,29 +455,40 @@ _CURSORS_MAX = 4
 
 class _Cursor:
     """An open PyAV container decoding one video front to back (used by one caller at a time;
-    after a failed read its position is unknown and :func:`_read_cursor` closes it)."""
+    after a failed read its position is unknown and :func:`_read_cursor` closes it). Frames are
+    numbered by looking their pts up in :func:`frame_times`, never by counting or by fps."""
 
-    def __init__(self, path: Path, fps: float):
+    def __init__(self, path: Path):
         from av.video.reformatter import VideoReformatter
 
-        self.path, self.fps = path, fps
+        self.path = path
+        self.times = frame_times(path)
         self.container = _open(path)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "NONE"  # one Ray CPU per task: no decoder threads of its own
-        self.tb = self.stream.time_base
-        self.t0 = float(self.stream.start_time * self.tb) if self.stream.start_time is not None else 0.0
+        self.tb = float(self.stream.time_base)
+        self.start = self.stream.start_time or 0  # the same origin as frame_times
         self.reformatter = VideoReformatter()  # keeps its swscale context (per frame: 2x slower)
         self.frames = None  # decode iterator
         self.next_index = -1  # index of the frame the iterator yields next; -1 = unknown
 
     def _seek(self, index: int) -> None:
-        # the keyframe at or before ``index`` (half a frame early: float safety)
-        ts = int(max(0.0, (index - 0.5) / self.fps + self.t0) / self.tb)
+        # the keyframe at or before frame ``index``: aim half way back to the frame before it
+        # (float safety), or at the very start for frame 0
+        t = 0.5 * (self.times[index - 1] + self.times[index]) if index > 0 else self.times[0] - 1.0
+        ts = self.start + int(np.floor(t / self.tb))
         self.container.seek(ts, stream=self.stream, backward=True, any_frame=False)
         self.frames, self.next_index = self.container.decode(self.stream), -1
 
+    def _index_of(self, frame: av.VideoFrame) -> int:
+        t = float(frame.pts - self.start) * self.tb
+        k = int(np.searchsorted(self.times, t))
+        if k >= self.times.size or self.times[k] != t:
+            raise LoadError("bad_video", f"decoded a frame at {t:.6f} s that no packet announced", self.path)
+        return k
+
     def read(self, wanted: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] of the sorted, unique frame indices ``wanted``."""
+        """uint8 [N, H, W, 3] (as decoded, not turned) of the sorted, unique frame numbers ``wanted``."""
         out = []
         for want in (int(i) for i in wanted):
             if self.frames is None or not (0 <= self.next_index <= want <= self.next_index + _SEEK_GAP):
@@ -337,7 +502,9 @@ class _Cursor:
                     ) from err
                 if frame is None:
                     raise LoadError("video_too_short", f"frame {want} not found while decoding", self.path)
-                idx = round((float(frame.pts * self.tb) - self.t0) * self.fps)
+                if frame.pts is None:
+                    continue
+                idx = self._index_of(frame)
                 self.next_index = idx + 1
                 if idx == want:
                     out.append(self.reformatter.reformat(frame, format="rgb24").to_ndarray())
@@ -351,12 +518,12 @@ class _Cursor:
         self.container.close()
 
 
-def _read_cursor(path: Path, wanted: np.ndarray, fps: float) -> np.ndarray:
+def _read_cursor(path: Path, wanted: np.ndarray) -> np.ndarray:
     key = file_version(path)
     with _CURSORS_LOCK:
         cursor = _CURSORS.pop(key, None)  # taken out while in use: one reader at a time
     if cursor is None:
-        cursor = _Cursor(path, fps)
+        cursor = _Cursor(path)
     try:
         frames = cursor.read(wanted)
     except BaseException:
@@ -376,11 +543,19 @@ def close_cursors() -> None:
             _CURSORS.popitem()[1].close()
 
 
-def _read_decord(path: Path, wanted: np.ndarray) -> np.ndarray:
+def _read_decord(path: Path, wanted: np.ndarray) -> np.ndarray | None:
+    """decord's frames ``wanted``, or None where its frame count or its timestamps of those
+    frames differ from :func:`frame_times` (then frame ``k`` may not be the same frame)."""
     import decord
 
+    times = frame_times(path)
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     try:
+        if len(reader) != times.size:
+            return None
+        theirs = reader.get_frame_timestamp(wanted.tolist())[:, 0]  # float32 seconds
+        if np.any(np.abs(theirs - times[wanted]) > tolerance_at(times[wanted])):
+            return None
         return reader.get_batch(wanted.tolist()).asnumpy()
     finally:
         del reader  # its decode thread spins while it lives
@@ -391,15 +566,19 @@ def read_video(
     start: int = 0,
     stop: int | None = None,
     indices: Sequence[int] | None = None,
+    times: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Frames of ``path`` as uint8 [N, H, W, 3].
+    """Frames of ``path`` as displayed (rotation applied), uint8 [N, H, W, 3].
 
-    ``indices`` (absolute frame numbers, any order, repeats allowed) wins over the span
-    ``[start, stop)``; ``stop=None`` means the end of the video.
+    ``times`` (seconds from the stream's first frame, any order) picks each frame by its
+    presentation time (:func:`match_times`); else ``indices`` (frame numbers in presentation
+    order, any order, repeats allowed); else the span ``[start, stop)`` (``stop=None``: the end).
     """
     path = Path(path)
     info = probe_video(path)
-    if indices is None:
+    if times is not None:
+        want = match_times(path, times)
+    elif indices is None:
         stop = info.num_frames if stop is None else stop
         if start < 0 or stop < start:
             raise ValueError(f"{path}: bad span [{start}, {stop})")
@@ -410,24 +589,78 @@ def read_video(
         return np.zeros((0, info.height, info.width, 3), np.uint8)
     if want.min() < 0:
         raise ValueError(f"{path}: negative frame index {int(want.min())}")
-    if want.max() >= info.num_frames:
+    have = min(info.num_frames, frame_times(path).size)  # a cut file has fewer than its header says
+    if want.max() >= have:
         raise LoadError(
-            "video_too_short", f"frame {int(want.max())} requested but the video has {info.num_frames}", path
+            "video_too_short", f"frame {int(want.max())} requested but the video has {have}", path
         )
     uniq, inverse = np.unique(want, return_inverse=True)
     frames = None
-    if info.codec in _DECORD_CODECS and 2 * uniq.size >= info.num_frames:
+    # decord leaves a 180-degree turn undone (and fails on it): rotated files take the cursor
+    if info.codec in _DECORD_CODECS and info.rotation == 0 and 2 * uniq.size >= info.num_frames:
         try:
             frames = _read_decord(path, uniq)
         except Exception:  # decord raises its own DECORDError / RuntimeError: fall back to PyAV
             frames = None
     if frames is None:
         try:
-            frames = _read_cursor(path, uniq, info.fps)
+            frames = _read_cursor(path, uniq)
         except LoadError:
             raise
         except (av.error.FFmpegError, ValueError, RuntimeError) as err:
             raise LoadError("bad_video", f"decoding failed: {err}", path) from err
+    frames = _rotate(frames, info.rotation)
     if frames.shape[0] != uniq.size or frames.shape[1:] != (info.height, info.width, 3):
         raise LoadError("bad_video", f"decoder returned {frames.shape} for {uniq.size} frames", path)
     return frames[inverse.reshape(-1)]
+
+
+# ---- timing checks for readers -------------------------------------------------------------
+
+
+def check_timestamps(timestamps: np.ndarray, path: str | Path, episode: str) -> None:
+    """A step table's timestamps must be finite and strictly increasing: a step that goes back
+    in time or repeats one has no frame of its own (``bad_timestamps``)."""
+    ts = np.asarray(timestamps, np.float64).reshape(-1)
+    if not np.isfinite(ts).all():
+        step = int(np.flatnonzero(~np.isfinite(ts))[0])
+        raise LoadError("bad_timestamps", f"timestamp of step {step} is {ts[step]}", path, episode)
+    steps = np.diff(ts)
+    if (steps <= 0).any():
+        k = int(np.flatnonzero(steps <= 0)[0]) + 1
+        how = "repeats" if steps[k - 1] == 0 else "goes backwards"
+        raise LoadError(
+            "bad_timestamps",
+            f"timestamp {how} at step {k}: {ts[k]:.6f} s after {ts[k - 1]:.6f} s",
+            path,
+            episode,
+        )
+
+
+def check_frame_times(path: str | Path, times: np.ndarray, declared_fps: float, episode: str) -> None:
+    """Every step's time has its frame in the video (header and packets only, no decoding).
+
+    A header frame rate that disagrees with ``declared_fps`` is accepted when the frames are
+    where the steps' times say (frames are chosen by time, so the header does not move them:
+    a variable-rate file is fine); when they are not, the reason is ``fps_mismatch`` if the
+    rates differ (the likely cause) and ``frame_time_mismatch`` otherwise."""
+    try:
+        match_times(path, times)
+    except LoadError as err:
+        reason, detail = err.reason, err.detail
+        if reason == "frame_time_mismatch":
+            fps = probe_video(path).fps
+            if abs(fps - declared_fps) > 1e-3 * declared_fps:
+                reason = "fps_mismatch"
+                detail = f"declared {declared_fps:g} fps, the video's header says {fps:g} fps; {detail}"
+        raise LoadError(reason, detail, err.path, episode) from None
+
+
+def compact_times(times: np.ndarray, start: int, fps: float) -> tuple[float, ...]:
+    """``FrameRef.times`` for these step times: () where they are the grid ``(start + i) / fps``
+    (to float32 rounding), so constant-rate references carry no per-step list."""
+    times = np.asarray(times, np.float64)
+    grid = np.arange(start, start + times.size, dtype=np.float64) / fps
+    if times.size and np.all(np.abs(times - grid) <= tolerance_at(grid, 1e-6)):
+        return ()
+    return tuple(times.tolist())

@@ -8,7 +8,9 @@ Shapes (T = steps, Ds/Da = the embodiment's state/action dims, H×W×3 uint8 fra
     cameras    role -> FrameRef   (frames decoded lazily by ``curation.frames``)
 
 A :class:`FrameRef` says where one camera's frames live: a span of a video file, a
-dataset inside an HDF5 file, per-frame encoded images (RLDS), or an inline array.
+dataset inside an HDF5 file, per-frame encoded images (RLDS), or an inline array. A video's
+frames are chosen by presentation time: ``times`` (one per step, seconds on the file's clock)
+where the steps are not the constant-rate grid ``(start + i) / fps``.
 The Arrow form carries references, not decoded video, so Episodes cross Ray workers
 cheaply; inline arrays travel as raw bytes with their shape.
 """
@@ -40,7 +42,12 @@ def episode_id_for(dataset_id: str, path: str, index: int) -> str:
 
 @dataclass(frozen=True, eq=False)
 class FrameRef:
-    """Where one camera's frames live; ``start``/``stop`` index frames within ``path``."""
+    """Where one camera's frames live; ``start``/``stop`` index frames within ``path``.
+
+    For a video, step ``i``'s frame is the one presented at ``times[i]`` seconds (from the
+    file's first frame), or at ``(start + i) / fps`` when ``times`` is empty (the common,
+    constant-rate case, kept out of the rows); ``stop - start`` is the step count either way.
+    """
 
     kind: str
     path: str = ""
@@ -50,6 +57,7 @@ class FrameRef:
     fps: float = 0.0
     array: np.ndarray | None = None  # inline: [T, H, W, 3] uint8
     encoded: tuple[bytes, ...] = ()  # encoded: one PNG/JPEG per frame
+    times: tuple[float, ...] = ()  # video: presentation time (s) of each step's frame; () = the fps grid
 
     @property
     def num_frames(self) -> int:
@@ -67,6 +75,10 @@ class FrameRef:
             require_int(where, "stop", self.stop, minimum=self.start)
         if self.kind == "hdf5":
             require_str(where, "key", self.key)
+        if self.times and (self.kind != "video" or len(self.times) != self.stop - self.start):
+            raise SchemaError(
+                where, "times", f"{len(self.times)} times for a {self.kind} ref of {self.num_frames} frames"
+            )
         if self.kind == "inline":
             require_array(where, "array", self.array, shape=(None, None, None, 3), dtype=np.uint8)
         return self
@@ -83,6 +95,7 @@ class FrameRef:
             "shape": list(arr.shape) if arr is not None else [],
             "data": arr.tobytes() if arr is not None else None,
             "encoded": list(self.encoded),
+            "times": list(self.times),
         }
 
     @classmethod
@@ -99,6 +112,7 @@ class FrameRef:
             fps=row["fps"],
             array=arr,
             encoded=tuple(row.get("encoded") or ()),
+            times=tuple(row.get("times") or ()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -121,6 +135,7 @@ FRAME_REF_TYPE = pa.struct(
         ("shape", pa.list_(pa.int32())),
         ("data", pa.large_binary()),
         ("encoded", pa.list_(pa.binary())),
+        ("times", pa.list_(pa.float64())),
     ]
 )
 

@@ -99,7 +99,7 @@ DEFECTS = {
     "v2_truncated": ("lerobot_v2", "truncated mp4", "bad_video", "load", "episode_000001.mp4", "episode_000001", 1),
     "v2_no_state": ("lerobot_v2", "parquet column", "missing_column", "load", "episode_000002.parquet", "episode_000002", 2),
     "raw_missing": ("raw_video", "missing mp4", "missing_video", "load", "episode_000000.json", "episode_000000", 0),
-    "raw_cut": ("raw_video", "mp4 data cut", "video_too_short", "decode", "episode_000002.wrist.mp4", None, 2),
+    "raw_cut": ("raw_video", "mp4 data cut", "video_too_short", "load", "episode_000002.wrist.mp4", "episode_000002", 2),
     "robo_short_images": ("hdf5_robomimic", "image/action lengths", "length_mismatch", "load", "robo_short_images.hdf5", "demo_1", 1),
     "aloha_nan": ("hdf5_aloha", "NaN action", "nan_action", "load", "episode_2.hdf5", "episode_2", 2),
 }  # fmt: skip

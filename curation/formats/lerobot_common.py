@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from curation.formats.base import EpisodeRef, LoadError, SourceReader, file_version
 from curation.formats.mapping import SourceMapping
-from curation.video import probe_video
+from curation.video import check_timestamps, probe_video
 from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
 
 # ---- path templates (the format's own names) -------------------------------------------
@@ -560,21 +560,32 @@ class LeRobotReader(SourceReader):
         )
 
     @abstractmethod
-    def frame_ref(self, root: Path, key: str, video: Any, length: int, label: str) -> FrameRef:
-        """Camera ``key``'s frames of one episode from its locator entry ``video``, checked."""
+    def frame_ref(
+        self, root: Path, key: str, video: Any, length: int, label: str, timestamps: np.ndarray | None
+    ) -> FrameRef:
+        """Camera ``key``'s frames of one episode from its locator entry ``video``, checked: step
+        ``i``'s frame is the one presented at ``timestamps[i]`` (the data's ``timestamp``
+        column; None: ``i / fps``) on the episode's clock."""
 
     def load(self, ref: EpisodeRef) -> Episode:
         info = self.info
         root = Path(ref.root)
         path = root / ref.locator["data"]
         label = f"episode_{ref.index:06d}"
+        if "duplicate" in ref.locator:
+            where = ref.locator["duplicate"]
+            raise LoadError("duplicate_episode_index", where["detail"], root / where["file"], label)
         spec = spec_for(self.mapping, path)
         cams = mapped_cameras(info, self.mapping, root / INFO_PATH)
         columns = [self.mapping.state_key, self.mapping.action_key, "timestamp", "frame_index"]
         rows = read_episode_rows(path, columns, ref.index, label)
         length = int(ref.locator["length"])
+        timestamps = None
+        if "timestamp" in rows.column_names and len(rows) == length:  # else build_episode names the count
+            timestamps = rows.column("timestamp").to_numpy(zero_copy_only=False).astype(np.float64)
+            check_timestamps(timestamps, path, label)
         cameras = {
-            role: self.frame_ref(root, key, ref.locator["videos"][key], length, label)
+            role: self.frame_ref(root, key, ref.locator["videos"][key], length, label, timestamps)
             for key, role in cams.items()
         }
         return build_episode(
@@ -591,3 +602,29 @@ class LeRobotReader(SourceReader):
             episode_index=ref.index,
             expected_length=length,
         )
+
+
+def mark_duplicates(refs: list[EpisodeRef], rows: list[str], meta_file: list[str]) -> list[EpisodeRef]:
+    """Refs whose ``episode_index`` appears more than once in the episodes metadata, each marked
+    so that :meth:`LeRobotReader.load` ledgers it (``duplicate_episode_index``): which of them is
+    the episode is unknowable, and keeping one would drop the other silently. ``rows[i]`` names
+    where ref ``i`` was listed (e.g. ``row 3``), ``meta_file[i]`` the file, relative to the root."""
+    where: dict[int, list[str]] = {}
+    for ref, row, file in zip(refs, rows, meta_file, strict=True):
+        where.setdefault(ref.index, []).append(f"{file} {row}")
+    out = []
+    for ref, row, file in zip(refs, rows, meta_file, strict=True):
+        places = where[ref.index]
+        if len(places) > 1:
+            listed = ", ".join(places)
+            detail = f"episode_index {ref.index} is listed {len(places)} times ({listed}); this is {row}"
+            ref = EpisodeRef(
+                ref.format,
+                ref.root,
+                ref.path,
+                ref.index,
+                ref.source,
+                {**ref.locator, "duplicate": {"file": file, "detail": detail}},
+            )
+        out.append(ref)
+    return out

@@ -12,7 +12,10 @@ Layout (templates in :mod:`curation.formats.lerobot_common`)::
     videos/chunk-CCC/<video_key>/episode_EEEEEE.mp4         one file per episode and camera
 
 ``CCC = episode_index // chunks_size``. An episode's frames are the whole mp4
-(``FrameRef(kind="video", start=0, stop=length)``). The writer streams: one episode's
+(``FrameRef(kind="video", start=0, stop=length)``); step ``i``'s frame is the one presented at
+its data ``timestamp``, checked at load (``frame_time_mismatch`` / ``fps_mismatch``); an
+``episode_index`` listed on two lines of ``meta/episodes.jsonl`` ledgers both
+(``duplicate_episode_index``). The writer streams: one episode's
 frames are in memory at a time. Default codec h264 (v2.1 era datasets mostly use it).
 """
 
@@ -36,10 +39,11 @@ from curation.formats.lerobot_common import (
     V2_VIDEO_PATH,
     LeRobotReader,
     check_video_span,
+    mark_duplicates,
     video_fps,
 )
 from curation.formats.lerobot_write import start_write
-from curation.video import encode_video
+from curation.video import check_frame_times, compact_times, encode_video
 from schemas import FrameRef
 
 FORMAT = "lerobot_v2"
@@ -122,7 +126,7 @@ class LeRobotV2Reader(LeRobotReader):
         path = self.root / V2_EPISODES_PATH
         if not path.exists():
             raise LoadError("missing_file", "meta/episodes.jsonl not found", path)
-        refs = []
+        refs, lines = [], []
         for line_no, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -137,10 +141,19 @@ class LeRobotV2Reader(LeRobotReader):
                 key: video_tpl.format(episode_chunk=chunk, video_key=key, episode_index=index) for key in cams
             }
             refs.append(self.episode_ref(index, data_rel, length, row.get("tasks"), videos))
+            lines.append(f"line {line_no}")
+        refs = mark_duplicates(refs, lines, [V2_EPISODES_PATH] * len(refs))
         refs.sort(key=lambda r: r.index)
         return refs
 
-    def frame_ref(self, root: Path, key: str, video: str, length: int, label: str) -> FrameRef:
+    def frame_ref(
+        self, root: Path, key: str, video: str, length: int, label: str, timestamps: np.ndarray | None
+    ) -> FrameRef:
         vpath = root / video
+        fps = video_fps(self.info, key)
         check_video_span(vpath, 0, length, label)
-        return FrameRef(kind="video", path=str(vpath), start=0, stop=length, fps=video_fps(self.info, key))
+        times = np.arange(length) / fps if timestamps is None else timestamps
+        check_frame_times(vpath, times, fps, label)
+        return FrameRef(
+            kind="video", path=str(vpath), start=0, stop=length, fps=fps, times=compact_times(times, 0, fps)
+        )

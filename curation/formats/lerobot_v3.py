@@ -11,7 +11,12 @@ Layout (templates in :mod:`curation.formats.lerobot_common`)::
     videos/<video_key>/chunk-CCC/file-FFF.mp4        many episodes back to back per file
 
 An episode's frames are the span ``[from_timestamp, to_timestamp)`` of its camera's mp4,
-so the reader turns them into ``FrameRef(kind="video", start=round(from·fps), stop=…)``.
+so the reader turns them into ``FrameRef(kind="video", start=round(from·fps), stop=…)``;
+step ``i``'s frame is the one presented at ``from_timestamp + timestamp[i]`` (LeRobot's rule),
+checked at load against the packets' pts: ``frame_time_mismatch`` / ``fps_mismatch`` when a
+step has no frame, ``length_mismatch`` when the span's frame count or its end disagrees with
+the data rows, ``duplicate_episode_index`` for every row of an index that
+``meta/episodes`` lists more than once.
 
 The writer streams: episodes arrive one at a time from an iterable, each episode's frames
 are decoded, appended to the open mp4 of each camera and dropped; each episode's rows are
@@ -41,11 +46,12 @@ from curation.formats.lerobot_common import (
     RunningStats,
     check_video_span,
     frames_schema,
+    mark_duplicates,
     next_chunk_file,
     video_fps,
 )
 from curation.formats.lerobot_write import start_write
-from curation.video import VideoWriter
+from curation.video import TOLERANCE_S, VideoWriter, check_frame_times, compact_times
 from schemas import FrameRef
 
 FORMAT = "lerobot_v3"
@@ -238,6 +244,8 @@ class LeRobotV3Reader(LeRobotReader):
                 f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
             ]
         refs: list[EpisodeRef] = []
+        rows_at: list[str] = []
+        files_at: list[str] = []
         for meta_file in self._episode_files():
             try:
                 names = pq.read_schema(meta_file).names
@@ -247,7 +255,7 @@ class LeRobotV3Reader(LeRobotReader):
             if missing:
                 raise LoadError("missing_column", f"episodes metadata lacks {missing}", meta_file)
             cols = need + (["tasks"] if "tasks" in names else [])
-            for row in pq.read_table(meta_file, columns=cols).to_pylist():
+            for row_no, row in enumerate(pq.read_table(meta_file, columns=cols).to_pylist()):
                 idx = int(row["episode_index"])
                 data_rel = data_tpl.format(
                     chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
@@ -265,21 +273,49 @@ class LeRobotV3Reader(LeRobotReader):
                     for key in cams
                 }
                 refs.append(self.episode_ref(idx, data_rel, int(row["length"]), row.get("tasks"), videos))
+                rows_at.append(f"row {row_no}")
+                files_at.append(str(meta_file.relative_to(self.root)))
+        refs = mark_duplicates(refs, rows_at, files_at)
         refs.sort(key=lambda r: r.index)
         return refs
 
-    def frame_ref(self, root: Path, key: str, video: dict[str, Any], length: int, label: str) -> FrameRef:
+    def frame_ref(
+        self,
+        root: Path,
+        key: str,
+        video: dict[str, Any],
+        length: int,
+        label: str,
+        timestamps: np.ndarray | None,
+    ) -> FrameRef:
         fps_v = video_fps(self.info, key)
-        start = round(video["from_timestamp"] * fps_v)
-        stop = round(video["to_timestamp"] * fps_v)
+        t_from, t_to = float(video["from_timestamp"]), float(video["to_timestamp"])
+        start = round(t_from * fps_v)
+        stop = round(t_to * fps_v)
         vpath = root / video["path"]
         if stop - start != length:
             raise LoadError(
                 "length_mismatch",
-                f"video span [{video['from_timestamp']}, {video['to_timestamp']}) s is {stop - start} frames, "
-                f"episode has {length}",
+                f"video span [{t_from}, {t_to}) s is {stop - start} frames, episode has {length}",
                 vpath,
                 label,
             )
         check_video_span(vpath, start, stop, label)
-        return FrameRef(kind="video", path=str(vpath), start=start, stop=stop, fps=fps_v)
+        times = t_from + (np.arange(length) / fps_v if timestamps is None else timestamps)
+        if length and times[-1] >= t_to - TOLERANCE_S:  # the last step is presented before the span ends
+            raise LoadError(
+                "length_mismatch",
+                f"data timestamps reach {times[-1] - t_from:.6f} s, past the video span "
+                f"[{t_from}, {t_to}) s of {t_to - t_from:.6f} s",
+                vpath,
+                label,
+            )
+        check_frame_times(vpath, times, fps_v, label)
+        return FrameRef(
+            kind="video",
+            path=str(vpath),
+            start=start,
+            stop=stop,
+            fps=fps_v,
+            times=compact_times(times, start, fps_v),
+        )

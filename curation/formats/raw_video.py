@@ -31,13 +31,18 @@ then rejected like any other non-finite action.
 
 Video keys are camera roles, or source keys that ``mapping.cameras`` maps to roles. Each
 camera becomes ``FrameRef(kind="video", path=<mp4>, start=0, stop=<frames in the file>)``;
-its frame count (from the container header) must equal T.
+its frame count (from the container header) must equal T. Step ``i``'s frame is the one
+presented at ``timestamps[i] - timestamps[0]`` (the video starts with the episode; without
+timestamps at ``i / fps``), checked at load against the packets' pts: ``bad_timestamps``
+(timestamps that go backwards or repeat), ``frame_time_mismatch`` / ``fps_mismatch`` (a step
+with no frame at its time; the latter where the sidecar's fps and the video's disagree).
 
 Episodes are the sidecar stems (``*.json`` except ``gwp_source.json``, and ``*.csv``) in
 sorted order; the index is the position in that order. Errors name the sidecar:
 ``bad_sidecar`` (unparsable JSON/CSV, wrong columns), ``unreadable`` (the sidecar cannot be
 opened), ``unknown_embodiment``, ``missing_video`` (a listed mp4 does
-not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``nan_action``,
+not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``bad_timestamps``,
+``frame_time_mismatch``, ``fps_mismatch``, ``nan_action``,
 ``nan_state``, ``bad_shape``, ``invalid_episode``.
 
 Without a mapping (no config entry, no ``gwp_source.json``) the reader builds one from the
@@ -61,7 +66,7 @@ import numpy as np
 from curation.formats.base import EpisodeRef, LoadError, SourceReader
 from curation.formats.hdf5_robomimic import episode_frames, finish_episode
 from curation.formats.mapping import SIDECAR_NAME, SourceMapping
-from curation.video import encode_video, probe_video
+from curation.video import check_frame_times, check_timestamps, compact_times, encode_video, probe_video
 from schemas import Episode, FrameRef, get_embodiment
 
 FORMAT = "raw_video"
@@ -185,7 +190,13 @@ class RawVideoReader(SourceReader):
         return refs
 
     def _cameras(
-        self, meta: dict[str, Any], name: str, embodiment: str, fps: float, sidecar: Path
+        self,
+        meta: dict[str, Any],
+        name: str,
+        embodiment: str,
+        fps: float,
+        sidecar: Path,
+        times: np.ndarray | None,
     ) -> dict[str, FrameRef]:
         spec = get_embodiment(embodiment)
         videos = meta.get("videos")
@@ -213,7 +224,13 @@ class RawVideoReader(SourceReader):
             if not path.exists():
                 raise LoadError("missing_video", f"camera {role}: video {path} does not exist", sidecar, name)
             info = probe_video(path)
-            cameras[role] = FrameRef(kind="video", path=str(path), start=0, stop=info.num_frames, fps=fps)
+            ref_times: tuple[float, ...] = ()
+            if times is not None and len(times) == info.num_frames:  # else finish_episode names the counts
+                check_frame_times(path, times, fps, name)
+                ref_times = compact_times(times, 0, fps)
+            cameras[role] = FrameRef(
+                kind="video", path=str(path), start=0, stop=info.num_frames, fps=fps, times=ref_times
+            )
         return cameras
 
     def load(self, ref: EpisodeRef) -> Episode:
@@ -261,6 +278,12 @@ class RawVideoReader(SourceReader):
         for what, arr in (("state", state), ("action", action)):
             if arr.ndim != 2:
                 raise LoadError("bad_shape", f"{what} must be [T, D], got shape {arr.shape}", sidecar, name)
+        if timestamps is not None:
+            check_timestamps(timestamps, sidecar, name)
+        # the video starts with the episode: step i is shown at its time since the first step
+        times = timestamps - timestamps[0] if timestamps is not None and timestamps.size else None
+        if times is None and fps > 0:
+            times = np.arange(action.shape[0], dtype=np.float64) / fps
         return finish_episode(
             path=sidecar,
             label=name,
@@ -272,7 +295,7 @@ class RawVideoReader(SourceReader):
             fps=fps,
             state=state,
             action=action,
-            cameras=self._cameras(meta, name, spec.name, fps, sidecar),
+            cameras=self._cameras(meta, name, spec.name, fps, sidecar, times),
             timestamps=timestamps,
         )
 
