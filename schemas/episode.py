@@ -28,6 +28,7 @@ from schemas.embodiment import get_embodiment
 from schemas.errors import SchemaError
 
 FRAME_KINDS = ("video", "hdf5", "encoded", "inline")
+CHANNEL_ORDERS = ("rgb", "bgr")
 # Namespace for every deterministic id in the toolkit (uuid5).
 GWP_NAMESPACE = uuid.UUID("5d1b7a38-2f0e-4c55-9a43-7c6f3f1de0a1")
 
@@ -49,6 +50,8 @@ class FrameRef:
     fps: float = 0.0
     array: np.ndarray | None = None  # inline: [T, H, W, 3] uint8
     encoded: tuple[bytes, ...] = ()  # encoded: one PNG/JPEG per frame
+    # "bgr" where the source stores blue first (set from the source mapping); decoding swaps it
+    channel_order: str = "rgb"
 
     @property
     def num_frames(self) -> int:
@@ -60,6 +63,7 @@ class FrameRef:
 
     def validate(self, where: str = "FrameRef") -> FrameRef:
         require_choice(where, "kind", self.kind, FRAME_KINDS)
+        require_choice(where, "channel_order", self.channel_order, CHANNEL_ORDERS)
         if self.kind in ("video", "hdf5"):
             require_str(where, "path", self.path)
             require_int(where, "start", self.start, minimum=0)
@@ -82,6 +86,7 @@ class FrameRef:
             "shape": list(arr.shape) if arr is not None else [],
             "data": arr.tobytes() if arr is not None else None,
             "encoded": list(self.encoded),
+            "channel_order": self.channel_order,
         }
 
     @classmethod
@@ -98,6 +103,7 @@ class FrameRef:
             fps=row["fps"],
             array=arr,
             encoded=tuple(row.get("encoded") or ()),
+            channel_order=row.get("channel_order") or "rgb",
         )
 
     def __eq__(self, other: object) -> bool:
@@ -120,6 +126,7 @@ FRAME_REF_TYPE = pa.struct(
         ("shape", pa.list_(pa.int32())),
         ("data", pa.large_binary()),
         ("encoded", pa.list_(pa.binary())),
+        ("channel_order", pa.string()),
     ]
 )
 

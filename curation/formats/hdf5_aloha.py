@@ -50,6 +50,7 @@ from curation.formats.hdf5_robomimic import (
     common_embodiment,
     episode_frames,
     finish_episode,
+    image_shape_ok,
     open_hdf5,
     read_dataset,
 )
@@ -144,20 +145,32 @@ class AlohaReader(SourceReader):
                 ds = f.get(f"{IMAGES_GROUP}/{key}")
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset {IMAGES_GROUP}/{key}", path, label)
-                if ds.ndim == 4:
+                order = self.mapping.channel_order(key)
+                if ds.ndim in (3, 4) and image_shape_ok(ds.shape):
                     cameras[role] = FrameRef(
-                        kind="hdf5", path=str(path), key=ds.name, stop=int(ds.shape[0]), fps=fps
+                        kind="hdf5",
+                        path=str(path),
+                        key=ds.name,
+                        stop=int(ds.shape[0]),
+                        fps=fps,
+                        channel_order=order,
                     )
                 elif ds.ndim == 2 and compressed:  # [T, padded] JPEG bytes
                     rows = np.asarray(ds[()], dtype=np.uint8)
                     encoded = tuple(_strip_padding(r) for r in rows)
                     cameras[role] = FrameRef(
-                        kind="encoded", path=str(path), key=ds.name, fps=fps, encoded=encoded
+                        kind="encoded",
+                        path=str(path),
+                        key=ds.name,
+                        fps=fps,
+                        encoded=encoded,
+                        channel_order=order,
                     )
                 else:
                     raise LoadError(
                         "bad_shape",
-                        f"{ds.name} has shape {ds.shape}; want [T, H, W, 3] or compressed [T, N]",
+                        f"{ds.name} has shape {ds.shape} ({ds.dtype}); want [T, H, W], [T, H, W, 1|3|4] "
+                        "or compressed [T, N]",
                         path,
                         label,
                     )

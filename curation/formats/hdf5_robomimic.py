@@ -88,6 +88,11 @@ def open_hdf5(path: str | Path):
         raise LoadError("bad_file", f"cannot open as HDF5: {err}", path) from err
 
 
+def image_shape_ok(shape: tuple[int, ...]) -> bool:
+    """Frames [T, H, W] (gray) or [T, H, W, C] with C = 1, 3 or 4 (:func:`curation.frames.to_rgb8`)."""
+    return len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))
+
+
 def read_dataset(group: Any, key: str, path: Path, episode: str) -> np.ndarray:
     """The whole dataset ``key`` under ``group``, or ``LoadError("missing_key")``."""
     import h5py
@@ -297,9 +302,12 @@ class RobomimicReader(SourceReader):
                 ds = obs.get(key)
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset obs/{key}", path, demo)
-                if ds.ndim != 4 or ds.shape[-1] != 3:
+                if not image_shape_ok(ds.shape):
                     raise LoadError(
-                        "bad_shape", f"obs/{key} has shape {ds.shape}, want [T, H, W, 3]", path, demo
+                        "bad_shape",
+                        f"obs/{key} has shape {ds.shape} ({ds.dtype}), want [T, H, W] or [T, H, W, 1|3|4]",
+                        path,
+                        demo,
                     )
                 cameras[role] = FrameRef(
                     kind="hdf5",
@@ -308,6 +316,7 @@ class RobomimicReader(SourceReader):
                     start=0,
                     stop=int(ds.shape[0]),
                     fps=fps,
+                    channel_order=self.mapping.channel_order(key),
                 )
             num_samples = group.attrs.get("num_samples")
             if num_samples is not None and int(num_samples) != action.shape[0]:

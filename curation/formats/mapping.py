@@ -8,6 +8,10 @@ instruction comes from. It is read from, in order:
 1. the ``mapping`` argument given to the reader (from the curation config),
 2. a ``gwp_source.json`` file in the source root (written by our writers),
 3. a preset named in the config (``MAPPING_PRESETS``) — never guessed silently.
+
+``extra["channel_order"]`` (optional) maps a camera's source key to ``"rgb"`` or ``"bgr"``,
+for sources that store blue first (frames written by OpenCV); decoding then swaps the
+channels (:func:`curation.frames.to_rgb8`). Keys not listed are RGB.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import SchemaError, get_embodiment
+from schemas.episode import CHANNEL_ORDERS
 
 SIDECAR_NAME = "gwp_source.json"
 
@@ -42,7 +47,27 @@ class SourceMapping:
                 raise SchemaError(
                     where, f"cameras[{key}]", f"role {role!r} not in {list(spec.cameras)} of {spec.name}"
                 )
+        orders = self.extra.get("channel_order", {})
+        if not isinstance(orders, dict):
+            raise SchemaError(where, "extra.channel_order", "must map camera keys to 'rgb' or 'bgr'")
+        for key, order in orders.items():
+            if order not in CHANNEL_ORDERS:
+                raise SchemaError(
+                    where,
+                    f"extra.channel_order[{key}]",
+                    f"must be one of {list(CHANNEL_ORDERS)}, got {order!r}",
+                )
+            if key not in self.cameras:
+                raise SchemaError(
+                    where,
+                    f"extra.channel_order[{key}]",
+                    f"not a camera key of this mapping: {sorted(self.cameras)}",
+                )
         return self
+
+    def channel_order(self, key: str) -> str:
+        """``"bgr"`` or ``"rgb"`` for the camera stored under source key ``key``."""
+        return str(self.extra.get("channel_order", {}).get(key, "rgb"))
 
     def role_of(self, key: str) -> str | None:
         return self.cameras.get(key)

@@ -611,7 +611,14 @@ class RLDSReader(SourceReader):
                     "length_mismatch", f"{key} has {len(feat)} frames, the episode {t} steps", path, label
                 )
             cameras[role] = FrameRef(
-                kind="encoded", path=path, key=key, start=0, stop=t, fps=fps, encoded=feat.value
+                kind="encoded",
+                path=path,
+                key=key,
+                start=0,
+                stop=t,
+                fps=fps,
+                encoded=feat.value,
+                channel_order=self.mapping.channel_order(key),
             )
         rel = os.path.relpath(path, self.root)
         try:
