@@ -21,6 +21,10 @@ itself raise :class:`~curation.formats.base.LoadError` naming the file.
   (the range is judged on the frames decoded, so a [0, 255] source whose frames are all 0/1
   would read as [0, 1]: such a frame is black either way);
 * signed ints, bool and other dtypes -> ``bad_pixel_dtype`` (their range has no convention);
+* a range the source declares (``FrameRef.pixel_range``, from the mapping's
+  ``extra.pixel_range``; e.g. ``(0, 4095)`` for a 12-bit camera) overrides all of the above
+  for any integer or float dtype: ``lo..hi`` is mapped linearly onto 0..255, rounded, and a
+  value outside it is ``bad_pixel_range``;
 * grayscale ``[N, H, W]`` or ``[N, H, W, 1]`` -> the gray replicated to 3 channels;
 * RGBA ``[N, H, W, 4]`` -> alpha dropped, not composited: camera frames with alpha are
   opaque in practice, and compositing a transparent pixel over an arbitrary background would
@@ -59,8 +63,27 @@ def _relative_indices(ref: FrameRef, indices: Sequence[int] | None) -> np.ndarra
 _WHOLE_255_MAX = 255.0
 
 
-def _pixel_values_to_uint8(frames: np.ndarray, where: str) -> np.ndarray:
+def _declared_range_to_uint8(frames: np.ndarray, where: str, lo: float, hi: float) -> np.ndarray:
+    if not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
+        raise LoadError("bad_pixel_dtype", f"frames {frames.shape} are {frames.dtype}, not numbers", where)
+    if not frames.size:
+        return frames.astype(np.uint8)
+    values = frames.astype(np.float64)
+    vmin, vmax = float(np.min(values)), float(np.max(values))
+    if not (np.isfinite(vmin) and np.isfinite(vmax)) or vmin < lo or vmax > hi:
+        raise LoadError(
+            "bad_pixel_range",
+            f"{frames.dtype} frames {frames.shape} span [{vmin:.6g}, {vmax:.6g}], outside the declared "
+            f"pixel_range [{lo:.6g}, {hi:.6g}]",
+            where,
+        )
+    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _pixel_values_to_uint8(frames: np.ndarray, where: str, pixel_range: tuple[float, ...] = ()) -> np.ndarray:
     """Any supported pixel dtype -> uint8 of the same shape; LoadError for the others."""
+    if pixel_range:
+        return _declared_range_to_uint8(frames, where, *pixel_range)
     dtype = frames.dtype
     if dtype == np.uint8:
         return frames
@@ -89,7 +112,9 @@ def _pixel_values_to_uint8(frames: np.ndarray, where: str) -> np.ndarray:
     )
 
 
-def to_rgb8(frames: np.ndarray, where: str, channel_order: str = "rgb") -> np.ndarray:
+def to_rgb8(
+    frames: np.ndarray, where: str, channel_order: str = "rgb", pixel_range: tuple[float, ...] = ()
+) -> np.ndarray:
     """uint8 ``[N, H, W, 3]`` RGB from gray ``[N, H, W(, 1)]``, RGB(A) or BGR(A) frames (module docstring)."""
     if frames.ndim == 3:
         frames = frames[..., None]
@@ -99,7 +124,7 @@ def to_rgb8(frames: np.ndarray, where: str, channel_order: str = "rgb") -> np.nd
             f"expected frames [N, H, W] or [N, H, W, 1|3|4], got {frames.shape} ({frames.dtype})",
             where,
         )
-    frames = _pixel_values_to_uint8(frames, where)
+    frames = _pixel_values_to_uint8(frames, where, pixel_range)
     channels = frames.shape[-1]
     if channels == 1:
         return np.repeat(frames, 3, axis=-1)
@@ -108,8 +133,10 @@ def to_rgb8(frames: np.ndarray, where: str, channel_order: str = "rgb") -> np.nd
     return frames if channels == 3 else np.ascontiguousarray(frames[..., :3])
 
 
-def _check_hwc(frames: np.ndarray, where: str, channel_order: str = "rgb") -> np.ndarray:
-    return to_rgb8(frames, where, channel_order)
+def _check_hwc(frames: np.ndarray, where: str, ref: FrameRef | None = None) -> np.ndarray:
+    if ref is None:
+        return to_rgb8(frames, where)
+    return to_rgb8(frames, where, ref.channel_order, ref.pixel_range)
 
 
 def _decode_hdf5(ref: FrameRef, idx: np.ndarray) -> np.ndarray:
@@ -136,7 +163,7 @@ def _decode_hdf5(ref: FrameRef, idx: np.ndarray) -> np.ndarray:
         else:
             data = ds[uniq.tolist()] if uniq.size else ds[0:0]
     try:
-        frames = _check_hwc(np.asarray(data), ref.path, ref.channel_order)
+        frames = _check_hwc(np.asarray(data), ref.path, ref)
     except LoadError as err:
         raise LoadError(err.reason, f"dataset {ref.key}: {err.detail}", ref.path) from err
     return frames[inverse.reshape(-1)]
@@ -183,7 +210,7 @@ def _decode_encoded(ref: FrameRef, idx: np.ndarray) -> np.ndarray:
         except (UnidentifiedImageError, OSError) as err:
             raise LoadError("bad_image", f"frame {int(i)} is not a decodable image: {err}", where) from err
         try:
-            out.append(to_rgb8(arr[None], where, ref.channel_order)[0])
+            out.append(_check_hwc(arr[None], where, ref)[0])
         except LoadError as err:
             raise LoadError(
                 err.reason, f"frame {int(i)} of {ref.key or 'image'}: {err.detail}", where

@@ -52,6 +52,8 @@ class FrameRef:
     encoded: tuple[bytes, ...] = ()  # encoded: one PNG/JPEG per frame
     # "bgr" where the source stores blue first (set from the source mapping); decoding swaps it
     channel_order: str = "rgb"
+    # (lo, hi) the source declares for its pixel values (e.g. 12-bit: (0, 4095)); () = by dtype
+    pixel_range: tuple[float, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -64,6 +66,14 @@ class FrameRef:
     def validate(self, where: str = "FrameRef") -> FrameRef:
         require_choice(where, "kind", self.kind, FRAME_KINDS)
         require_choice(where, "channel_order", self.channel_order, CHANNEL_ORDERS)
+        if self.pixel_range and not (
+            len(self.pixel_range) == 2
+            and all(np.isfinite(self.pixel_range))
+            and self.pixel_range[0] < self.pixel_range[1]
+        ):
+            raise SchemaError(
+                where, "pixel_range", f"want () or (lo, hi) with lo < hi, got {self.pixel_range}"
+            )
         if self.kind in ("video", "hdf5"):
             require_str(where, "path", self.path)
             require_int(where, "start", self.start, minimum=0)
@@ -87,6 +97,7 @@ class FrameRef:
             "data": arr.tobytes() if arr is not None else None,
             "encoded": list(self.encoded),
             "channel_order": self.channel_order,
+            "pixel_range": [float(v) for v in self.pixel_range],
         }
 
     @classmethod
@@ -104,6 +115,7 @@ class FrameRef:
             array=arr,
             encoded=tuple(row.get("encoded") or ()),
             channel_order=row.get("channel_order") or "rgb",
+            pixel_range=tuple(row.get("pixel_range") or ()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -127,6 +139,7 @@ FRAME_REF_TYPE = pa.struct(
         ("data", pa.large_binary()),
         ("encoded", pa.list_(pa.binary())),
         ("channel_order", pa.string()),
+        ("pixel_range", pa.list_(pa.float64())),
     ]
 )
 

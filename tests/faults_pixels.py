@@ -10,7 +10,8 @@ check ``inputs = outputs + rejected`` and every pixel.
 * group ``pixels`` — robomimic HDF5 files whose ``agentview_image`` is uint16, float in [0, 1],
   float holding whole numbers in [0, 255], float out of range, signed int16, grayscale
   ``[T, H, W]`` and ``[T, H, W, 1]``, RGBA, two channels, BGR declared in the mapping
-  (``extra.channel_order``); an RLDS dataset whose PNGs are 16-bit gray (``I;16``), 8-bit gray
+  (``extra.channel_order``), a range declared in the mapping (``extra.pixel_range``: float in
+  [-1, 1], 12-bit in uint16, and a value beyond it); an RLDS dataset whose PNGs are 16-bit gray (``I;16``), 8-bit gray
   (``L``), gray + alpha (``LA``), RGBA and palette (``P``).
 * group ``exposure`` — a robomimic file with a good, a mostly saturated and a mostly black
   episode, run through the real per-episode pass (:func:`curation.episode_samples.process_episode`).
@@ -80,10 +81,11 @@ def _replace_dataset(path: Path, key: str, data: np.ndarray) -> None:
         f.create_dataset(key, data=data)
 
 
-def _set_channel_order(path: Path, key: str, order: str) -> None:
+def _set_extra(path: Path, extra: dict) -> None:
+    """Add ``extra`` (e.g. ``{"channel_order": {"agentview_image": "bgr"}}``) to the file's mapping."""
     sidecar = Path(str(path) + "." + SIDECAR_NAME)
     mapping = json.loads(sidecar.read_text())
-    mapping["extra"] = {**mapping.get("extra", {}), "channel_order": {key: order}}
+    mapping["extra"] = {**mapping.get("extra", {}), **extra}
     sidecar.write_text(json.dumps(mapping))
 
 
@@ -95,18 +97,24 @@ def _hdf5_pixel_cases(root: Path) -> list[Case]:
     base = smooth_frames(T, 3.0, SIZE, SIZE)  # uint8 [T, H, W, 3]: what every good variant must give
     gray = base[..., 1]  # uint8 [T, H, W]
 
-    def good(name: str, injected: str, stored: np.ndarray, want: np.ndarray, bgr: bool = False) -> None:
+    def good(
+        name: str, injected: str, stored: np.ndarray, want: np.ndarray, extra: dict | None = None
+    ) -> None:
         path = root / f"{name}.hdf5"
         _robomimic(path, seed=5)
         _replace_dataset(path, IMAGE_KEY, stored)
-        if bgr:
-            _set_channel_order(path, "agentview_image", "bgr")
+        if extra:
+            _set_extra(path, extra)
         cases.append(Case("pixels", injected.split(":")[0], injected, str(path), 1, frames=[want]))
 
-    def bad(name: str, injected: str, stored: np.ndarray, reason: str, detail: str) -> None:
+    def bad(
+        name: str, injected: str, stored: np.ndarray, reason: str, detail: str, extra: dict | None = None
+    ) -> None:
         path = root / f"{name}.hdf5"
         _robomimic(path, seed=5)
         _replace_dataset(path, IMAGE_KEY, stored)
+        if extra:
+            _set_extra(path, extra)
         fault = Fault(injected.split(":")[0], injected, str(path), (reason,), detail)
         cases.append(Case("pixels", fault.name, injected, str(path), 1, faults=[fault]))
 
@@ -125,7 +133,31 @@ def _hdf5_pixel_cases(root: Path) -> list[Case]:
         "HDF5 BGR frames: mapping extra.channel_order = bgr",
         np.ascontiguousarray(base[..., ::-1]),
         base,
-        bgr=True,
+        {"channel_order": {"agentview_image": "bgr"}},
+    )
+    signed = base.astype(np.float64) / 127.5 - 1  # in [-1, 1]
+    good(
+        "declared_float",
+        "HDF5 float64 frames in [-1, 1]: mapping extra.pixel_range = [-1, 1]",
+        signed,
+        base,
+        {"pixel_range": {"agentview_image": [-1, 1]}},
+    )
+    v12 = rng.integers(0, 4096, base.shape).astype(np.uint16)
+    good(
+        "declared_12bit",
+        "HDF5 uint16 frames of a 12-bit camera: mapping extra.pixel_range = [0, 4095]",
+        v12,
+        np.floor(v12.astype(np.float64) * 255 / 4095 + 0.5).astype(np.uint8),
+        {"pixel_range": {"agentview_image": [0, 4095]}},
+    )
+    bad(
+        "declared_violated",
+        "HDF5 uint16 frames reaching 4096 while the mapping declares pixel_range [0, 4095]",
+        np.where(v12 == v12.max(), 4096, v12).astype(np.uint16),
+        "bad_pixel_range",
+        "outside the declared pixel_range",
+        {"pixel_range": {"agentview_image": [0, 4095]}},
     )
     bad(
         "float_range",

@@ -211,6 +211,7 @@ class AlohaReader(SourceReader):
                         stop=int(ds.shape[0]),
                         fps=fps,
                         channel_order=order,
+                        pixel_range=self.mapping.pixel_range(key),
                     )
                 elif ds.ndim == 2 and compressed:  # [T, padded] JPEG bytes
                     rows = np.asarray(ds[()], dtype=np.uint8)
@@ -222,6 +223,7 @@ class AlohaReader(SourceReader):
                         fps=fps,
                         encoded=encoded,
                         channel_order=order,
+                        pixel_range=self.mapping.pixel_range(key),
                     )
                 else:
                     raise LoadError(

@@ -382,6 +382,7 @@ class RobomimicReader(SourceReader):
                     stop=int(ds.shape[0]),
                     fps=fps,
                     channel_order=self.mapping.channel_order(key),
+                    pixel_range=self.mapping.pixel_range(key),
                 )
             num_samples = group.attrs.get("num_samples")
             if num_samples is not None and int(num_samples) != action.shape[0]:

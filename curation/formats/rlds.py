@@ -634,6 +634,7 @@ class RLDSReader(SourceReader):
                 fps=fps,
                 encoded=feat.value,
                 channel_order=self.mapping.channel_order(key),
+                pixel_range=self.mapping.pixel_range(key),
             )
         rel = os.path.relpath(path, self.root)
         try:

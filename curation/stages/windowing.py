@@ -107,6 +107,7 @@ class Window:
                     fps=ref.fps,
                     encoded=tuple(ref.encoded[i] for i in idx),
                     channel_order=ref.channel_order,
+                    pixel_range=ref.pixel_range,
                 )
             cams.append({"role": role, **ref.to_row()})
         return {
