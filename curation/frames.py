@@ -175,21 +175,21 @@ _ARRAY_MODES = {"RGB", "RGBA", "L", "LA", "I;16", "I;16L", "I;16B", "I", "F"}
 _PIL_TO_RGB = {"P", "PA", "1", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa", "RGBX"}
 
 
-def _image_array(im, frame: int, where: str) -> np.ndarray:
+def _image_array(im, where: str, declared_range: bool) -> np.ndarray:
     """One PIL image as an array to_rgb8 accepts: [H, W] or [H, W, C]."""
     mode = im.mode
     if mode in _PIL_TO_RGB:
         return np.asarray(im.convert("RGBA" if mode in ("PA", "La", "RGBa") else "RGB"))
     if mode not in _ARRAY_MODES:
-        raise LoadError("bad_pixel_dtype", f"frame {frame}: unsupported image mode {mode!r}", where)
+        raise LoadError("bad_pixel_dtype", f"unsupported image mode {mode!r}", where)
     arr = np.asarray(im)
     if mode == "LA":
         arr = arr[..., :1]  # gray + alpha: keep the gray (alpha dropped, as for RGBA)
-    elif mode == "I":  # 32-bit signed container of PNG 16-bit gray: the values must fit uint16
+    elif mode == "I" and not declared_range:  # PNG 16-bit gray arrives as int32: must fit uint16
         if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 0xFFFF):
             raise LoadError(
                 "bad_pixel_range",
-                f"frame {frame}: mode 'I' values span [{int(arr.min())}, {int(arr.max())}], not 16-bit",
+                f"mode 'I' values span [{int(arr.min())}, {int(arr.max())}], not 16-bit",
                 where,
             )
         arr = arr.astype(np.uint16)
@@ -206,11 +206,10 @@ def _decode_encoded(ref: FrameRef, idx: np.ndarray) -> np.ndarray:
     for i in idx:
         try:
             with Image.open(io.BytesIO(ref.encoded[int(i)])) as im:
-                arr = _image_array(im, int(i), where)
+                arr = _image_array(im, where, bool(ref.pixel_range))
+            out.append(_check_hwc(arr[None], where, ref)[0])
         except (UnidentifiedImageError, OSError) as err:
             raise LoadError("bad_image", f"frame {int(i)} is not a decodable image: {err}", where) from err
-        try:
-            out.append(_check_hwc(arr[None], where, ref)[0])
         except LoadError as err:
             raise LoadError(
                 err.reason, f"frame {int(i)} of {ref.key or 'image'}: {err.detail}", where
