@@ -60,9 +60,6 @@ def _relative_indices(ref: FrameRef, indices: Sequence[int] | None) -> np.ndarra
     return idx
 
 
-_WHOLE_255_MAX = 255.0
-
-
 def _declared_range_to_uint8(frames: np.ndarray, where: str, lo: float, hi: float) -> np.ndarray:
     if not (np.issubdtype(frames.dtype, np.integer) or np.issubdtype(frames.dtype, np.floating)):
         raise LoadError("bad_pixel_dtype", f"frames {frames.shape} are {frames.dtype}, not numbers", where)
@@ -96,8 +93,9 @@ def _pixel_values_to_uint8(frames: np.ndarray, where: str, pixel_range: tuple[fl
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise LoadError("bad_pixel_range", f"{dtype} frames {frames.shape} hold NaN or inf", where)
         if lo >= 0.0 and hi <= 1.0:
-            return np.rint(frames * 255.0).astype(np.uint8)
-        if lo >= 0.0 and hi <= _WHOLE_255_MAX and bool(np.all(frames == np.rint(frames))):
+            # float32 at least: float16 has too few bits near 255 to round v/255·255 back to v
+            return np.rint(frames.astype(np.promote_types(dtype, np.float32)) * 255.0).astype(np.uint8)
+        if lo >= 0.0 and hi <= 255.0 and bool(np.all(frames == np.rint(frames))):
             return frames.astype(np.uint8)
         raise LoadError(
             "bad_pixel_range",

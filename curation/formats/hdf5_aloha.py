@@ -203,7 +203,7 @@ class AlohaReader(SourceReader):
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset {IMAGES_GROUP}/{key}", path, label)
                 order = self.mapping.channel_order(key)
-                if ds.ndim in (3, 4) and image_shape_ok(ds.shape):
+                if image_shape_ok(ds.shape):
                     cameras[role] = FrameRef(
                         kind="hdf5",
                         path=str(path),
