@@ -33,6 +33,7 @@ FILTER_NAMES = (
     "frozen_actions",
     "exploding_actions",
     "static_video",
+    "exposure",
     "dark_video",
     "blurred_video",
     "duplicate",
@@ -77,6 +78,11 @@ class FilterConfig:
     min_motion: float = 0.3  # mean |Δ gray| between consecutive sampled frames, 0..255 scale
     min_brightness: float = 12.0  # mean gray level, 0..255
     min_sharpness: float = 4.0  # variance of the 4-neighbour Laplacian at sharpness_size², gray 0..255
+    # exposure: fraction of sampled gray pixels >= saturated_level (or <= black_level) above the max
+    saturated_level: int = 250
+    black_level: int = 5
+    max_overexposed_fraction: float = 0.5
+    max_underexposed_fraction: float = 0.5
     # near duplicates: pHash of `hash_frames` evenly spaced frames + action SimHash
     hash_frames: int = 4
     max_hamming: int = 4  # duplicate when every 64-bit frame pHash differs in at most this many bits
@@ -95,6 +101,14 @@ class FilterConfig:
         _check(self.sharpness_size >= 8, w, "sharpness_size", "must be >= 8")
         _check(self.max_sampled_frames >= 2, w, "max_sampled_frames", "must be >= 2 (motion needs a pair)")
         _check(self.hash_frames >= 1, w, "hash_frames", "must be >= 1")
+        _check(
+            0 <= self.black_level < self.saturated_level <= 255,
+            w,
+            "saturated_level",
+            "need 0 <= black_level < saturated_level <= 255",
+        )
+        for name in ("max_overexposed_fraction", "max_underexposed_fraction"):
+            _check(0 < getattr(self, name) <= 1, w, name, "must be in (0, 1]")
         _check(0 <= self.max_hamming < 32, w, "max_hamming", "must be in [0, 32)")
         _check(0 <= self.max_action_hamming < 32, w, "max_action_hamming", "must be in [0, 32)")
 

@@ -30,6 +30,7 @@ from schemas.embodiment import get_embodiment
 from schemas.errors import SchemaError
 
 FRAME_KINDS = ("video", "hdf5", "encoded", "inline")
+CHANNEL_ORDERS = ("rgb", "bgr")
 # Namespace for every deterministic id in the toolkit (uuid5).
 GWP_NAMESPACE = uuid.UUID("5d1b7a38-2f0e-4c55-9a43-7c6f3f1de0a1")
 
@@ -58,6 +59,10 @@ class FrameRef:
     array: np.ndarray | None = None  # inline: [T, H, W, 3] uint8
     encoded: tuple[bytes, ...] = ()  # encoded: one PNG/JPEG per frame
     times: tuple[float, ...] = ()  # video: presentation time (s) of each step's frame; () = the fps grid
+    # "bgr" where the source stores blue first (set from the source mapping); decoding swaps it
+    channel_order: str = "rgb"
+    # (lo, hi) the source declares for its pixel values (e.g. 12-bit: (0, 4095)); () = by dtype
+    pixel_range: tuple[float, ...] = ()
 
     @property
     def num_frames(self) -> int:
@@ -69,6 +74,15 @@ class FrameRef:
 
     def validate(self, where: str = "FrameRef") -> FrameRef:
         require_choice(where, "kind", self.kind, FRAME_KINDS)
+        require_choice(where, "channel_order", self.channel_order, CHANNEL_ORDERS)
+        if self.pixel_range and not (
+            len(self.pixel_range) == 2
+            and all(np.isfinite(self.pixel_range))
+            and self.pixel_range[0] < self.pixel_range[1]
+        ):
+            raise SchemaError(
+                where, "pixel_range", f"want () or (lo, hi) with lo < hi, got {self.pixel_range}"
+            )
         if self.kind in ("video", "hdf5"):
             require_str(where, "path", self.path)
             require_int(where, "start", self.start, minimum=0)
@@ -96,6 +110,8 @@ class FrameRef:
             "data": arr.tobytes() if arr is not None else None,
             "encoded": list(self.encoded),
             "times": list(self.times),
+            "channel_order": self.channel_order,
+            "pixel_range": [float(v) for v in self.pixel_range],
         }
 
     @classmethod
@@ -113,6 +129,8 @@ class FrameRef:
             array=arr,
             encoded=tuple(row.get("encoded") or ()),
             times=tuple(row.get("times") or ()),
+            channel_order=row.get("channel_order") or "rgb",
+            pixel_range=tuple(row.get("pixel_range") or ()),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -136,6 +154,8 @@ FRAME_REF_TYPE = pa.struct(
         ("data", pa.large_binary()),
         ("encoded", pa.list_(pa.binary())),
         ("times", pa.list_(pa.float64())),
+        ("channel_order", pa.string()),
+        ("pixel_range", pa.list_(pa.float64())),
     ]
 )
 

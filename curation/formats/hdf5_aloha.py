@@ -29,6 +29,12 @@ Instruction: the root attribute ``gwp_instruction`` (ours), else ``mapping.instr
 tasks are one instruction per folder). fps: ``mapping.extra["fps"]``, else the root attribute
 ``gwp_fps`` (ours), else the embodiment's ``control_hz`` (ALOHA: 50 Hz).
 
+Unexpected members: listing opens each file and walks the layout above (plus the groups on
+the mapping's ``state_key`` / ``action_key`` paths and ALOHA's optional ``effort`` and
+``base_action``); every other member — a soft or external link anywhere on it (never
+followed), a group where a dataset belongs, an unknown name — becomes a ref of its own that
+fails to load with ``unexpected_member`` naming it, beside the file's episode.
+
 Files are ordered by the number in ``episode_N`` (then by name); the episode index is that
 number. Errors name the file: ``bad_file``, ``missing_key``, ``length_mismatch``,
 ``nan_action``, ``nan_state``, ``bad_shape``, ``invalid_episode``; each file loads alone.
@@ -50,8 +56,12 @@ from curation.formats.hdf5_robomimic import (
     common_embodiment,
     episode_frames,
     finish_episode,
+    image_shape_ok,
+    link_problem,
     open_hdf5,
+    raise_if_unexpected,
     read_dataset,
+    unexpected_ref,
 )
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, get_embodiment
@@ -117,10 +127,57 @@ class AlohaReader(SourceReader):
             raise LoadError("missing_file", "source does not exist", self.root)
         if not files:
             raise LoadError("unknown_layout", f"no {'/'.join(_SUFFIXES)} files in the folder", self.root)
-        return [
+        refs = [
             EpisodeRef(format=FORMAT, root=str(self.root), path=str(p), index=n, source=self.source)
             for n, p in files
         ]
+        first_free = max(n for n, _ in files) + 1
+        for _, p in files:
+            for member, problem in self._unexpected_members(p):
+                refs.append(unexpected_ref(FORMAT, self.root, p, first_free, self.source, member, problem))
+                first_free += 1
+        return refs
+
+    def _expected_paths(self) -> set[str]:
+        paths = {IMAGES_GROUP, QPOS_KEY, QVEL_KEY, "/observations/effort", ACTION_KEY, "/compress_len"}
+        paths.add("/base_action")  # mobile ALOHA's base velocity command
+        for key in (self.mapping.state_key, self.mapping.action_key):
+            parts = key.strip("/").split("/")
+            paths.update("/" + "/".join(parts[: i + 1]) for i in range(len(parts)))
+        # every ancestor of an expected path is an expected group
+        paths.update("/" + "/".join(q.strip("/").split("/")[:i]) for q in list(paths) for i in range(1, 3))
+        return {q for q in paths if q != "/"}
+
+    def _unexpected_members(self, path: Path) -> list[tuple[str, str]]:
+        """(member, problem) for every member of one file outside the ALOHA layout; none if it
+        does not open (its episode's load reports that)."""
+        import h5py
+
+        expected = self._expected_paths()
+        out: list[tuple[str, str]] = []
+
+        def walk(group: Any) -> None:
+            for name in group:
+                member = f"{group.name.rstrip('/')}/{name}"
+                problem = link_problem(group, name)
+                obj = group.get(name) if problem is None else None
+                if problem is None and group.name == IMAGES_GROUP and isinstance(obj, h5py.Dataset):
+                    continue  # a camera, mapped or not
+                if problem is None and member in expected:
+                    if isinstance(obj, h5py.Group):
+                        walk(obj)
+                    continue
+                if problem is None:
+                    kind = "group" if isinstance(obj, h5py.Group) else "dataset"
+                    problem = f"{kind} {member} is not part of the ALOHA layout"
+                out.append((member, problem))
+
+        try:
+            with open_hdf5(path) as f:
+                walk(f)
+        except (LoadError, OSError):
+            return []
+        return out
 
     def _fps(self, f: Any) -> float:
         if "fps" in self.mapping.extra:
@@ -132,6 +189,7 @@ class AlohaReader(SourceReader):
     def load(self, ref: EpisodeRef) -> Episode:
         import h5py
 
+        raise_if_unexpected(ref)
         path = Path(ref.path)
         label = path.stem
         with open_hdf5(path) as f:
@@ -144,20 +202,34 @@ class AlohaReader(SourceReader):
                 ds = f.get(f"{IMAGES_GROUP}/{key}")
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset {IMAGES_GROUP}/{key}", path, label)
-                if ds.ndim == 4:
+                order = self.mapping.channel_order(key)
+                if image_shape_ok(ds.shape):
                     cameras[role] = FrameRef(
-                        kind="hdf5", path=str(path), key=ds.name, stop=int(ds.shape[0]), fps=fps
+                        kind="hdf5",
+                        path=str(path),
+                        key=ds.name,
+                        stop=int(ds.shape[0]),
+                        fps=fps,
+                        channel_order=order,
+                        pixel_range=self.mapping.pixel_range(key),
                     )
                 elif ds.ndim == 2 and compressed:  # [T, padded] JPEG bytes
                     rows = np.asarray(ds[()], dtype=np.uint8)
                     encoded = tuple(_strip_padding(r) for r in rows)
                     cameras[role] = FrameRef(
-                        kind="encoded", path=str(path), key=ds.name, fps=fps, encoded=encoded
+                        kind="encoded",
+                        path=str(path),
+                        key=ds.name,
+                        fps=fps,
+                        encoded=encoded,
+                        channel_order=order,
+                        pixel_range=self.mapping.pixel_range(key),
                     )
                 else:
                     raise LoadError(
                         "bad_shape",
-                        f"{ds.name} has shape {ds.shape}; want [T, H, W, 3] or compressed [T, N]",
+                        f"{ds.name} has shape {ds.shape} ({ds.dtype}); want [T, H, W], [T, H, W, 1|3|4] "
+                        "or compressed [T, N]",
                         path,
                         label,
                     )

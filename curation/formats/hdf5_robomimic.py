@@ -31,6 +31,12 @@ fps is ``mapping.extra["fps"]``, else the demo attribute ``gwp_fps`` (ours), els
 ``env_args["env_kwargs"]["control_freq"]`` (robosuite writes it there), else the embodiment's
 ``control_hz``; timestamps are ``arange(T) / fps``.
 
+Unexpected members: every member of ``data`` that is not a ``demo_N`` *group* reached by a
+hard link — a dataset named ``demo_N``, a group or dataset with another name, a soft or
+external link (never followed: it could repeat a demo or read another file) — is listed as a
+ref of its own that fails to load with ``unexpected_member`` naming it, so it reaches the
+rejection ledger instead of being skipped or read silently.
+
 Errors are :class:`~curation.formats.base.LoadError` naming the file and ``demo_N``:
 ``bad_file`` (not HDF5 / no ``data`` group; raised by ``list_episodes``), ``missing_key``,
 ``length_mismatch`` (images, state, actions or ``num_samples`` disagree on T),
@@ -86,6 +92,11 @@ def open_hdf5(path: str | Path):
         return h5py.File(path, "r")
     except OSError as err:
         raise LoadError("bad_file", f"cannot open as HDF5: {err}", path) from err
+
+
+def image_shape_ok(shape: tuple[int, ...]) -> bool:
+    """Frames [T, H, W] (gray) or [T, H, W, C] with C = 1, 3 or 4 (:func:`curation.frames.to_rgb8`)."""
+    return len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))
 
 
 def read_dataset(group: Any, key: str, path: Path, episode: str) -> np.ndarray:
@@ -165,6 +176,36 @@ def finish_episode(
         raise LoadError("invalid_episode", str(err), path, label) from err
 
 
+def link_problem(group: Any, name: str) -> str | None:
+    """Why member ``name`` of ``group`` must not be followed: a soft or external link; None for a hard link."""
+    import h5py
+
+    link = group.get(name, getlink=True)
+    where = f"{group.name.rstrip('/')}/{name}"
+    if isinstance(link, h5py.SoftLink):
+        return f"{where} is a soft link to {link.path} (not followed)"
+    if isinstance(link, h5py.ExternalLink):
+        return f"{where} is an external link to {link.filename}:{link.path} (not followed)"
+    return None
+
+
+def unexpected_ref(fmt: str, root: Path, path: Path, index: int, source: str, member: str, problem: str):
+    """A ref that fails to load with ``unexpected_member``: puts one odd HDF5 member in the ledger."""
+    return EpisodeRef(
+        format=fmt,
+        root=str(root),
+        path=str(path),
+        index=index,
+        source=source,
+        locator={"unexpected": member, "problem": problem},
+    )
+
+
+def raise_if_unexpected(ref: EpisodeRef) -> None:
+    if "unexpected" in ref.locator:
+        raise LoadError("unexpected_member", ref.locator["problem"], ref.path, ref.locator["unexpected"])
+
+
 def attr_str(obj: Any, name: str) -> str:
     value = obj.attrs.get(name)
     if value is None:
@@ -208,6 +249,29 @@ def _demo_number(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _data_members(data: Any) -> tuple[list[tuple[int, str]], list[tuple[str, str]]]:
+    """``(sorted (number, name) of the demo_N groups, (member, problem) of everything else)``."""
+    import h5py
+
+    demos, unexpected = [], []
+    for name in data:
+        member = f"{DATA_GROUP}/{name}"
+        problem = link_problem(data, name)
+        if problem is None:
+            obj = data.get(name)
+            n = _demo_number(name)
+            if isinstance(obj, h5py.Group) and n is not None:
+                demos.append((n, name))
+                continue
+            kind = "group" if isinstance(obj, h5py.Group) else "dataset"
+            if n is not None:
+                problem = f"{member} is a {kind} where a demo group should be"
+            else:
+                problem = f"{kind} {member} does not match the layout ({DATA_GROUP}/demo_N groups only)"
+        unexpected.append((member, problem))
+    return sorted(demos), unexpected
+
+
 class RobomimicReader(SourceReader):
     """Reads one robomimic ``.hdf5`` file; ``root`` is the file."""
 
@@ -246,7 +310,7 @@ class RobomimicReader(SourceReader):
             data = f.get(DATA_GROUP)
             if data is None:
                 raise LoadError("bad_file", f"no {DATA_GROUP!r} group: not a robomimic file", self.root)
-            demos = sorted((n, k) for k in data if (n := _demo_number(k)) is not None)
+            demos, unexpected = _data_members(data)
             filter_key = self.mapping.extra.get("filter_key")
             if filter_key:
                 mask = f.get(f"{MASK_GROUP}/{filter_key}")
@@ -255,6 +319,11 @@ class RobomimicReader(SourceReader):
                 keep = {m.decode() if isinstance(m, bytes) else str(m) for m in mask[()]}
                 demos = [(n, k) for n, k in demos if k in keep]
             instruction = attr_str(data, INSTRUCTION_ATTR)
+        first_free = max((n for n, _ in demos), default=-1) + 1
+        odd = [
+            unexpected_ref(FORMAT, self.root, self.root, first_free + i, self.source, member, problem)
+            for i, (member, problem) in enumerate(unexpected)
+        ]
         return [
             EpisodeRef(
                 format=FORMAT,
@@ -265,11 +334,12 @@ class RobomimicReader(SourceReader):
                 locator={"demo": k, "instruction": instruction},
             )
             for n, k in demos
-        ]
+        ] + odd
 
     def load(self, ref: EpisodeRef) -> Episode:
         import h5py
 
+        raise_if_unexpected(ref)
         path = Path(ref.path)
         demo = ref.locator["demo"]
         with open_hdf5(path) as f:
@@ -297,9 +367,12 @@ class RobomimicReader(SourceReader):
                 ds = obs.get(key)
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset obs/{key}", path, demo)
-                if ds.ndim != 4 or ds.shape[-1] != 3:
+                if not image_shape_ok(ds.shape):
                     raise LoadError(
-                        "bad_shape", f"obs/{key} has shape {ds.shape}, want [T, H, W, 3]", path, demo
+                        "bad_shape",
+                        f"obs/{key} has shape {ds.shape} ({ds.dtype}), want [T, H, W] or [T, H, W, 1|3|4]",
+                        path,
+                        demo,
                     )
                 cameras[role] = FrameRef(
                     kind="hdf5",
@@ -308,6 +381,8 @@ class RobomimicReader(SourceReader):
                     start=0,
                     stop=int(ds.shape[0]),
                     fps=fps,
+                    channel_order=self.mapping.channel_order(key),
+                    pixel_range=self.mapping.pixel_range(key),
                 )
             num_samples = group.attrs.get("num_samples")
             if num_samples is not None and int(num_samples) != action.shape[0]:

@@ -8,16 +8,26 @@ instruction comes from. It is read from, in order:
 1. the ``mapping`` argument given to the reader (from the curation config),
 2. a ``gwp_source.json`` file in the source root (written by our writers),
 3. a preset named in the config (``MAPPING_PRESETS``) — never guessed silently.
+
+``extra["channel_order"]`` (optional) maps a camera's source key to ``"rgb"`` or ``"bgr"``,
+for sources that store blue first (frames written by OpenCV); decoding then swaps the
+channels (:func:`curation.frames.to_rgb8`). Keys not listed are RGB.
+``extra["pixel_range"]`` (optional) maps a camera's source key to ``[lo, hi]``, the range its
+pixel values span (a 12-bit camera in uint16: ``[0, 4095]``; a float camera in [-1, 1]);
+decoding maps it linearly onto 0..255 and rejects values outside it. Keys not listed are
+read by their dtype's convention.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from schemas import SchemaError, get_embodiment
+from schemas.episode import CHANNEL_ORDERS
 
 SIDECAR_NAME = "gwp_source.json"
 
@@ -42,7 +52,54 @@ class SourceMapping:
                 raise SchemaError(
                     where, f"cameras[{key}]", f"role {role!r} not in {list(spec.cameras)} of {spec.name}"
                 )
+        orders = self.extra.get("channel_order", {})
+        if not isinstance(orders, dict):
+            raise SchemaError(where, "extra.channel_order", "must map camera keys to 'rgb' or 'bgr'")
+        for key, order in orders.items():
+            if order not in CHANNEL_ORDERS:
+                raise SchemaError(
+                    where,
+                    f"extra.channel_order[{key}]",
+                    f"must be one of {list(CHANNEL_ORDERS)}, got {order!r}",
+                )
+            if key not in self.cameras:
+                raise SchemaError(
+                    where,
+                    f"extra.channel_order[{key}]",
+                    f"not a camera key of this mapping: {sorted(self.cameras)}",
+                )
+        self._check_pixel_ranges(where)
         return self
+
+    def _check_pixel_ranges(self, where: str) -> None:
+        ranges = self.extra.get("pixel_range", {})
+        if not isinstance(ranges, dict):
+            raise SchemaError(where, "extra.pixel_range", "must map camera keys to [lo, hi]")
+        for key, value in ranges.items():
+            ok = (
+                isinstance(value, (list, tuple))
+                and len(value) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+                and value[0] < value[1]
+            )
+            if not ok:
+                raise SchemaError(
+                    where, f"extra.pixel_range[{key}]", f"must be [lo, hi] with lo < hi, got {value!r}"
+                )
+            if key not in self.cameras:
+                raise SchemaError(
+                    where,
+                    f"extra.pixel_range[{key}]",
+                    f"not a camera key of this mapping: {sorted(self.cameras)}",
+                )
+
+    def pixel_range(self, key: str) -> tuple[float, ...]:
+        """The declared ``(lo, hi)`` of the camera stored under ``key``, or ``()``."""
+        return tuple(float(v) for v in self.extra.get("pixel_range", {}).get(key, ()))
+
+    def channel_order(self, key: str) -> str:
+        """``"bgr"`` or ``"rgb"`` for the camera stored under source key ``key``."""
+        return str(self.extra.get("channel_order", {}).get(key, "rgb"))
 
     def role_of(self, key: str) -> str | None:
         return self.cameras.get(key)

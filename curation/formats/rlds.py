@@ -28,8 +28,12 @@ Reader: ``list_episodes`` reads ``dataset_info.json`` for the split's shards and
 12-byte record headers (payloads are skipped), giving one ref per record with its byte
 offset. ``load`` reads that one record, checks both CRCs, decodes the Example and keeps
 frames as encoded bytes (``FrameRef(kind="encoded")``). A corrupt payload spoils only its
-record; a corrupt header or truncation loses the framing, and the rest of that shard
-becomes one ref that fails to load — so every problem reaches the rejection ledger.
+record; a corrupt header becomes one ref that fails to load and the scan resyncs at the next
+intact record (:func:`curation.formats.tfrecord.scan_records`); a truncation, or a bad header
+with nothing intact after it, loses the rest of the shard as one such ref. When the shard
+then frames fewer records than ``dataset_info.json``'s ``shardLengths`` promise, each missing
+one is a further failing ref, so the ledger counts every record the dataset declares:
+declared = loaded + rejected.
 
 Key choices: camera role ``high`` is written as ``image`` (the OXE name of the main
 camera), other roles as ``<role>_image``; fps goes to ``episode_metadata/fps`` (float32;
@@ -491,7 +495,18 @@ class RLDSReader(SourceReader):
             for span in scan_records(shard):
                 add(shard, span.index, span.offset, span.length, span.error)
                 count, lost = count + 1, lost or bool(span.error)
-            if promised is not None and not lost and count != promised:
+            if promised is not None and count < promised:
+                # records inside skipped or lost bytes have no span: one ledger line each
+                where = "lost in the corrupt bytes reported above" if lost else "not in the file"
+                for k in range(count, promised):
+                    add(
+                        shard,
+                        k,
+                        shard.stat().st_size,
+                        error=f"shard holds {count} records, {DATASET_INFO} says {promised}: "
+                        f"record {k + 1} of {promised} is {where}",
+                    )
+            elif promised is not None and not lost and count != promised:
                 add(
                     shard,
                     count,
@@ -611,7 +626,15 @@ class RLDSReader(SourceReader):
                     "length_mismatch", f"{key} has {len(feat)} frames, the episode {t} steps", path, label
                 )
             cameras[role] = FrameRef(
-                kind="encoded", path=path, key=key, start=0, stop=t, fps=fps, encoded=feat.value
+                kind="encoded",
+                path=path,
+                key=key,
+                start=0,
+                stop=t,
+                fps=fps,
+                encoded=feat.value,
+                channel_order=self.mapping.channel_order(key),
+                pixel_range=self.mapping.pixel_range(key),
             )
         rel = os.path.relpath(path, self.root)
         try:

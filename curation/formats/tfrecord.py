@@ -10,8 +10,12 @@ Design:
       uint32  masked_crc32c(data)
 
   ``masked(c) = ((c >> 15) | (c << 17)) + 0xA282EAD8  (mod 2**32)``. Both CRCs are checked
-  on read; a bad length CRC or a short file means the framing is lost from that offset on,
-  a bad data CRC only spoils that one record (the next header is still found).
+  on read; a bad data CRC only spoils that one record (the next header is still found). A
+  bad length CRC loses the framing: :func:`scan_records` reports that record and *resyncs*,
+  searching the following bytes for the next offset whose length CRC and data CRC both
+  hold (all 8-byte windows of a block are CRC'd at once in numpy; a false match needs two
+  32-bit CRCs to agree by chance). What it skipped is reported with the byte range; a file
+  that ends inside a record, or has no intact record after a bad header, loses its remainder.
 * **crc32c** (Castagnoli, reflected polynomial 0x82F63B78) needs no new dependency: short
   inputs use a table-driven loop in Python; long ones split the data into L lanes of n bytes,
   run the table step over all lanes at once in numpy (n vectorised steps), then chain the
@@ -185,11 +189,54 @@ def write_records(path: str | Path, records: Iterable[bytes]) -> list[int]:
         return [w.write(r) for r in records]
 
 
+_RESYNC_BLOCK = 1 << 20
+
+
+def _window_masked_crcs(buf_B: np.ndarray, n: int) -> np.ndarray:
+    """masked_crc32c of the 8 bytes at each of the positions 0..n-1 of ``buf_B`` (uint32 [n])."""
+    reg = np.full(n, 0xFFFFFFFF, dtype=np.uint32)
+    for j in range(8):
+        reg = _TABLE_NP[(reg ^ buf_B[j : j + n]) & 0xFF] ^ (reg >> 8)
+    crc = reg ^ np.uint32(0xFFFFFFFF)
+    return ((crc >> 15) | (crc << 17)) + np.uint32(_MASK_DELTA)
+
+
+def _intact_record_at(f: BinaryIO, offset: int, size: int) -> bool:
+    f.seek(offset)
+    head = f.read(_HEADER.size)
+    length, length_crc = _HEADER.unpack(head)
+    if masked_crc32c(head[:8]) != length_crc or offset + _HEADER.size + length + _FOOTER.size > size:
+        return False
+    data = f.read(length)
+    return masked_crc32c(data) == _FOOTER.unpack(f.read(_FOOTER.size))[0]
+
+
+def find_next_record(f: BinaryIO, start: int, size: int) -> int | None:
+    """Offset of the first intact record (both CRCs hold) at or after ``start``, or None."""
+    pos = start
+    while pos + _HEADER.size + _FOOTER.size <= size:
+        f.seek(pos)
+        block = f.read(_RESYNC_BLOCK + _HEADER.size - 1)
+        n = len(block) - _HEADER.size + 1
+        buf_B = np.frombuffer(block, dtype=np.uint8)
+        stored = buf_B[8 : 8 + n].astype(np.uint32)  # the little-endian length CRC field
+        for k in range(1, 4):
+            stored |= buf_B[8 + k : 8 + k + n].astype(np.uint32) << np.uint32(8 * k)
+        for cand in np.flatnonzero(_window_masked_crcs(buf_B, n) == stored).tolist():
+            if _intact_record_at(f, pos + cand, size):
+                return pos + cand
+        pos += n
+    return None
+
+
 def scan_records(path: str | Path) -> Iterator[RecordSpan]:
     """The records of ``path`` from their headers alone (payloads are skipped, not read).
 
-    A header whose CRC fails or a file that ends inside a record yields one final span with
-    ``error`` set: no later record can be located reliably after that point.
+    A header whose CRC fails yields a span with ``error`` set naming the bytes skipped, then
+    the scan goes on from the next intact record (:func:`find_next_record`), numbering it as
+    the next record (records inside the skipped bytes cannot be counted; the caller compares
+    with the count it expected). A file that ends inside a record, or holds no intact record
+    after a bad header, yields one final span with ``error`` set for its remainder.
     """
     path = Path(path)
     size = path.stat().st_size
@@ -202,8 +249,26 @@ def scan_records(path: str | Path) -> Iterator[RecordSpan]:
                 return
             length, length_crc = _HEADER.unpack(head)
             if masked_crc32c(head[:8]) != length_crc:
-                yield RecordSpan(index, offset, 0, "length CRC mismatch (corrupt header; framing lost)")
-                return
+                resync = find_next_record(f, offset + 1, size)
+                if resync is None:
+                    yield RecordSpan(
+                        index,
+                        offset,
+                        0,
+                        f"length CRC mismatch (corrupt header; framing lost): no intact record in "
+                        f"bytes {offset}..{size}, the rest of the file is lost",
+                    )
+                    return
+                yield RecordSpan(
+                    index,
+                    offset,
+                    0,
+                    f"length CRC mismatch (corrupt header): bytes {offset}..{resync} skipped, "
+                    f"next intact record at byte {resync}",
+                )
+                f.seek(resync)
+                offset, index = resync, index + 1
+                continue
             end = offset + _HEADER.size + length + _FOOTER.size
             if end > size:
                 yield RecordSpan(

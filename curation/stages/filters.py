@@ -14,6 +14,8 @@ frozen_actions      frozen_actions         std over time < frozen_action_std on 
 exploding_actions   action_out_of_bounds   any |a| > max_abs_action
                     action_jump            any |a[t+1] − a[t]| > max_action_jump
 static_video        static_video           motion < min_motion
+exposure            overexposed            fraction of pixels >= saturated_level > max_overexposed_fraction
+                    underexposed           fraction of pixels <= black_level > max_underexposed_fraction
 dark_video          dark_video             brightness < min_brightness
 blurred_video       blurred_video          sharpness < min_sharpness
 duplicate           near_duplicate         fingerprint within max_hamming of a kept episode
@@ -26,6 +28,10 @@ by index only, converted to grayscale and resized (antialiased) to small squares
 * motion     = mean |g[i+1] − g[i]| over consecutive sampled frames at analysis_size²
   (gray levels 0..255 per sampling interval);
 * brightness = mean gray level at analysis_size²;
+* overexposed / underexposed = fraction of gray pixels >= saturated_level / <= black_level over
+  all sampled frames, on the sharpness-sized gray frames (a 32² box average would wash small
+  clipped areas into their neighbours); luma, so one saturated channel (pure red) is not
+  over-exposure;
 * sharpness  = mean over frames of the variance of the 4-neighbour Laplacian at
   s² with s = min(sharpness_size, frame height, frame width) (blur below ~3 px is invisible
   at 32², hence the larger size; never upscaled, as interpolation itself blurs).
@@ -150,6 +156,9 @@ class VideoScores:
     motion: float
     brightness: float
     sharpness: float
+    # not quality columns of the shards: the exposure check's inputs only
+    overexposed: float = 0.0
+    underexposed: float = 0.0
 
     def as_quality(self) -> dict[str, float]:
         return {"motion": self.motion, "brightness": self.brightness, "sharpness": self.sharpness}
@@ -182,13 +191,14 @@ def laplacian_variance(gray_NHW: np.ndarray) -> float:
 
 def video_scores(frames_NHWC: np.ndarray, cfg: FilterConfig) -> VideoScores:
     small = to_gray(frames_NHWC, cfg.analysis_size)
+    # never upscale for sharpness: interpolation itself would look like blur
+    sharp = to_gray(frames_NHWC, max(8, min(cfg.sharpness_size, *frames_NHWC.shape[1:3])))
     return VideoScores(
         motion=motion_score(small),
         brightness=float(small.mean()),
-        # never upscale for sharpness: interpolation itself would look like blur
-        sharpness=laplacian_variance(
-            to_gray(frames_NHWC, max(8, min(cfg.sharpness_size, *frames_NHWC.shape[1:3])))
-        ),
+        sharpness=laplacian_variance(sharp),
+        overexposed=float((sharp >= cfg.saturated_level).mean()) if sharp.size else 0.0,
+        underexposed=float((sharp <= cfg.black_level).mean()) if sharp.size else 0.0,
     )
 
 
@@ -196,6 +206,26 @@ def check_static_video(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> R
     if scores.motion < cfg.min_motion:
         return _reject(
             ep, "static_video", "static_video", f"motion {scores.motion:.3g} < min_motion {cfg.min_motion:g}"
+        )
+    return None
+
+
+def check_exposure(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
+    if scores.overexposed > cfg.max_overexposed_fraction:
+        return _reject(
+            ep,
+            "exposure",
+            "overexposed",
+            f"{scores.overexposed:.3f} of sampled pixels >= {cfg.saturated_level} "
+            f"> max_overexposed_fraction {cfg.max_overexposed_fraction:g}",
+        )
+    if scores.underexposed > cfg.max_underexposed_fraction:
+        return _reject(
+            ep,
+            "exposure",
+            "underexposed",
+            f"{scores.underexposed:.3f} of sampled pixels <= {cfg.black_level} "
+            f"> max_underexposed_fraction {cfg.max_underexposed_fraction:g}",
         )
     return None
 
@@ -376,6 +406,7 @@ NUMERIC_CHECKS = (
 )
 VIDEO_CHECKS = (
     ("static_video", check_static_video),
+    ("exposure", check_exposure),
     ("dark_video", check_dark_video),
     ("blurred_video", check_blurred_video),
 )

@@ -102,7 +102,12 @@ class Window:
                 )
             elif compact and ref.kind == "encoded":
                 ref = FrameRef(
-                    kind="encoded", path=ref.path, fps=ref.fps, encoded=tuple(ref.encoded[i] for i in idx)
+                    kind="encoded",
+                    path=ref.path,
+                    fps=ref.fps,
+                    encoded=tuple(ref.encoded[i] for i in idx),
+                    channel_order=ref.channel_order,
+                    pixel_range=ref.pixel_range,
                 )
             cams.append({"role": role, **ref.to_row()})
         return {
