@@ -35,7 +35,7 @@ import pyarrow as pa
 from curation.formats import FORMATS, EpisodeRef, LoadError, SourceMapping, detect_format, reader_class
 from curation.formats.base import SourceReader
 from curation.formats.mapping import SIDECAR_NAME
-from schemas import Episode, FrameRef, Rejection, SchemaError
+from schemas import Episode, FrameRef, Rejection, SchemaError, get_embodiment
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class SourceSpec:
     format: str | None = None
     mapping: dict[str, Any] | None = None  # SourceMapping fields; None = the sidecar in the source
     name: str | None = None
+    embodiment: str | None = None  # the robot, for a source mapped by its format's conventions
 
     @classmethod
     def coerce(cls, value: str | Path | dict | SourceSpec) -> SourceSpec:
@@ -53,7 +54,7 @@ class SourceSpec:
             return value
         if isinstance(value, (str, Path)):
             return cls(path=str(value))
-        allowed = {"path", "format", "mapping", "name"}
+        allowed = {"path", "format", "mapping", "name", "embodiment"}
         unknown = set(value) - allowed
         if unknown:
             raise ValueError(
@@ -67,19 +68,23 @@ class SourceSpec:
             "format": self.format or "",
             "mapping": json.dumps(self.mapping or {}),
             "name": self.name or "",
+            "embodiment": self.embodiment or "",
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SourceSpec:
         mapping = json.loads(row["mapping"]) or None
-        return cls(row["path"], row["format"] or None, mapping, row["name"] or None)
+        embodiment = row.get("embodiment") or None
+        return cls(row["path"], row["format"] or None, mapping, row["name"] or None, embodiment)
 
 
 @lru_cache(maxsize=64)
 def _reader(fmt: str, root: str, mapping_json: str, name: str) -> SourceReader:
     """Readers are cached per worker process: opening one may parse a whole metadata table."""
     mapping = (
-        SourceMapping.from_dict(json.loads(mapping_json), where=f"{root}: mapping") if mapping_json else None
+        SourceMapping.from_dict(json.loads(mapping_json), where=f"{root}: mapping", fmt=fmt)
+        if mapping_json
+        else None
     )
     return reader_class(fmt)(root, mapping=mapping, source=name or None)
 
@@ -97,16 +102,60 @@ def _rejection(err: Exception, stage: str, path: str, episode: str, source: str)
 
 
 def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
-    """List the episodes of one source; an unlistable source becomes one Rejection."""
+    """List the episodes of one source; an unlistable source becomes one Rejection, and so
+    does a source whose mapping maps no camera (every episode would fail curation later)."""
     mapping_json = json.dumps(spec.mapping) if spec.mapping else ""
     try:
         fmt = spec.format or detect_format(spec.path)
+        if spec.embodiment and not mapping_json:
+            # the workers must read with this robot too: the resolved mapping travels in each ref
+            mapping = SourceMapping.for_source(_mapping_root(spec.path, fmt), fmt, spec.embodiment)
+            mapping_json = json.dumps(mapping.to_dict())
         reader = _reader(fmt, spec.path, mapping_json, spec.name or "")
+        check_mapping(reader, spec, fmt)
         refs = reader.list_episodes()
     except Exception as err:  # every failure goes to the ledger
         name = spec.name or Path(spec.path).stem  # the reader's default source name
-        return [], [_rejection(err, "discover", spec.path, f"{Path(spec.path).name}#*", name)]
+        path = err.path if isinstance(err, LoadError) and err.reason in _MAPPING_REASONS else spec.path
+        return [], [_rejection(err, "discover", path, f"{Path(spec.path).name}#*", name)]
     return [_with_mapping(ref, mapping_json) for ref in refs], []
+
+
+_MAPPING_REASONS = ("no_camera", "embodiment_conflict")
+
+
+def _mapping_root(path: str, fmt: str) -> Path:
+    """The folder or file a source's sidecar belongs to (RLDS: the version folder)."""
+    if fmt == "rlds":
+        from curation.formats.rlds import version_folder
+
+        return version_folder(Path(path)) or Path(path)
+    return Path(path)
+
+
+def check_mapping(reader: SourceReader, spec: SourceSpec, fmt: str) -> None:
+    """Refuse a mapping that maps no camera (raw video names its cameras by role in the files,
+    so an empty ``cameras`` is its normal case) or names a robot other than ``--embodiment``.
+    The LoadError names the mapping's file: the thing to fix."""
+    where = (
+        f"{spec.path} (the mapping given in the config)"
+        if spec.mapping
+        else str(SourceMapping.sidecar_path(_mapping_root(spec.path, fmt)))
+    )
+    mapping = reader.mapping
+    if spec.embodiment and mapping.embodiment != spec.embodiment:
+        raise LoadError(
+            "embodiment_conflict",
+            f"the mapping names embodiment {mapping.embodiment!r}, --embodiment says {spec.embodiment!r}",
+            where,
+        )
+    if not mapping.cameras and fmt != "raw_video":
+        raise LoadError(
+            "no_camera",
+            f'the mapping maps no camera; add "cameras": {{source key: role}} with roles from '
+            f"{list(get_embodiment(mapping.embodiment).cameras)} (`gwp inspect {spec.path}` lists the keys)",
+            where,
+        )
 
 
 def _is_dataset(path: Path) -> bool:

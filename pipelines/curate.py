@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", action="append", default=[], help="a source folder or file (repeatable)")
     p.add_argument("--out", help="output dataset folder")
+    p.add_argument(
+        "--embodiment",
+        help="the robot of sources without a mapping (LeRobot/RLDS conventions); a source entry's own wins",
+    )
     p.add_argument("--preset", help="curation preset (default, debug, paper)")
     p.add_argument("--caption-model", help="open_clip CoCa model name, e.g. coca_ViT-B-32")
     p.add_argument("--caption-pretrained", help="open_clip tag, local checkpoint, or 'none' (random init)")
@@ -54,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         data["sources"] = args.source
     if args.out:
         data["out"] = args.out
+    if args.embodiment:
+        data["sources"] = [
+            {"embodiment": args.embodiment, **(s if isinstance(s, dict) else {"path": s})}
+            for s in data.get("sources") or []
+        ]
     if args.preset:
         data.setdefault("curation", {})["preset"] = args.preset
     if args.caption_model or args.caption_pretrained:
