@@ -5,7 +5,9 @@ Datasets are written by our own writers with LeRobot's feature names
 then lose their ``gwp_source.json``: what is left is what a dataset written by LeRobot holds
 (tests/test_lerobot_native.py checks one LeRobot wrote itself). Every case checks the
 episodes read (numbers exactly, frames against the originals) or the exact ledger reason
-and file, and that inputs = episodes + rejections.
+and file, and that inputs = episodes + rejections. Each refused source is also a row of
+RELIABILITY.md (group "config": a mapping that cannot be used), through the Recorder of
+tests/faults.py.
 """
 
 from __future__ import annotations
@@ -27,11 +29,32 @@ from curation.ingest import SourceSpec, iter_episodes
 from pipelines import ingest as gwp_ingest
 from pipelines import inspect as gwp_inspect
 from schemas import Episode, Rejection, get_embodiment
+from tests.faults import Recorder
 from tests.helpers import assert_same_episode, make_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 LEROBOT_KEYS = {"high": "observation.images.top", "wrist": "observation.images.wrist"}
 WRITERS = {"lerobot_v3": write_lerobot_v3, "lerobot_v2": write_lerobot_v2}
+REC = Recorder()
+
+
+def assert_refused(
+    rejected: list[Rejection], got: list[Episode], case: str, injected: str, reason: str, path: Path
+) -> Rejection:
+    """The source is one discover-stage rejection with ``reason`` naming ``path``; recorded as a row."""
+    observed = [(r.stage, r.reason, r.path) for r in rejected]
+    ok = got == [] and observed == [("discover", reason, str(path))]
+    REC.add(
+        "config",
+        case,
+        injected,
+        f"source refused at discover: {reason} naming {path.name}; 0 episodes + 1 rejection",
+        f"{len(got)} episodes; "
+        + "; ".join(f"{r.stage}: {r.reason} ({Path(r.path).name}) {r.detail}" for r in rejected),
+        ok,
+    )
+    assert ok, observed
+    return rejected[0]
 
 
 @pytest.fixture(autouse=True)
@@ -94,10 +117,15 @@ def test_hand_written_mapping_reads_names_no_alias_knows(tmp_path: Path) -> None
     root, episodes = lerobot_without_sidecar(tmp_path, keys=keys)
     # without a mapping: no camera name means a role, so the source is refused at discover
     got, rejected = read(root, decode=False)
-    assert got == [] and len(rejected) == 1
-    assert (rejected[0].stage, rejected[0].reason) == ("discover", "no_camera")
-    assert rejected[0].path == str(root / "meta" / "info.json")
-    assert "observation.images.kinect" in rejected[0].detail
+    r = assert_refused(
+        rejected,
+        got,
+        "LeRobot cameras no alias knows, no mapping",
+        "LeRobot v3.0 without gwp_source.json, cameras observation.images.kinect / .gopro",
+        "no_camera",
+        root / "meta" / "info.json",
+    )
+    assert "observation.images.kinect" in r.detail
     # a hand-written sidecar (keys left out take LeRobot's names) reads it exactly
     (root / SIDECAR_NAME).write_text(
         json.dumps(
@@ -137,16 +165,53 @@ def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path
     assert build_parser().parse_args(["--embodiment", "aloha"]).embodiment == "aloha"
     # a robot whose dims do not fit is refused for the source, naming the feature
     got, rejected = read(SourceSpec(path=str(root), embodiment="aloha"), decode=False)
-    assert got == [] and [(r.stage, r.reason) for r in rejected] == [("discover", "bad_shape")]
-    assert "observation.state" in rejected[0].detail
+    r = assert_refused(
+        rejected,
+        got,
+        "--embodiment of other dims",
+        "--embodiment aloha (14/14 dims) for a 4/4-dim LeRobot dataset",
+        "bad_shape",
+        root / "meta" / "info.json",
+    )
+    assert "observation.state" in r.detail
+    got, rejected = read(SourceSpec(path=str(root), embodiment="alohha"), decode=False)
+    r = assert_refused(
+        rejected,
+        got,
+        "--embodiment misspelt",
+        "--embodiment alohha",
+        "unknown_embodiment",
+        root / "meta" / "info.json",
+    )
+    assert "did you mean 'aloha'" in r.detail
+
+
+def test_robot_type_of_a_registered_robot_with_other_dims_is_refused(tmp_path: Path) -> None:
+    root, _ = lerobot_without_sidecar(tmp_path, robot_type="aloha")
+    got, rejected = read(root, decode=False)
+    r = assert_refused(
+        rejected,
+        got,
+        "robot_type of a registered robot, other dims",
+        "LeRobot v3.0 without mapping, robot_type 'aloha' (14/14) over 4/4-dim features",
+        "embodiment_mismatch",
+        root / "meta" / "info.json",
+    )
+    assert "--embodiment" in r.detail and list((tmp_path / "embodiments").iterdir()) == []
 
 
 def test_embodiment_flag_disagreeing_with_the_sidecar_is_refused(tmp_path: Path) -> None:
     episodes = make_episodes((5,))
     root = write_lerobot_v3(episodes, tmp_path / "ds", camera_keys=LEROBOT_KEYS)  # sidecar kept
     got, rejected = read(SourceSpec(path=str(root), embodiment="aloha"), decode=False)
-    assert got == [] and len(rejected) == 1
-    assert (rejected[0].reason, rejected[0].path) == ("embodiment_conflict", str(root / SIDECAR_NAME))
+    assert_refused(
+        rejected,
+        got,
+        "--embodiment disagrees with the mapping",
+        "--embodiment aloha for a source whose gwp_source.json says metaworld_sawyer",
+        "embodiment_conflict",
+        root / SIDECAR_NAME,
+    )
 
 
 def _ingest_cli(root: Path, folder: Path) -> subprocess.CompletedProcess:
@@ -224,9 +289,14 @@ def test_mapping_with_no_camera_is_refused_at_discover(tmp_path: Path) -> None:
     sidecar = root / SIDECAR_NAME
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "cameras": {}}))
     got, rejected = read(root, decode=False)
-    assert got == [] and len(rejected) == 1  # one line for the source, not one per episode
-    r = rejected[0]
-    assert (r.stage, r.reason, r.path) == ("discover", "no_camera", str(sidecar))
+    r = assert_refused(  # one line for the source, not one per episode after curation
+        rejected,
+        got,
+        "mapping with no camera",
+        'gwp_source.json with "cameras": {} over a 2-episode LeRobot v3.0 dataset',
+        "no_camera",
+        sidecar,
+    )
     assert "maps no camera" in r.detail and "['high', 'wrist']" in r.detail
 
 
@@ -292,8 +362,15 @@ def test_inspect_write_makes_an_hdf5_source_ingestible(tmp_path: Path, capsys) -
     path = write_robomimic_hdf5(episodes, tmp_path / "demo.hdf5")
     Path(f"{path}.{SIDECAR_NAME}").unlink()
     got, rejected = read(path, decode=False)
-    assert got == [] and [(r.stage, r.reason) for r in rejected] == [("discover", "invalid_<source>")]
-    assert "gwp inspect" in rejected[0].detail
+    r = assert_refused(
+        rejected,
+        got,
+        "HDF5 source with no mapping",
+        "robomimic file without demo.hdf5.gwp_source.json (HDF5 has no naming conventions)",
+        "invalid_<source>",
+        path,
+    )
+    assert "gwp inspect" in r.detail
 
     assert gwp_inspect.main([str(path), "--embodiment", "metaworld_sawyer", "--write"]) == 0
     err = capsys.readouterr().err
