@@ -188,7 +188,12 @@ def _by_dims(embodiment: str | None, state_dim: int | None, action_dim: int | No
 
 def starter_mapping(root: Path, fmt: str, desc: dict[str, Any], embodiment: str | None) -> SourceMapping:
     if fmt in FORMAT_KEYS:  # the conventions' own mapping: what ingest reads without a sidecar
-        mapping = default_mapping(root, fmt, embodiment)
+        mapping = default_mapping(root, fmt, embodiment, need_camera=False)
+        if not mapping.cameras:
+            print(
+                f"gwp inspect: no camera name maps to a role of {mapping.embodiment}: fill in cameras",
+                file=sys.stderr,
+            )
         return SourceMapping.from_dict({**mapping.to_dict(), "extra": {}}, fmt=fmt)
     cams = {k: k.rsplit("/", 1)[-1] for k in desc["cameras"]}
     if fmt == "hdf5_robomimic":

@@ -112,7 +112,7 @@ def test_lerobot_dataset_reads_with_no_mapping(tmp_path: Path, fmt: str, capsys)
     assert not (root / SIDECAR_NAME).exists()  # reading writes nothing into the dataset
 
 
-def test_hand_written_mapping_reads_names_no_alias_knows(tmp_path: Path) -> None:
+def test_hand_written_mapping_reads_names_no_alias_knows(tmp_path: Path, capsys) -> None:
     keys = {"high": "observation.images.kinect", "wrist": "observation.images.gopro"}
     root, episodes = lerobot_without_sidecar(tmp_path, keys=keys)
     # without a mapping: no camera name means a role, so the source is refused at discover
@@ -126,6 +126,13 @@ def test_hand_written_mapping_reads_names_no_alias_knows(tmp_path: Path) -> None
         root / "meta" / "info.json",
     )
     assert "observation.images.kinect" in r.detail
+    # gwp inspect still lists them and gives a starter whose cameras are left to fill in
+    assert gwp_inspect.main([str(root), "--json"]) == 0
+    out, err = capsys.readouterr()
+    starter = json.loads(out)["mapping"]
+    assert (starter["embodiment"], starter["cameras"]) == ("metaworld_sawyer", {})
+    assert "fill in cameras" in err
+    assert json.loads(out)["source"]["cameras"] == ["observation.images.kinect", "observation.images.gopro"]
     # a hand-written sidecar (keys left out take LeRobot's names) reads it exactly
     (root / SIDECAR_NAME).write_text(
         json.dumps(
@@ -159,7 +166,8 @@ def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path
     assert list(embodiment_folder.iterdir()) == []
     # the same flag on the command line, and in a curation config's source entry
     assert gwp_ingest.main([str(root), "--embodiment", "metaworld_sawyer"]) == 0
-    assert SourceSpec.coerce({"path": str(root), "embodiment": "aloha"}).embodiment == "aloha"
+    entry = SourceSpec.coerce({"path": str(root), "embodiment": "aloha"})
+    assert entry.embodiment == "aloha" and SourceSpec.from_row(entry.to_row()) == entry  # the Ray path
     from pipelines.curate import build_parser
 
     assert build_parser().parse_args(["--embodiment", "aloha"]).embodiment == "aloha"

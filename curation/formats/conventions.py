@@ -216,7 +216,7 @@ def generate_spec(
         roles[key] = role
     if not roles:
         raise LoadError("no_camera", f"no camera feature to map; found {list(camera_names) or 'none'}", where)
-    taken = {get_embodiment(n).id for n in list_embodiments()}
+    taken = _taken_ids()
     data = {
         "name": name,
         "id": min(set(range(len(taken) + 1)) - taken),
@@ -248,13 +248,30 @@ def generate_spec(
 # ---- per format -------------------------------------------------------------------------------
 
 
-def default_mapping(root: str | Path, fmt: str, embodiment: str | None = None) -> SourceMapping:
-    """The mapping of a convention-following source, resolved as the module docstring says."""
+def _taken_ids() -> set[int]:
+    """Ids of the registered specs and of every spec file now in the folders: another process
+    may have saved one since this one loaded the registry, and ids must stay unique."""
+    from schemas.embodiment import embodiment_folders
+
+    taken = {get_embodiment(n).id for n in list_embodiments()}
+    for file in (f for folder in embodiment_folders() for f in folder.glob("*.json")):
+        try:
+            taken.add(int(json.loads(file.read_text())["id"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a broken file is reported by the registry when it loads it
+    return taken
+
+
+def default_mapping(
+    root: str | Path, fmt: str, embodiment: str | None = None, *, need_camera: bool = True
+) -> SourceMapping:
+    """The mapping of a convention-following source, resolved as the module docstring says.
+    ``need_camera=False`` (``gwp inspect``'s starter) leaves ``cameras`` empty where none maps."""
     root = Path(root)
     if fmt in LEROBOT_FORMATS:
-        return _lerobot_mapping(root, fmt, embodiment)
+        return _lerobot_mapping(root, fmt, embodiment, need_camera)
     if fmt == "rlds":
-        return _rlds_mapping(root, embodiment)
+        return _rlds_mapping(root, embodiment, need_camera)
     raise ValueError(f"{fmt} has no naming conventions to map by; its sources need a mapping")
 
 
@@ -269,6 +286,7 @@ def _mapping_for(
     state: tuple[str, dict[str, Any]],
     action: tuple[str, dict[str, Any]],
     where: Path,
+    need_camera: bool,
 ) -> SourceMapping:
     """Shared by the formats: ``cameras`` source key -> camera name, ``state``/``action``
     (key, feature with ``shape`` and maybe ``names``)."""
@@ -291,7 +309,7 @@ def _mapping_for(
     )
     if spec is not None:
         roles = map_cameras(cameras, spec.cameras, str(root))
-        if not roles:
+        if not roles and need_camera:
             raise LoadError(
                 "no_camera",
                 f"no camera of {list(cameras) or 'none'} maps to a role of {spec.name} {list(spec.cameras)}; "
@@ -316,7 +334,7 @@ def _mapping_for(
     ).validate(str(where))
 
 
-def _lerobot_mapping(root: Path, fmt: str, embodiment: str | None) -> SourceMapping:
+def _lerobot_mapping(root: Path, fmt: str, embodiment: str | None, need_camera: bool) -> SourceMapping:
     from curation.formats.lerobot_common import INFO_PATH, read_info
 
     info = read_info(root, "v3" if fmt == "lerobot_v3" else "v2")
@@ -350,10 +368,11 @@ def _lerobot_mapping(root: Path, fmt: str, embodiment: str | None) -> SourceMapp
         state=(keys["state_key"], features[keys["state_key"]]),
         action=(keys["action_key"], features[keys["action_key"]]),
         where=where,
+        need_camera=need_camera,
     )
 
 
-def _rlds_mapping(root: Path, embodiment: str | None) -> SourceMapping:
+def _rlds_mapping(root: Path, embodiment: str | None, need_camera: bool) -> SourceMapping:
     from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
 
     folder = version_folder(root) or root
@@ -391,4 +410,5 @@ def _rlds_mapping(root: Path, embodiment: str | None) -> SourceMapping:
         state=(keys["state_key"], feature(keys["state_key"])),
         action=(keys["action_key"], feature(keys["action_key"])),
         where=where,
+        need_camera=need_camera,
     )
