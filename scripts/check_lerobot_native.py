@@ -4,9 +4,10 @@
 
 ``OUT_DIR`` is what scripts/lerobot_native_helper.py wrote in the lerobot venv: the dataset
 (``OUT_DIR/dataset``, no gwp_source.json) and ``OUT_DIR/expected/*.npy``. The dataset is
-ingested here with no mapping (cameras, state, action and a generated embodiment come from
-its own feature names) and every episode's actions, states and decoded frames must equal
-what LeRobot returned: exit 0 then, 1 on any difference (each printed), 2 on usage errors.
+ingested here twice: with no mapping (cameras, state, action and a generated embodiment come
+from its own feature names), then with a hand-written gwp_source.json (removed afterwards).
+Both times every episode's actions, states and decoded frames must equal what LeRobot
+returned: exit 0 then, 1 on any difference (each printed), 2 on usage errors.
 """
 
 from __future__ import annotations
@@ -25,11 +26,9 @@ from schemas import Episode, Rejection
 ROLES = {"top": "high", "wrist": "wrist"}
 
 
-def compare(out: Path) -> list[str]:
+def compare(out: Path, how: str) -> list[str]:
     """Every difference between our episodes and LeRobot's dump, as lines (empty: identical)."""
     dataset, expected = out / "dataset", out / "expected"
-    if (dataset / SIDECAR_NAME).exists():
-        return [f"{dataset / SIDECAR_NAME} exists: the check is about reading without one"]
     items = list(iter_episodes([str(dataset)], decode=True))
     problems = [f"rejected: {r.reason}: {r.detail}" for r in items if isinstance(r, Rejection)]
     episodes = sorted((e for e in items if isinstance(e, Episode)), key=lambda e: e.source_index)
@@ -58,7 +57,7 @@ def compare(out: Path) -> list[str]:
     print(
         f"lerobot {summary['codebase_version']} dataset, robot_type {summary['robot_type']!r}, "
         f"codecs {summary['video_codec']}, LeRobot decoder {summary['video_backend']}: "
-        f"{len(episodes)} episode(s), {sum(e.length for e in episodes)} frames read with no mapping "
+        f"{len(episodes)} episode(s), {sum(e.length for e in episodes)} frames read {how} "
         f"as embodiment {sorted({e.embodiment for e in episodes})}"
     )
     return problems
@@ -69,14 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1 or not Path(argv[0], "expected").is_dir():
         print("usage: check_lerobot_native.py OUT_DIR (written by lerobot_native_helper.py)", file=sys.stderr)
         return 2
-    problems = compare(Path(argv[0]))
+    out = Path(argv[0])
+    sidecar = out / "dataset" / SIDECAR_NAME
+    if sidecar.exists():
+        print(f"{sidecar} exists: the first pass is about reading without one", file=sys.stderr)
+        return 2
+    problems = [f"no mapping: {p}" for p in compare(out, "with no mapping")]
+    embodiment = json.loads((out / "expected" / "summary.json").read_text())["robot_type"]
+    cameras = {f"observation.images.{cam}": role for cam, role in ROLES.items()}
+    sidecar.write_text(json.dumps({"embodiment": embodiment, "cameras": cameras}))  # as a person writes it
+    try:
+        problems += [f"hand-written mapping: {p}" for p in compare(out, "with a hand-written mapping")]
+    finally:
+        sidecar.unlink()
     for line in problems:
         print(f"DIFFERENT: {line}")
-    print(
-        "lerobot-native: actions, states and frames equal LeRobot's"
-        if not problems
-        else "lerobot-native: FAIL"
-    )
+    verdict = "actions, states and frames equal LeRobot's, with no mapping and with a hand-written one"
+    print(f"lerobot-native: {verdict}" if not problems else "lerobot-native: FAIL")
     return 1 if problems else 0
 
 

@@ -38,7 +38,10 @@ def test_lerobot_written_dataset_reads_like_lerobot_reads_it(tmp_path: Path) -> 
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "lerobot-native: actions, states and frames equal LeRobot's" in proc.stdout
+    assert (
+        "lerobot-native: actions, states and frames equal LeRobot's, with no mapping and with a hand-written one"
+        in proc.stdout
+    )
     assert "robot_type 'gwp_native_check_arm'" in proc.stdout and "2 episode(s), 21 frames" in proc.stdout
     # the unknown robot's spec was generated into the check's own folder, not the user's
     assert (work / "embodiments" / "gwp_native_check_arm.json").exists()
