@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from curation.config import ConfigError
+from curation.formats.conventions import known_embodiment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from curation.shards import OutputLockedError
 
     args = build_parser().parse_args(argv)
+    if args.embodiment and not known_embodiment(args.embodiment, "gwp curate"):
+        return 2
     data: dict = load_job_file(args.config) if args.config else {}
     if args.source:
         data["sources"] = args.source

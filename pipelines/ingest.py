@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curation.formats.conventions import known_embodiment
 from curation.ingest import (
     SourceSpec,
     discover_sources,
@@ -71,6 +72,8 @@ def summarise(items: list[Episode | Rejection]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.embodiment and not known_embodiment(args.embodiment, "gwp ingest"):
+        return 2
     paths = [s.path for f in args.sources for s in discover_sources(f)] if args.scan else args.sources
     specs = [SourceSpec(path=str(s), format=args.format, embodiment=args.embodiment) for s in paths]
     if args.ray:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.formats import LoadError, SourceMapping, detect_format
-from curation.formats.conventions import FORMAT_KEYS, default_mapping, map_cameras
+from curation.formats.conventions import FORMAT_KEYS, default_mapping, known_embodiment, map_cameras
 from schemas import SchemaError, get_embodiment, list_embodiments
 
 
@@ -243,6 +243,8 @@ def _listing(desc: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.embodiment and not known_embodiment(args.embodiment, "gwp inspect"):
+        return 2
     root = Path(args.source)
     if not root.exists():
         print(f"gwp inspect: {root}: no such file or folder", file=sys.stderr)

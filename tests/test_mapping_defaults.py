@@ -157,7 +157,7 @@ def test_embodiment_inferred_from_robot_type_or_dim_names(tmp_path: Path, how: s
     assert list((tmp_path / "embodiments").iterdir()) == []  # nothing generated
 
 
-def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path) -> None:
+def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path, capsys) -> None:
     root, episodes = lerobot_without_sidecar(tmp_path, robot_type="lab_arm_flagged")
     edit_info(root, observation__state={"names": None}, action={"names": None})
     got, rejected = read(SourceSpec(path=str(root), embodiment="metaworld_sawyer"))
@@ -166,6 +166,12 @@ def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path
     assert list(embodiment_folder.iterdir()) == []
     # the same flag on the command line, and in a curation config's source entry
     assert gwp_ingest.main([str(root), "--embodiment", "metaworld_sawyer"]) == 0
+    capsys.readouterr()
+    # a misspelt robot on the command line: one line, exit 2, before anything is read
+    for command in (gwp_ingest.main, gwp_inspect.main):
+        assert command([str(root), "--embodiment", "metaworld_sawyr"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "did you mean 'metaworld_sawyer'" in err
     entry = SourceSpec.coerce({"path": str(root), "embodiment": "aloha"})
     assert entry.embodiment == "aloha" and SourceSpec.from_row(entry.to_row()) == entry  # the Ray path
     from pipelines.curate import build_parser
