@@ -400,3 +400,13 @@ def test_inspect_bad_source_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     assert gwp_inspect.main([str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file or folder" in err
+
+
+def test_spec_saved_after_the_registry_loaded_is_found_by_name(embodiment_folder: Path) -> None:
+    """Another process (a Ray task generating a spec) may save one after this one loaded the registry."""
+    get_embodiment("metaworld_sawyer")  # the registry is loaded
+    spec = {**get_embodiment("metaworld_sawyer").to_dict(), "name": "late_arm", "id": 915}
+    (embodiment_folder / "late_arm.json").write_text(json.dumps(spec))
+    assert get_embodiment("late_arm").to_dict() == spec
+    with pytest.raises(KeyError, match="unknown embodiment 'later_arm'"):
+        get_embodiment("later_arm")

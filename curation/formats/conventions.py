@@ -100,16 +100,14 @@ def map_cameras(names: dict[str, str], roles: tuple[str, ...], where: str) -> di
     out: dict[str, str] = {}
     for key, name in names.items():
         role = camera_role(name)
-        if role in roles and role not in out.values():
-            out[key] = role
+        if role is None:
+            notice(f"{where}: camera {key!r} skipped (its name means no known role)")
+        elif role in out.values():
+            notice(f"{where}: camera {key!r} skipped (role {role!r} already taken)")
+        elif role not in roles:
+            notice(f"{where}: camera {key!r} skipped (role {role!r} not among {list(roles)})")
         else:
-            why = (
-                "no known role"
-                if role is None
-                else f"role {role!r} "
-                + ("already taken" if role in out.values() else f"not among {list(roles)}")
-            )
-            notice(f"{where}: camera {key!r} skipped ({why})")
+            out[key] = role
     return out
 
 
