@@ -79,8 +79,9 @@ class SourceSpec:
 
 
 @lru_cache(maxsize=64)
-def _reader(fmt: str, root: str, mapping_json: str, name: str) -> SourceReader:
-    """Readers are cached per worker process: opening one may parse a whole metadata table."""
+def _reader(fmt: str, root: str, mapping_json: str, name: str, sidecar: str = "") -> SourceReader:
+    """Readers are cached per worker process: opening one may parse a whole metadata table.
+    ``sidecar`` (:func:`_sidecar_stamp`) makes a written, edited or removed gwp_source.json a new key."""
     mapping = (
         SourceMapping.from_dict(json.loads(mapping_json), where=f"{root}: mapping", fmt=fmt)
         if mapping_json
@@ -111,7 +112,9 @@ def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
             # the workers must read with this robot too: the resolved mapping travels in each ref
             mapping = SourceMapping.for_source(_mapping_root(spec.path, fmt), fmt, spec.embodiment)
             mapping_json = json.dumps(mapping.to_dict())
-        reader = _reader(fmt, spec.path, mapping_json, spec.name or "")
+        reader = _reader(
+            fmt, spec.path, mapping_json, spec.name or "", _sidecar_stamp(spec.path, fmt, mapping_json)
+        )
         check_mapping(reader, spec, fmt)
         refs = reader.list_episodes()
     except Exception as err:  # every failure goes to the ledger
@@ -122,6 +125,17 @@ def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
 
 
 _MAPPING_REASONS = ("no_camera", "embodiment_conflict")
+
+
+def _sidecar_stamp(path: str, fmt: str, mapping_json: str) -> str:
+    """Size and mtime of the source's gwp_source.json ("" if absent, or if the mapping is given)."""
+    if mapping_json:
+        return ""
+    try:
+        st = SourceMapping.sidecar_path(_mapping_root(path, fmt)).stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _mapping_root(path: str, fmt: str) -> Path:
@@ -214,7 +228,10 @@ def load(ref: EpisodeRef, *, decode: bool = False) -> Episode | Rejection:
     """
     mapping_json = ref.locator.get("_mapping", "")
     try:
-        reader = _reader(ref.format, ref.root, mapping_json, ref.source if mapping_json else "")
+        name = ref.source if mapping_json else ""
+        reader = _reader(
+            ref.format, ref.root, mapping_json, name, _sidecar_stamp(ref.root, ref.format, mapping_json)
+        )
         episode = reader.load(ref).validate()
     except Exception as err:  # every failure goes to the ledger
         return _rejection(err, "load", ref.path, ref.label, ref.source)

@@ -8,7 +8,8 @@ Detects the format (as ``gwp ingest`` does), lists every key with its shape and 
 (metadata only: LeRobot ``meta/info.json``, RLDS ``features.json``, the first HDF5 episode,
 the raw-video sidecars) and prints a starter :class:`~curation.formats.mapping.SourceMapping`
 as JSON. For LeRobot and RLDS it is exactly the mapping ingest derives from the format's
-conventions (:mod:`curation.formats.conventions`); for HDF5 and raw video the cameras are
+conventions (:mod:`curation.formats.conventions`; an unknown robot's spec is generated and
+saved just as ingest would, so the starter names a registered robot); for HDF5 and raw video the cameras are
 mapped by name, state/action keys by the format's usual names, and the embodiment is
 ``--embodiment`` or the first registered one with the same state/action dims — a guess to
 review, which is why those formats never read without a written mapping. ``--write`` saves
@@ -138,7 +139,7 @@ def describe_raw_video(root: Path) -> dict[str, Any]:
     side = json.loads(first.read_text()) if first and first.exists() else {}
     for name in ("state", "action"):
         if side.get(name):
-            keys.append(_key(name, [len(side[name]), len(side[name][0])], "float", "vector"))
+            keys.append(_key(name, [len(side[name][0])], "float", "vector"))  # per step
     return {
         "keys": keys,
         "fps": side.get("fps"),

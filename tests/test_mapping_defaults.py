@@ -317,7 +317,7 @@ def test_mapping_with_no_camera_is_refused_at_discover(tmp_path: Path) -> None:
 # ---- RLDS ---------------------------------------------------------------------------------------------
 
 
-def test_rlds_defaults_are_rlds_names(tmp_path: Path) -> None:
+def test_rlds_defaults_are_rlds_names(tmp_path: Path, embodiment_folder: Path) -> None:
     m = SourceMapping.from_dict({"embodiment": "metaworld_sawyer"}, fmt="rlds")
     assert (m.state_key, m.action_key) == ("steps/observation/state", "steps/action")
     m = SourceMapping.from_dict({"embodiment": "metaworld_sawyer"}, fmt="lerobot_v3")
@@ -331,6 +331,12 @@ def test_rlds_defaults_are_rlds_names(tmp_path: Path) -> None:
     got, rejected = read(SourceSpec(path=str(root), embodiment="metaworld_sawyer"))
     assert rejected == []
     assert_read_back(got, episodes)
+    # no mapping, no robot named: RLDS has no dim names, so dims alone pick nothing; a spec is generated
+    got, rejected = read(root, decode=False)
+    assert rejected == [] and len(got) == 2
+    generated = get_embodiment(got[0].embodiment)
+    assert (generated.state_dim, generated.action_dim, generated.cameras) == (4, 4, ("high", "wrist"))
+    assert (embodiment_folder / f"{generated.name}.json").exists()
     # a hand-written mapping that only names the robot and one camera
     sidecar.write_text(
         json.dumps({"embodiment": "metaworld_sawyer", "cameras": {"steps/observation/image": "high"}})
