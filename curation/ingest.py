@@ -119,12 +119,8 @@ def discover(spec: SourceSpec) -> tuple[list[EpisodeRef], list[Rejection]]:
         refs = reader.list_episodes()
     except Exception as err:  # every failure goes to the ledger
         name = spec.name or Path(spec.path).stem  # the reader's default source name
-        path = err.path if isinstance(err, LoadError) and err.reason in _MAPPING_REASONS else spec.path
-        return [], [_rejection(err, "discover", path, f"{Path(spec.path).name}#*", name)]
+        return [], [_rejection(err, "discover", spec.path, f"{Path(spec.path).name}#*", name)]
     return [_with_mapping(ref, mapping_json) for ref in refs], []
-
-
-_MAPPING_REASONS = ("no_camera", "embodiment_conflict")
 
 
 def _sidecar_stamp(path: str, fmt: str, mapping_json: str) -> str:
@@ -150,23 +146,22 @@ def _mapping_root(path: str, fmt: str) -> Path:
 def check_mapping(reader: SourceReader, spec: SourceSpec, fmt: str) -> None:
     """Refuse a mapping that maps no camera (raw video names its cameras by role in the files,
     so an empty ``cameras`` is its normal case) or names a robot other than ``--embodiment``.
-    The LoadError names the mapping's file: the thing to fix."""
-    where = (
-        f"{spec.path} (the mapping given in the config)"
-        if spec.mapping
-        else str(SourceMapping.sidecar_path(_mapping_root(spec.path, fmt)))
-    )
+    The LoadError names the mapping's file (the thing to fix), or the source for a config mapping."""
+    if spec.mapping:
+        where, which = Path(spec.path), "the mapping given in the config"
+    else:
+        where, which = SourceMapping.sidecar_path(_mapping_root(spec.path, fmt)), "the mapping"
     mapping = reader.mapping
     if spec.embodiment and mapping.embodiment != spec.embodiment:
         raise LoadError(
             "embodiment_conflict",
-            f"the mapping names embodiment {mapping.embodiment!r}, --embodiment says {spec.embodiment!r}",
+            f"{which} names embodiment {mapping.embodiment!r}, --embodiment says {spec.embodiment!r}",
             where,
         )
     if not mapping.cameras and fmt != "raw_video":
         raise LoadError(
             "no_camera",
-            f'the mapping maps no camera; add "cameras": {{source key: role}} with roles from '
+            f'{which} maps no camera; add "cameras": {{source key: role}} with roles from '
             f"{list(get_embodiment(mapping.embodiment).cameras)} (`gwp inspect {spec.path}` lists the keys)",
             where,
         )

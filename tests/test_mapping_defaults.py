@@ -312,6 +312,17 @@ def test_mapping_with_no_camera_is_refused_at_discover(tmp_path: Path) -> None:
         sidecar,
     )
     assert "maps no camera" in r.detail and "['high', 'wrist']" in r.detail
+    # the same in a curation config's source entry: the source is named, the detail says where
+    got, rejected = read(SourceSpec(path=str(root), mapping={"embodiment": "metaworld_sawyer"}), decode=False)
+    r = assert_refused(
+        rejected,
+        got,
+        "config mapping with no camera",
+        'a config source entry whose "mapping" names only the embodiment',
+        "no_camera",
+        root,
+    )
+    assert "the mapping given in the config maps no camera" in r.detail
 
 
 # ---- RLDS ---------------------------------------------------------------------------------------------
