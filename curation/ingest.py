@@ -42,7 +42,7 @@ import pyarrow as pa
 from curation.formats import FORMATS, EpisodeRef, LoadError, SourceMapping, detect_format, reader_class
 from curation.formats.base import SourceReader
 from curation.formats.mapping import SIDECAR_NAME
-from schemas import Episode, FrameRef, Rejection, SchemaError
+from schemas import Episode, FrameRef, Rejection, SchemaError, get_embodiment
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class SourceSpec:
     format: str | None = None
     mapping: dict[str, Any] | None = None  # SourceMapping fields; None = the sidecar in the source
     name: str | None = None
+    embodiment: str | None = None  # the robot, for a source mapped by its format's conventions
 
     @classmethod
     def coerce(cls, value: str | Path | dict | SourceSpec) -> SourceSpec:
@@ -60,7 +61,7 @@ class SourceSpec:
             return value
         if isinstance(value, (str, Path)):
             return cls(path=str(value))
-        allowed = {"path", "format", "mapping", "name"}
+        allowed = {"path", "format", "mapping", "name", "embodiment"}
         unknown = set(value) - allowed
         if unknown:
             raise ValueError(
@@ -74,19 +75,24 @@ class SourceSpec:
             "format": self.format or "",
             "mapping": json.dumps(self.mapping or {}),
             "name": self.name or "",
+            "embodiment": self.embodiment or "",
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> SourceSpec:
         mapping = json.loads(row["mapping"]) or None
-        return cls(row["path"], row["format"] or None, mapping, row["name"] or None)
+        embodiment = row.get("embodiment") or None
+        return cls(row["path"], row["format"] or None, mapping, row["name"] or None, embodiment)
 
 
 @lru_cache(maxsize=64)
-def _reader(fmt: str, root: str, mapping_json: str, name: str) -> SourceReader:
-    """Readers are cached per worker process: opening one may parse a whole metadata table."""
+def _reader(fmt: str, root: str, mapping_json: str, name: str, sidecar: str = "") -> SourceReader:
+    """Readers are cached per worker process: opening one may parse a whole metadata table.
+    ``sidecar`` (:func:`_sidecar_stamp`) makes a written, edited or removed gwp_source.json a new key."""
     mapping = (
-        SourceMapping.from_dict(json.loads(mapping_json), where=f"{root}: mapping") if mapping_json else None
+        SourceMapping.from_dict(json.loads(mapping_json), where=f"{root}: mapping", fmt=fmt)
+        if mapping_json
+        else None
     )
     return reader_class(fmt)(root, mapping=mapping, source=name or None)
 
@@ -106,7 +112,8 @@ def _rejection(err: Exception, stage: str, path: str, episode: str, source: str)
 def discover(
     spec: SourceSpec, seen: dict[str, str] | None = None
 ) -> tuple[list[EpisodeRef], list[Rejection]]:
-    """List the episodes of one source; an unlistable source becomes one Rejection.
+    """List the episodes of one source; an unlistable source becomes one Rejection, and so
+    does a source whose mapping maps no camera (every episode would fail curation later).
 
     ``seen`` (dataset id -> path of the copy listed first, updated here) makes a source whose
     dataset was already listed one ``duplicate_source`` Rejection instead of its episodes."""
@@ -114,7 +121,11 @@ def discover(
     name = spec.name or Path(spec.path).stem  # the reader's default source name
     try:
         fmt = spec.format or detect_format(spec.path)
-        reader = _reader(fmt, spec.path, mapping_json, spec.name or "")
+        mapping_json = resolved_mapping_json(spec, fmt, mapping_json)
+        reader = _reader(
+            fmt, spec.path, mapping_json, spec.name or "", _sidecar_stamp(spec.path, fmt, mapping_json)
+        )
+        check_mapping(reader, spec, fmt)
         refs = reader.refs()  # fingerprints the dataset as it is now (the reader is cached)
         dataset_id = reader.dataset_id
         if seen is not None and dataset_id in seen:
@@ -143,10 +154,64 @@ def _dataset_id_or_none(spec: SourceSpec) -> str | None:
     """The source's dataset id, or None when it cannot be opened (its listing task reports why)."""
     try:
         fmt = spec.format or detect_format(spec.path)
-        mapping_json = json.dumps(spec.mapping) if spec.mapping else ""
-        return _reader(fmt, spec.path, mapping_json, spec.name or "").fingerprint()
+        mapping_json = resolved_mapping_json(spec, fmt, json.dumps(spec.mapping) if spec.mapping else "")
+        stamp = _sidecar_stamp(spec.path, fmt, mapping_json)
+        return _reader(fmt, spec.path, mapping_json, spec.name or "", stamp).fingerprint()
     except Exception:  # the listing task turns the same failure into a rejection
         return None
+
+
+def resolved_mapping_json(spec: SourceSpec, fmt: str, mapping_json: str) -> str:
+    """The mapping as JSON, resolved on the driver when ``--embodiment`` names the robot (the
+    workers must read with that robot too: the resolved mapping travels in each ref)."""
+    if spec.embodiment and not mapping_json:
+        mapping = SourceMapping.for_source(_mapping_root(spec.path, fmt), fmt, spec.embodiment)
+        return json.dumps(mapping.to_dict())
+    return mapping_json
+
+
+def _sidecar_stamp(path: str, fmt: str, mapping_json: str) -> str:
+    """Size and mtime of the source's gwp_source.json ("" if absent, or if the mapping is given)."""
+    if mapping_json:
+        return ""
+    try:
+        st = SourceMapping.sidecar_path(_mapping_root(path, fmt)).stat()
+    except OSError:
+        return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _mapping_root(path: str, fmt: str) -> Path:
+    """The folder or file a source's sidecar belongs to (RLDS: the version folder)."""
+    if fmt == "rlds":
+        from curation.formats.rlds import version_folder
+
+        return version_folder(Path(path)) or Path(path)
+    return Path(path)
+
+
+def check_mapping(reader: SourceReader, spec: SourceSpec, fmt: str) -> None:
+    """Refuse a mapping that maps no camera (raw video names its cameras by role in the files,
+    so an empty ``cameras`` is its normal case) or names a robot other than ``--embodiment``.
+    The LoadError names the mapping's file (the thing to fix), or the source for a config mapping."""
+    if spec.mapping:
+        where, which = Path(spec.path), "the mapping given in the config"
+    else:
+        where, which = SourceMapping.sidecar_path(_mapping_root(spec.path, fmt)), "the mapping"
+    mapping = reader.mapping
+    if spec.embodiment and mapping.embodiment != spec.embodiment:
+        raise LoadError(
+            "embodiment_conflict",
+            f"{which} names embodiment {mapping.embodiment!r}, --embodiment says {spec.embodiment!r}",
+            where,
+        )
+    if not mapping.cameras and fmt != "raw_video":
+        raise LoadError(
+            "no_camera",
+            f'{which} maps no camera; add "cameras": {{source key: role}} with roles from '
+            f"{list(get_embodiment(mapping.embodiment).cameras)} (`gwp inspect {spec.path}` lists the keys)",
+            where,
+        )
 
 
 def _is_dataset(path: Path) -> bool:
@@ -203,7 +268,10 @@ def load(ref: EpisodeRef, *, decode: bool = False) -> Episode | Rejection:
     """
     mapping_json = ref.locator.get("_mapping", "")
     try:
-        reader = _reader(ref.format, ref.root, mapping_json, ref.source if mapping_json else "")
+        name = ref.source if mapping_json else ""
+        reader = _reader(
+            ref.format, ref.root, mapping_json, name, _sidecar_stamp(ref.root, ref.format, mapping_json)
+        )
         episode = reader.load(ref).validate()
     except Exception as err:  # every failure goes to the ledger
         return _rejection(err, "load", ref.path, ref.label, ref.source)

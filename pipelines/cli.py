@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate-sim": ("pipelines.generate_sim", "generate Meta-World expert demonstrations (LeRobot v3.0)"),
     "ingest": ("pipelines.ingest", "read heterogeneous sources into one episode stream; count and ledger"),
+    "inspect": ("pipelines.inspect", "detect a source's format, list its keys and print a starter mapping"),
     "convert": ("pipelines.convert", "write episodes of any source in another format"),
     "curate": ("pipelines.curate", "Ray Data curation: filter, caption, normalise, write shards + report"),
     "pretrain": ("pipelines.pretrain", "DeepSpeed pretraining of the action-conditioned video model"),

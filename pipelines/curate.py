@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from curation.config import ConfigError
+from curation.formats.conventions import known_embodiment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--source", action="append", default=[], help="a source folder or file (repeatable)")
     p.add_argument("--out", help="output dataset folder")
+    p.add_argument(
+        "--embodiment",
+        help="the robot of sources without a mapping (LeRobot/RLDS conventions); a source entry's own wins",
+    )
     p.add_argument("--preset", help="curation preset (default, debug, paper)")
     p.add_argument("--caption-model", help="open_clip CoCa model name, e.g. coca_ViT-B-32")
     p.add_argument("--caption-pretrained", help="open_clip tag, local checkpoint, or 'none' (random init)")
@@ -50,11 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     from schemas import SchemaVersionError
 
     args = build_parser().parse_args(argv)
+    if args.embodiment and not known_embodiment(args.embodiment, "gwp curate"):
+        return 2
     data: dict = load_job_file(args.config) if args.config else {}
     if args.source:
         data["sources"] = args.source
     if args.out:
         data["out"] = args.out
+    if args.embodiment:
+        data["sources"] = [
+            {"embodiment": args.embodiment, **(s if isinstance(s, dict) else {"path": s})}
+            for s in data.get("sources") or []
+        ]
     if args.preset:
         data.setdefault("curation", {})["preset"] = args.preset
     if args.caption_model or args.caption_pretrained:

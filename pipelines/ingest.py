@@ -2,6 +2,7 @@
 
     gwp ingest data/metaworld data/robomimic.hdf5 --ray --ledger runs/ledger.jsonl
     gwp ingest --scan data/ --decode          # every dataset in data/ (curation.ingest.discover_sources)
+    gwp ingest data/so100 --embodiment so100  # a LeRobot dataset without gwp_source.json
 
 Prints, per source and format, how many episodes loaded and how many were rejected (with
 their reasons), and writes the rejection ledger as JSON lines. ``--ray`` runs the same
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curation.formats.conventions import known_embodiment
 from curation.ingest import (
     SourceSpec,
     discover_sources,
@@ -33,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gwp ingest", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
     p.add_argument("--format", default=None, help="force one format for every source")
+    p.add_argument(
+        "--embodiment",
+        default=None,
+        help="the robot of sources without a mapping (LeRobot/RLDS conventions; default: robot_type)",
+    )
     p.add_argument("--scan", action="store_true", help="each argument is a folder of sources, one per child")
     p.add_argument("--ray", action="store_true", help="run as a Ray Data job")
     p.add_argument("--decode", action="store_true", help="also decode every frame (checks the videos)")
@@ -65,8 +72,10 @@ def summarise(items: list[Episode | Rejection]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.embodiment and not known_embodiment(args.embodiment, "gwp ingest"):
+        return 2
     paths = [s.path for f in args.sources for s in discover_sources(f)] if args.scan else args.sources
-    specs = [SourceSpec(path=str(s), format=args.format) for s in paths]
+    specs = [SourceSpec(path=str(s), format=args.format, embodiment=args.embodiment) for s in paths]
     if args.ray:
         import ray
 

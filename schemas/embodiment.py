@@ -7,8 +7,11 @@ roles it has and how each action dimension is trained:
   current state added back at inference;
 * ``absolute`` — used as given (grippers, end-effector displacement commands).
 
-Robots are registered by *data*: every ``*.json`` file in ``schemas/embodiments/`` and in
-the folders listed in ``$GWP_EMBODIMENT_PATH`` (``os.pathsep``-separated) is one spec.
+Robots are registered by *data*: every ``*.json`` file in ``schemas/embodiments/``, in
+the folders listed in ``$GWP_EMBODIMENT_PATH`` (``os.pathsep``-separated) and in the user
+folder (``$XDG_CONFIG_HOME/gwp/embodiments``, where specs generated for unknown robots are
+saved) is one spec. A name not found is looked for again in those folders before failing,
+so a spec saved by another process (a reader generating one) is seen without a restart.
 All action and state vectors are padded to ``MAX_DIM`` = 32 for the model.
 """
 
@@ -187,19 +190,43 @@ def load_embodiment_file(path: str | os.PathLike) -> EmbodimentSpec:
         raise SchemaError(f"{path}: {_RECORD}", err.field, err.problem) from err
 
 
+def user_embodiment_folder() -> Path:
+    """Where specs generated for unknown robots go when ``$GWP_EMBODIMENT_PATH`` is unset."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "gwp" / "embodiments"
+
+
+def embodiment_folders() -> list[Path]:
+    """The folders whose ``*.json`` files are specs, in load order."""
+    folders = [_BUILTIN_DIR]
+    folders += [Path(p) for p in os.environ.get("GWP_EMBODIMENT_PATH", "").split(os.pathsep) if p]
+    return [*folders, user_embodiment_folder()]
+
+
 def _ensure_loaded() -> None:
     if _REGISTRY:
         return
-    folders = [_BUILTIN_DIR]
-    folders += [Path(p) for p in os.environ.get("GWP_EMBODIMENT_PATH", "").split(os.pathsep) if p]
-    for folder in folders:
+    for folder in embodiment_folders():
         for file in sorted(folder.glob("*.json")):
             register_embodiment(load_embodiment_file(file))
+
+
+def _load_new(name: str) -> None:
+    """Register ``<folder>/<name>.json`` if a folder now holds it (saved after the first load)."""
+    for folder in embodiment_folders():
+        file = folder / f"{name}.json"
+        if file.is_file():
+            spec = load_embodiment_file(file)
+            if spec.name == name:
+                register_embodiment(spec)
+                return
 
 
 def get_embodiment(name: str) -> EmbodimentSpec:
     """The registered spec called ``name``; an unknown name suggests the closest ones."""
     _ensure_loaded()
+    if name not in _REGISTRY:
+        _load_new(name)
     if name in _REGISTRY:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)

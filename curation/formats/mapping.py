@@ -6,8 +6,15 @@ which camera role, which keys hold state and action, which embodiment it is, and
 instruction comes from. It is read from, in order:
 
 1. the ``mapping`` argument given to the reader (from the curation config),
-2. a ``gwp_source.json`` file in the source root (written by our writers),
-3. a preset named in the config (``MAPPING_PRESETS``) — never guessed silently.
+2. a ``gwp_source.json`` file in the source root, or ``<file>.gwp_source.json`` beside a
+   single-file source (written by our writers and by ``gwp inspect --write``),
+3. for LeRobot v2.1/v3.0 and RLDS sources that use their format's own key names, the
+   mapping :mod:`curation.formats.conventions` derives from the metadata (cameras by name,
+   embodiment from ``--embodiment``, ``robot_type`` or the dim names; never from dims alone).
+
+Fields left out of a written mapping take the format's own names (:data:`FORMAT_KEYS`):
+``observation.state``/``action`` for LeRobot, ``steps/observation/state``/``steps/action``
+for RLDS. README.md documents every field with an example per format.
 
 ``extra["channel_order"]`` (optional) maps a camera's source key to ``"rgb"`` or ``"bgr"``,
 for sources that store blue first (frames written by OpenCV); decoding then swaps the
@@ -30,6 +37,13 @@ from schemas import SchemaError, get_embodiment
 from schemas.episode import CHANNEL_ORDERS
 
 SIDECAR_NAME = "gwp_source.json"
+# Key names each format's own documentation uses: the defaults of ``state_key``/``action_key``
+# in a mapping read for that format (a field left out means the format's name, not LeRobot's).
+FORMAT_KEYS: dict[str, dict[str, str]] = {
+    "lerobot_v3": {"state_key": "observation.state", "action_key": "action"},
+    "lerobot_v2": {"state_key": "observation.state", "action_key": "action"},
+    "rlds": {"state_key": "steps/observation/state", "action_key": "steps/action"},
+}
 
 
 @dataclass(frozen=True)
@@ -108,30 +122,45 @@ class SourceMapping:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "SourceMapping") -> SourceMapping:
+    def from_dict(
+        cls, data: dict[str, Any], where: str = "SourceMapping", fmt: str | None = None
+    ) -> SourceMapping:
+        """A mapping from JSON fields; ``fmt`` gives the defaults of the keys left out."""
+        if not isinstance(data, dict):
+            raise SchemaError(where, "<mapping>", f"expected a JSON object, got {type(data).__name__}")
         allowed = {"embodiment", "cameras", "state_key", "action_key", "instruction", "source", "extra"}
         unknown = set(data) - allowed
         if unknown:
             raise SchemaError(where, sorted(unknown)[0], f"unknown field; allowed: {sorted(allowed)}")
         if "embodiment" not in data:
             raise SchemaError(where, "embodiment", "missing")
-        return cls(**{"cameras": {}, **data}).validate(where)
+        return cls(**{"cameras": {}, **FORMAT_KEYS.get(fmt or "", {}), **data}).validate(where)
 
     def write(self, root: str | Path) -> Path:
-        path = Path(root) / SIDECAR_NAME if Path(root).is_dir() else Path(str(root) + "." + SIDECAR_NAME)
+        path = self.sidecar_path(root)
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
-    @classmethod
-    def for_source(cls, root: str | Path, fmt: str) -> SourceMapping:
-        """The mapping stored beside ``root`` (folder sidecar, or ``<file>.gwp_source.json``)."""
+    @staticmethod
+    def sidecar_path(root: str | Path) -> Path:
+        """Where the mapping of ``root`` is stored: ``<folder>/gwp_source.json`` or ``<file>.gwp_source.json``."""
         root = Path(root)
-        candidates = [root / SIDECAR_NAME] if root.is_dir() else [Path(str(root) + "." + SIDECAR_NAME)]
-        for path in candidates:
-            if path.exists():
-                return cls.from_dict(json.loads(path.read_text()), where=str(path))
+        return root / SIDECAR_NAME if root.is_dir() else Path(str(root) + "." + SIDECAR_NAME)
+
+    @classmethod
+    def for_source(cls, root: str | Path, fmt: str, embodiment: str | None = None) -> SourceMapping:
+        """The mapping stored beside ``root``, else the one its format's conventions give
+        (``embodiment``: the robot named by the user, for the conventions)."""
+        path = cls.sidecar_path(root)
+        if path.exists():
+            return cls.from_dict(json.loads(path.read_text()), where=str(path), fmt=fmt)
+        if fmt in FORMAT_KEYS:
+            from curation.formats.conventions import default_mapping
+
+            return default_mapping(root, fmt, embodiment)
         raise SchemaError(
             "SourceMapping",
             "<source>",
-            f"{root}: no mapping for this {fmt} source; pass one in the config or write {candidates[0]}",
+            f"{root}: no mapping for this {fmt} source; pass one in the config or write {path} "
+            f"(`gwp inspect {root}` prints a starter)",
         )
