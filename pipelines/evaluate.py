@@ -124,13 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for _, target in specs:
         if target not in BASELINES:
             local_or_repo_id("--policy", target)
-    from policy.eval_report import write_comparison, write_report
     from policy.evaluate import EnvWorkers, EvalConfig, evaluate
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         cfg = EvalConfig(
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
@@ -146,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--random-chunk must be >= 1, got {args.random_chunk}")
     except ValueError as err:
         raise UsageError(str(err)) from err
+    from policy.eval_report import write_comparison, write_report  # the plotting stack: after the checks
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:  # load every policy before spending time on rollouts
         policies = [(name, load_policy(target, args.random_chunk, args.seed)) for name, target in specs]
     except PolicyLoadError as err:
