@@ -48,7 +48,7 @@ def open_shards(args: argparse.Namespace) -> ShardSet:
 
 def check_data_arg(args: argparse.Namespace) -> None:
     """A ``--data`` that is neither an existing folder nor a Hub repo id fails before any work."""
-    local_or_repo_id("--data", str(args.data))
+    local_or_repo_id("--data", str(args.data), bare_name_ok=True)  # as pretrain.data.resolve_dataset
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:

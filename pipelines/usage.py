@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,17 +112,19 @@ def existing_path(flag: str, value: str | Path, what: str = "file or folder") ->
     return path
 
 
-def local_or_repo_id(flag: str, value: str, repo_id_ok: bool = True) -> str:
-    """``value`` when it is an existing local path or (``repo_id_ok``) has the shape of a Hub repo id
-    (``owner/name``: it is then downloaded later); otherwise :class:`UsageError`: a missing folder."""
+def local_or_repo_id(flag: str, value: str, bare_name_ok: bool = False) -> str:
+    """``value`` when it is an existing local path or has the shape of a Hub repo id (``owner/name``,
+    or a bare ``name`` where ``bare_name_ok``, as dataset ids may be): it is then downloaded later.
+    Otherwise (an absolute path, ``./x``, ``a/b/c`` …) :class:`UsageError`: a missing folder."""
     from pretrain.hub_client import REPO_ID_PATTERN  # light: no torch
 
     if Path(value).expanduser().exists():
         return value
-    if repo_id_ok and REPO_ID_PATTERN.match(value) and not value.startswith((".", "~")):
+    if not value.startswith((".", "~")) and (
+        REPO_ID_PATTERN.match(value) or (bare_name_ok and re.fullmatch(r"[A-Za-z0-9][\w.-]*", value))
+    ):
         return value
-    also = " and not a Hub repo id (owner/name)" if repo_id_ok else ""
-    raise UsageError(f"{flag} {value}: no such folder{also}")
+    raise UsageError(f"{flag} {value}: no such folder and not a Hub repo id (owner/name)")
 
 
 @contextmanager
