@@ -76,6 +76,8 @@ def nothing_kept(manifest: Any, out: str) -> str | None:
 @command("gwp curate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.config and not (args.source and args.out):
+        raise UsageError("give --source (repeatable) and --out, or --config <job file>")
     data: dict = load_job_file(args.config) if args.config else {}
     if args.source:
         data["sources"] = args.source

@@ -99,6 +99,7 @@ MISTAKES = [
     ("ingest", ["--format", "lerobot", "{root}/broken"], "unknown --format", ["did you mean 'lerobot_v3'"]),
     ("convert", ["{root}/missing", "--to", "rlds", "--out", "{root}/c"], "missing source", ["{root}/missing"]),
     ("convert", ["{root}/broken", "--to", "rdls", "--out", "{root}/c"], "unknown --to", ["did you mean 'rlds'"]),
+    ("curate", [], "neither --source nor --config", ["--source", "--config"]),
     ("curate", ["--config", "{root}/missing.json"], "missing --config", ["{root}/missing.json", "cannot read"]),
     ("curate", ["--config", "{root}/bad.json"], "malformed JSON", ["{root}/bad.json", "cannot parse"]),
     ("curate", ["--config", "{root}/bad.toml"], "malformed TOML", ["{root}/bad.toml", "cannot parse"]),
