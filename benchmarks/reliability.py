@@ -26,8 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # tests/test_reliability.py and its siblings (one fault corpus each: timing, pixels, ...), and the
 # test files whose cases record rows beside them (identity, mappings, command-line mistakes)
-TEST_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_reliability*.py")) + [
-    "tests/test_identity.py"
+_BESIDE = ("tests/test_identity.py", "tests/test_mapping_defaults.py", "tests/test_cli_errors.py")
+TEST_FILES = [
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_reliability*.py")),
+    *_BESIDE,
 ]
 GROUPS = (
     "bad input",

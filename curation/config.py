@@ -49,7 +49,8 @@ class ConfigError(ValueError):
 
     def __init__(self, where: str, field: str, problem: str):
         self.where, self.field, self.problem = where, field, problem
-        super().__init__(f"{where}.{field}: {problem}")
+        # "<file>": the problem is the file as a whole (missing, unparseable), not one of its fields
+        super().__init__(f"{where}: {problem}" if field == "<file>" else f"{where}.{field}: {problem}")
 
 
 def _check(ok: bool, where: str, name: str, problem: str) -> None:
@@ -349,10 +350,16 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationCon
 
 def load_config(path: str | Path) -> CurationConfig:
     """A config from a ``.json`` or ``.toml`` file (see :func:`config_from_dict`)."""
+    return config_from_dict(read_config_file(path), where=str(Path(path)))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The top-level table of a ``.json`` or ``.toml`` file; a file that is missing, unreadable,
+    not parseable or not a table is a :class:`ConfigError` naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
-    except OSError as err:
+    except (OSError, UnicodeDecodeError) as err:  # missing, a folder, unreadable, not text
         raise ConfigError(str(path), "<file>", f"cannot read: {err}") from err
     try:
         if path.suffix.lower() == ".toml":
@@ -371,4 +378,4 @@ def load_config(path: str | Path) -> CurationConfig:
         raise ConfigError(str(path), "<file>", f"cannot parse: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(str(path), "<file>", "top level must be an object/table")
-    return config_from_dict(data, where=str(path))
+    return data

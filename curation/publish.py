@@ -22,6 +22,12 @@ Files per folder: the Hub refuses more than ~10k entries in one folder. With mor
 published manifest names the new paths (so ``pretrain.data.ShardSet`` reads the repo as is) and the card's
 glob becomes ``data/chunk-*/*.parquet``. Small datasets keep the flat layout, identical to the local folder.
 
+Re-publishing keeps the card's YAML fields that an earlier push or the user set (a ``license``, extra
+``tags``, ``language``, a nicer ``pretty_name``, …): the card at the target branch (or at ``main`` for a
+new branch) is read first, and only what describes the shards (``configs``, ``size_categories``) is
+always regenerated; ``--license`` replaces the license, and the generated tags are added to the earlier
+ones. The body below the header is regenerated (it summarises the data).
+
 Uploading goes through :func:`pretrain.hub.upload_files`: rounds of commits, unchanged files skipped, the
 manifest and card committed last together with the deletion of stale ``data/``/``meta/`` files, retries
 that resume after a dropped connection. Re-publishing an unchanged folder makes no commit.
@@ -32,14 +38,17 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import yaml
 
 from curation.shards import LEDGER_PATH, LOCK_NAME, MANIFEST_PATH, REPORT_DIR, file_sha256, read_manifest
-from pretrain.hub import PublishResult, Source, UploadSettings, upload_files
+from pretrain.hub_client import PublishResult, Source, UploadSettings, upload_files
 from schemas import SCHEMA_VERSION, Manifest, check_schema_version
 
 HUB_MAX_FILES_PER_FOLDER = 10_000
@@ -49,6 +58,7 @@ CHUNK_TEMPLATE = "data/chunk-{chunk:03d}/{name}"
 CHUNK_GLOB = "data/chunk-*/*.parquet"
 CARD_NAME = "README.md"
 MANAGED = ("data/*", "meta/*", CARD_NAME)  # remote files under these globs that we no longer have are deleted
+CARD_DATA_KEYS = ("configs", "size_categories")  # describe the shards: regenerated on every publish
 
 
 def _check_not_locked(folder: Path) -> None:
@@ -119,10 +129,80 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     return out + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
+def card_header(text: str) -> dict[str, Any]:
+    """The YAML front matter of a card (``---`` … ``---`` at the top); {} when it has none."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
+    if end is None:
+        return {}
+    try:
+        data = yaml.safe_load("\n".join(lines[1:end]))
+    except yaml.YAMLError:  # a hand-edited card that no longer parses: nothing to keep from it
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def merge_card_header(
+    generated: Mapping[str, Any], earlier: Mapping[str, Any], license: str | None
+) -> dict[str, Any]:
+    """``generated`` with the fields of the ``earlier`` card kept: every key but those describing the
+    shards (:data:`CARD_DATA_KEYS`), the earlier license unless ``license`` is given, the earlier tags
+    followed by the generated ones they lack. Key order: generated first, then earlier-only keys, so a
+    card merged with itself is unchanged (an unchanged re-publish makes no commit)."""
+    merged = dict(generated)
+    for key, value in earlier.items():
+        if key in CARD_DATA_KEYS or (key == "license" and license):
+            continue
+        if key == "tags" and isinstance(value, list):
+            merged["tags"] = list(dict.fromkeys([*value, *generated.get("tags", [])]))
+        else:
+            merged[key] = value
+    return merged
+
+
+def published_card_header(
+    repo_id: str, revision: str | None = None, token: str | None = None
+) -> dict[str, Any]:
+    """The YAML header of the dataset card now on the Hub at ``revision`` (a branch that does not exist
+    yet will start from ``main``: its card); {} when the repo or the card does not exist."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from pretrain.hub_client import REPO_ID_PATTERN, hub_errors
+
+    if not REPO_ID_PATTERN.match(repo_id):  # the upload refuses it, with its own message
+        return {}
+    with tempfile.TemporaryDirectory(prefix="gwp-card-") as tmp:  # not the user's HF cache
+        for rev in dict.fromkeys([revision or "main", "main"]):
+            with hub_errors("read the dataset card", repo_id, "dataset", rev, token):
+                try:
+                    path = hf_hub_download(
+                        repo_id, CARD_NAME, repo_type="dataset", revision=rev, token=token, cache_dir=tmp
+                    )
+                except RevisionNotFoundError:
+                    continue
+                except (RepositoryNotFoundError, RemoteEntryNotFoundError):
+                    return {}
+            return card_header(Path(path).read_text(encoding="utf-8", errors="replace"))
+    return {}
+
+
 def render_dataset_card(
-    folder: Path, manifest: Manifest, glob: str, repo_id: str, license: str | None = None
+    folder: Path,
+    manifest: Manifest,
+    glob: str,
+    repo_id: str,
+    license: str | None = None,
+    earlier: Mapping[str, Any] | None = None,
 ) -> str:
-    """README.md: YAML header with ``configs`` for ``load_dataset``, then a readable summary."""
+    """README.md: YAML header with ``configs`` for ``load_dataset``, then a readable summary
+    (``earlier``: the header of the card already published, whose fields are kept)."""
     by_source: Counter[str] = Counter()
     by_embodiment: Counter[str] = Counter()
     for s in manifest.shards:
@@ -143,6 +223,8 @@ def render_dataset_card(
     }
     if license:
         header["license"] = license
+    header = merge_card_header(header, earlier or {}, license)
+    pretty_name = header.get("pretty_name", pretty_name)
     c = manifest.counts
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "", f"# {pretty_name}", ""]
     lines += [
@@ -216,8 +298,10 @@ def dataset_files(
     repo_id: str = "<repo id>",
     license: str | None = None,
     verify: bool = True,
+    earlier_card: Mapping[str, Any] | None = None,
 ) -> dict[str, Source]:
-    """Path in repo → local file or generated bytes, for a finished curated dataset folder."""
+    """Path in repo → local file or generated bytes, for a finished curated dataset folder
+    (``earlier_card``: the YAML header of the card already published, see :func:`merge_card_header`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such dataset folder")
@@ -239,7 +323,7 @@ def dataset_files(
     crowded = [f"{d}/ ({n})" for d, n in per_folder.items() if n > max_files_per_folder]
     if crowded:
         raise ValueError(f"{folder}: more than {max_files_per_folder} files in {', '.join(crowded)}")
-    files[CARD_NAME] = render_dataset_card(folder, manifest, glob, repo_id, license).encode()
+    files[CARD_NAME] = render_dataset_card(folder, manifest, glob, repo_id, license, earlier_card).encode()
     return files
 
 
@@ -258,12 +342,16 @@ def publish_dataset(
 ) -> PublishResult:
     """Push a curated dataset folder to dataset repo ``repo_id`` at branch ``revision`` (default main)."""
     folder = Path(folder)
+    import huggingface_hub
+
+    earlier = published_card_header(repo_id, revision, token or huggingface_hub.get_token())
     files = dataset_files(
         folder,
         max_files_per_folder=max_files_per_folder,
         shards_per_chunk=shards_per_chunk,
         repo_id=repo_id,
         license=license,
+        earlier_card=earlier,
     )
     return upload_files(
         files,

@@ -2,15 +2,17 @@
 
 Each subcommand is a module ``pipelines.<name>`` exposing ``build_parser()`` and
 ``main(argv)``, so ``gwp generate-sim …`` and ``python -m pipelines.generate_sim …`` are the
-same program. Modules are imported only when their subcommand runs, to keep start-up fast.
+same program. Modules are imported only when their subcommand runs, to keep start-up fast,
+and each ``main`` ends through :func:`pipelines.usage.command` (a user's mistake is one line on
+stderr and exit 2; ``gwp --version`` prints the installed package's version).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,10 +29,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def package_version() -> str:
+    try:
+        return version("gigaworld-policy")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.usage import known
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-V"], ["--version"]):
+        print(f"gwp {package_version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         parser = argparse.ArgumentParser(prog="gwp", description=__doc__.splitlines()[0])
+        parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
         sub = parser.add_subparsers(title="commands", metavar="COMMAND")
         for name, (_, help_text) in COMMANDS.items():
             sub.add_parser(name, help=help_text)
@@ -38,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        print(f"gwp: unknown command {name!r}{hint} (commands: {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
+        try:  # the registries' "did you mean", and the list of commands
+            known("command", list(COMMANDS))(name)
+        except argparse.ArgumentTypeError as err:
+            print(f"gwp: error: {err}", file=sys.stderr)
+            return 2
     module = importlib.import_module(COMMANDS[name][0])
     result = module.main(rest)
     return int(result or 0)

@@ -3,7 +3,8 @@
     gwp convert data/metaworld --to hdf5_robomimic --out exports/metaworld.hdf5
 
 Used by the demo and the tests to build heterogeneous sources from the simulated episodes,
-and by users to export. Rejected input episodes are reported, not written.
+and by users to export. Rejected input episodes are reported, not written. Exit status: 0 written;
+1 nothing to convert (every input rejected) or the output exists; 2 a mistake in the arguments.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from pathlib import Path
 
 from curation.formats import FORMATS, writer
 from curation.ingest import SourceSpec, iter_episodes
+from pipelines.usage import ArgumentParser, JobFailed, command, existing_path, known
 from schemas import Episode, Rejection
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp convert", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp convert", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
-    p.add_argument("--to", required=True, choices=sorted(FORMATS), help="output format")
+    p.add_argument(
+        "--to",
+        required=True,
+        type=known("output format", sorted(FORMATS)),
+        help=f"output format ({', '.join(sorted(FORMATS))})",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (or .hdf5 file for robomimic)")
     return p
 
@@ -37,18 +44,22 @@ def convert(sources: list[str | SourceSpec], fmt: str, out: Path) -> tuple[Path,
     for item in iter_episodes(sources):
         (episodes if isinstance(item, Episode) else rejected).append(item)
     if not episodes:
-        raise ValueError(f"nothing to convert: all {len(rejected)} input(s) were rejected")
+        reasons = ", ".join(f"{r.path}: {r.reason}" for r in rejected[:3])
+        more = f" and {len(rejected) - 3} more" if len(rejected) > 3 else ""
+        raise ValueError(f"nothing to convert: all {len(rejected)} input(s) were rejected ({reasons}{more})")
     path = writer(fmt)(episodes, out)
     return Path(path), rejected
 
 
+@command("gwp convert")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for source in args.sources:
+        existing_path("source", source)
     try:
         path, rejected = convert(args.sources, args.to, args.out)
     except (ValueError, FileExistsError) as err:
-        print(f"gwp convert: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(str(err)) from err
     for r in rejected:
         print(f"not converted: {r.path} [{r.episode}]: {r.reason}: {r.detail}", file=sys.stderr)
     print(f"wrote {args.to} to {path}")

@@ -9,6 +9,9 @@ In-process Ray by default. Submitted as a job, the same command runs on a cluste
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.curate …
 
 A rerun resumes: finished phases, work parts and shards are kept (see curation/pipeline.py).
+Exit status: 0 done; 1 the job ran but kept no sample (every input rejected: the reasons are printed
+and the ledger is in the output folder) or the output folder is busy or holds another dataset; 2 a
+mistake in the arguments or the job file (a missing source, a bad field, an unknown preset or model).
 """
 
 from __future__ import annotations
@@ -16,14 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from curation.config import ConfigError
-from curation.formats.conventions import known_embodiment
+from curation.config import read_config_file
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, lookup
+from schemas import get_embodiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp curate", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp curate", description=__doc__.splitlines()[0])
     p.add_argument(
         "--config", type=Path, help="job file (.json or .toml): sources, out, curation, caption, run"
     )
@@ -41,22 +47,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_job_file(path: Path) -> dict:
-    text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        import tomllib
-
-        return tomllib.loads(text)
-    return json.loads(text)
+    """The job file's top-level table (``ConfigError`` naming the file when it cannot be had)."""
+    return read_config_file(path)
 
 
+def check_inputs(job: Any, label: str) -> None:
+    """Refuse, before Ray starts, a job whose sources are not there or whose caption model is unknown
+    (``label`` says where the sources were named: ``--source`` or the job file)."""
+    for spec in job.sources:
+        if not Path(spec.path).expanduser().exists():
+            raise UsageError(f"{label} {spec.path}: no such file or folder")
+    if job.caption is not None:
+        import open_clip
+
+        lookup("open_clip model", open_clip.list_models(), job.caption.model)
+
+
+def nothing_kept(manifest: Any, out: str) -> str | None:
+    """Why the job kept no sample (the counts and the commonest rejection reasons), or None."""
+    if manifest.counts.get("samples", 0):
+        return None
+    c = manifest.counts
+    if not c.get("episodes_in") and not manifest.rejections:
+        return f"no episode found in the sources; {out} holds an empty dataset"
+    reasons = Counter(f"{r.reason} ({r.stage})" for r in manifest.rejections).most_common(3)
+    shown = ", ".join(f"{reason}: {n}" for reason, n in reasons)
+    return (
+        f"no sample kept: {c.get('episodes_rejected', 0)} of {c.get('episodes_in', 0)} episodes rejected "
+        f"({shown}; every rejection with its file in {out}/meta/)"
+    )
+
+
+@command("gwp curate")
 def main(argv: list[str] | None = None) -> int:
-    from curation.pipeline import job_from_dict, run
-    from curation.shards import OutputLockedError
-    from schemas import SchemaVersionError
-
     args = build_parser().parse_args(argv)
-    if args.embodiment and not known_embodiment(args.embodiment, "gwp curate"):
-        return 2
+    if not args.config and not (args.source and args.out):
+        raise UsageError("give --source (repeatable) and --out, or --config <job file>")
+    if args.embodiment:
+        get_embodiment(args.embodiment)  # a misspelt robot: the registry's did-you-mean, exit 2
     data: dict = load_job_file(args.config) if args.config else {}
     if args.source:
         data["sources"] = args.source
@@ -78,18 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         data["caption"] = cap
     if args.no_progress:
         data.setdefault("run", {})["progress"] = False
-    try:
-        job = job_from_dict(data, where=str(args.config or "command line"))
-    except ConfigError as err:
-        print(f"gwp curate: bad config: {err}", file=sys.stderr)
-        return 2
+    from curation.pipeline import job_from_dict, run  # Ray and the stages: only for a job that can run
+    from curation.shards import OutputLockedError
+    from schemas import SchemaVersionError
+
+    where = str(args.config or "command line")
+    job = job_from_dict(data, where=where)  # a bad field or preset: ConfigError, one line, exit 2
+    check_inputs(job, "--source" if args.source else f"{where}: source")
     try:
         manifest = run(job)
     except (OutputLockedError, FileExistsError, SchemaVersionError) as err:
         # the folder is busy, or holds another dataset or one written under another schema
-        print(f"gwp curate: error: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(str(err)) from err
     print(json.dumps(manifest.counts, indent=2))
+    why = nothing_kept(manifest, job.out)
+    if why:
+        raise JobFailed(why)
     return 0
 
 

@@ -34,6 +34,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, known, lookup
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,13 +100,8 @@ PRESETS: dict[str, DemoConfig] = {
 
 
 def get_demo_config(name: str) -> DemoConfig:
-    if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise SystemExit(f"gwp demo: unknown preset {name!r}{hint} (presets: {sorted(PRESETS)})")
-    return PRESETS[name]
+    """The preset called ``name``; an unknown one is the registries' ``UnknownNameError``."""
+    return PRESETS[lookup("demo preset", list(PRESETS), name)]
 
 
 def log(msg: str) -> None:
@@ -158,7 +155,7 @@ class Stages:
             log("  $ " + " ".join(cmd))
             result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, check=False)
             if result.returncode != 0:
-                raise SystemExit(f"gwp demo: stage {name} failed (exit {result.returncode}): {' '.join(cmd)}")
+                raise JobFailed(f"stage {name} failed (exit {result.returncode}): {' '.join(cmd)}")
         seconds = time.time() - start
         self.times[name] = seconds
         marker.parent.mkdir(parents=True, exist_ok=True)
@@ -171,9 +168,14 @@ def py(module: str, *args: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp demo", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="demo folder (rerun to resume)")
-    p.add_argument("--preset", default="default", help=f"demo size ({', '.join(sorted(PRESETS))})")
+    p.add_argument(
+        "--preset",
+        default="default",
+        type=known("demo preset", list(PRESETS)),
+        help=f"demo size ({', '.join(sorted(PRESETS))})",
+    )
     p.add_argument(
         "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
     )
@@ -181,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("gwp demo")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.repo_prefix and not os.environ.get("HF_TOKEN"):  # refused before 20 minutes of work, not after
+        raise UsageError("--repo-prefix needs a Hub token in HF_TOKEN")
     cfg = get_demo_config(args.preset)
     if args.eval_episodes is not None:
         cfg = replace(cfg, eval_episodes=args.eval_episodes)
@@ -280,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     report = write_demo_report(out, cfg, st.times, time.time() - started)
     log(f"report: {report}")
     if args.repo_prefix:
-        if not os.environ.get("HF_TOKEN"):
-            raise SystemExit("gwp demo: --repo-prefix needs a Hub token in HF_TOKEN")
         st.run(
             "publish",
             [

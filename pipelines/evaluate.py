@@ -15,6 +15,9 @@ Top to bottom:
    first ``--videos-per-task`` episodes;
 4. write ``<out>/<label>/{results.json, report.md, report.html, contact_sheet.png, videos/}``
    and, with several policies, ``<out>/comparison.{md,json}``.
+
+Exit status: 0 done; 1 a policy could not be loaded or a rollout failed; 2 a mistake in the
+arguments (an unknown task, a policy folder that does not exist).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, local_or_repo_id
 
 ENVS = ("metaworld",)
 BASELINES = ("expert", "random")
@@ -76,7 +81,7 @@ def _label(label: str | None, target: str, taken: set[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gwp evaluate", description="Closed-loop evaluation of policies in simulation, with reports."
     )
     p.add_argument(
@@ -111,15 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("gwp evaluate")
 def main(argv: list[str] | None = None) -> int:
-    from policy.eval_report import write_comparison, write_report
+    args = build_parser().parse_args(argv)
+    taken: set[str] = set()
+    specs = [(lambda lt: (_label(lt[0], lt[1], taken), lt[1]))(parse_policy_spec(s)) for s in args.policy]
+    for _, target in specs:
+        if target not in BASELINES:
+            local_or_repo_id("--policy", target)
     from policy.evaluate import EnvWorkers, EvalConfig, evaluate
 
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         cfg = EvalConfig(
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
@@ -134,15 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.random_chunk < 1:
             raise ValueError(f"--random-chunk must be >= 1, got {args.random_chunk}")
     except ValueError as err:
-        print(f"gwp evaluate: {err}", file=sys.stderr)
-        return 2
-    taken: set[str] = set()
-    specs = [(lambda lt: (_label(lt[0], lt[1], taken), lt[1]))(parse_policy_spec(s)) for s in args.policy]
+        raise UsageError(str(err)) from err
+    from policy.eval_report import write_comparison, write_report  # the plotting stack: after the checks
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:  # load every policy before spending time on rollouts
         policies = [(name, load_policy(target, args.random_chunk, args.seed)) for name, target in specs]
     except PolicyLoadError as err:
-        print(f"gwp evaluate: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(str(err)) from err
     out = Path(args.out)
     results = []
     try:
@@ -166,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"p95 {result.latency_ms['p95']:.2f} ms, {result.episodes_per_s:.3f} episodes/s -> {paths['markdown']}"
                 )
     except (RuntimeError, ValueError) as err:
-        print(f"gwp evaluate: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(str(err)) from err
     if len(results) > 1:
         print(f"comparison -> {write_comparison(results, out)['markdown']}")
     return 0

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines.usage import ArgumentParser, UsageError, command, local_or_repo_id, reading
+
 SPLITS = ("heldout", "all")
 
 
@@ -41,7 +43,7 @@ def heldout_of(policy_folder: Path) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp evaluate-openloop", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp evaluate-openloop", description=__doc__.splitlines()[0])
     p.add_argument("--policy", required=True, help="policy folder or Hub model repo id")
     p.add_argument("--revision", default=None, help="policy repo revision")
     p.add_argument("--data", required=True, help="curated shards folder or Hub dataset repo id")
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("gwp evaluate-openloop")
 def main(argv: list[str] | None = None) -> int:
     from policy.heldout import select_episodes
     from policy.model import GWPPolicyModel, resolve_model_folder
@@ -65,23 +68,22 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.data import ShardSet
 
     args = build_parser().parse_args(argv)
+    local_or_repo_id("--policy", args.policy)
+    local_or_repo_id("--data", args.data, bare_name_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    folder = resolve_model_folder(args.policy, args.revision)
-    model = GWPPolicyModel.from_pretrained(folder, device="cpu")
-    shards = ShardSet.open(args.data, args.data_revision)
+    with reading("--policy", args.policy):
+        folder = resolve_model_folder(args.policy, args.revision)
+        model = GWPPolicyModel.from_pretrained(folder, device="cpu")
+    with reading("--data", args.data):
+        shards = ShardSet.open(args.data, args.data_revision)
     if args.split == "heldout":
         try:
             shards = select_episodes(shards, heldout_of(folder))
         except (FileNotFoundError, ValueError) as err:
-            print(f"gwp evaluate-openloop: {err}", file=sys.stderr)
-            return 2
+            raise UsageError(str(err)) from err
         if shards.num_rows == 0:
-            print(
-                f"gwp evaluate-openloop: none of the held-out episodes of {folder} is in {args.data}",
-                file=sys.stderr,
-            )
-            return 2
+            raise UsageError(f"none of the held-out episodes of {folder} is in {args.data}")
     cfg = OpenLoopConfig(
         max_samples=args.max_samples,
         batch_size=args.batch_size,

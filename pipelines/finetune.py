@@ -37,23 +37,22 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import load_file
 
 from curation.config import NormConfig, VideoConfig
 from pipelines import train_cli
-from policy.heldout import HeldoutEvaluator, split_shards
-from policy.model import GWPPolicyModel, ImageConfig, PolicyConfig, TextConfig
-from pretrain import distributed as dd
+from pipelines.usage import ArgumentParser, command, known, local_or_repo_id, reading
 from pretrain.config import get_model_config, list_model_configs
-from pretrain.data import ShardSet
-from pretrain.flow import FlowConfig
 from pretrain.run_config import train_config_names
 from schemas import get_embodiment
+
+if TYPE_CHECKING:  # torch and the policy code load after the arguments are checked
+    from policy.model import GWPPolicyModel, PolicyConfig
+    from pretrain.data import ShardSet
+    from pretrain.flow import FlowConfig
 
 log = logging.getLogger("finetune")
 TRAINING_RECORD = "training.json"
@@ -64,6 +63,8 @@ TRAINING_RECORD = "training.json"
 
 def data_settings(shards: ShardSet) -> dict[str, Any]:
     """P, K, image geometry, text embedding and normalisation settings of a curated dataset."""
+    from policy.model import ImageConfig, TextConfig
+
     cfg = shards.manifest.config or {}
     cur = cfg.get("curation") or {}
     first = pq.read_table(
@@ -108,6 +109,9 @@ def build_policy(
     codec_kwargs: dict,
     flow: FlowConfig | None = None,
 ) -> GWPPolicyModel:
+    from policy.model import GWPPolicyModel, PolicyConfig
+    from pretrain.flow import FlowConfig
+
     fields = {
         "flow": flow or FlowConfig(),
         "codec": codec,
@@ -146,6 +150,8 @@ def loss_fn_with_check(check: Callable[[Any], None]) -> Callable[[Any, dict[str,
 
 
 def flow_config(args: argparse.Namespace) -> FlowConfig:
+    from pretrain.flow import FlowConfig
+
     over = {
         "action_weight": args.action_weight,
         "video_weight": args.video_weight,
@@ -157,6 +163,10 @@ def flow_config(args: argparse.Namespace) -> FlowConfig:
 
 def export_policy(final_dir: Path, policy_cfg: PolicyConfig, stats: dict, card: dict[str, Any]) -> Path:
     """Turn the trainer's export (weights + run record) into a ``save_pretrained`` policy folder."""
+    from safetensors.torch import load_file
+
+    from policy.model import GWPPolicyModel
+
     weights = final_dir / "model.safetensors"
     model = GWPPolicyModel(policy_cfg)
     sd = load_file(str(weights))
@@ -174,25 +184,31 @@ def export_policy(final_dir: Path, policy_cfg: PolicyConfig, stats: dict, card: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="finetune", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp finetune", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--preset", default="debug", help=f"train config preset ({', '.join(train_config_names())})"
+        "--preset",
+        default="debug",
+        type=known("train config preset", train_config_names()),
+        help=f"train config preset ({', '.join(train_config_names())})",
     )
     p.add_argument(
         "--init", required=True, help="pretrained checkpoint folder or model repo id; 'none' = random"
     )
     p.add_argument("--init-revision", default=None)
     p.add_argument(
-        "--model", default=None, help=f"model preset for --init none ({', '.join(list_model_configs())})"
+        "--model",
+        default=None,
+        type=known("model config", list_model_configs()),
+        help=f"model preset for --init none ({', '.join(list_model_configs())})",
     )
     train_cli.add_data_args(p)
     train_cli.add_codec_args(p)
     train_cli.add_train_args(p, [n for n in train_cli.TRAIN_OVERRIDES if n != "warmup_steps"])
-    d = FlowConfig()
-    p.add_argument("--action-weight", type=float, help=f"λ_a, action loss weight (default {d.action_weight})")
-    p.add_argument("--video-weight", type=float, help=f"λ_v, video loss weight (default {d.video_weight})")
-    p.add_argument("--action-shift", type=float, help=f"action timestep shift (default {d.action_shift})")
-    p.add_argument("--video-shift", type=float, help=f"video timestep shift (default {d.video_shift})")
+    # defaults: FlowConfig's (pretrain/flow.py), not repeated here so the parser needs no torch
+    p.add_argument("--action-weight", type=float, help="λ_a, action loss weight (default: FlowConfig's)")
+    p.add_argument("--video-weight", type=float, help="λ_v, video loss weight (default: FlowConfig's)")
+    p.add_argument("--action-shift", type=float, help="action timestep shift (default: FlowConfig's)")
+    p.add_argument("--video-shift", type=float, help="video timestep shift (default: FlowConfig's)")
     p.add_argument(
         "--heldout-fraction", type=float, default=0.1, help="episodes held out from training (0 = none)"
     )
@@ -205,27 +221,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("gwp finetune")
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[finetune %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    train_cli.apply_threads(args)
     cfg = train_cli.checked_train_config("finetune", args, args.preset)
     if cfg is None:  # a bad preset or value: one line naming the field and the allowed values
         return 2
+    train_cli.check_data_arg(args)
+    if args.init.lower() != "none":
+        local_or_repo_id("--init", args.init)
+    kwargs = train_cli.codec_kwargs("finetune", args)  # a codec flag that does not fit, before torch loads
+
+    import torch
+
+    from policy.heldout import HeldoutEvaluator, split_shards
+    from policy.model import GWPPolicyModel
+    from pretrain import distributed as dd
     from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
 
-    shards = ShardSet.open(args.data, args.data_revision)
-    settings = data_settings(shards)
+    train_cli.apply_threads(args)
+    shards = train_cli.open_shards(args)
+    with reading("--data", args.data):  # a dataset the policy cannot be trained on (no text embedding, …)
+        settings = data_settings(shards)
     torch.manual_seed(cfg.seed)  # a random init (--init none) is part of the run: seed it like the rest
-    model = build_policy(
-        args.init,
-        args.init_revision,
-        args.model or args.preset,
-        settings,
-        args.codec,
-        train_cli.codec_kwargs("finetune", args),
-        flow_config(args),
-    )
+    with reading("--init", args.init):  # not a checkpoint, or one that does not fit the data
+        model = build_policy(
+            args.init,
+            args.init_revision,
+            args.model or args.preset,
+            settings,
+            args.codec,
+            kwargs,
+            flow_config(args),
+        )
     split = split_shards(shards, args.heldout_fraction, args.heldout_seed)
     check = None
     if split.heldout is not None:

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command
 from policy.envs.metaworld_env import TASK_INSTRUCTIONS, MetaWorldConfig, MetaWorldSim, rollout_expert
 from schemas import Episode
 
@@ -206,7 +207,7 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="gwp generate-sim", description="Generate Meta-World expert demonstrations (LeRobot v3.0)."
     )
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated Meta-World v3 tasks")
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command("gwp generate-sim")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -240,13 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             repo_id=args.repo_id,
         )
     except ValueError as err:
-        print(f"gwp generate-sim: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     try:
         record = generate(cfg, args.out, progress=not args.no_progress)
     except (RuntimeError, FileExistsError) as err:
-        print(f"gwp generate-sim: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(str(err)) from err
     print(
         f"wrote {record['episodes']} episodes ({record['frames']} frames, {record['failures']} expert "
         f"failures) to {args.out} in {record['wall_time_s']:.1f} s"

@@ -7,6 +7,8 @@
 Prints, per source and format, how many episodes loaded and how many were rejected (with
 their reasons), and writes the rejection ledger as JSON lines. ``--ray`` runs the same
 stages as a Ray Data job (in-process unless ``RAY_ADDRESS`` points at a cluster).
+Exit status: 0 some episodes loaded; 1 none did (every input rejected, or nothing found); 2 a
+mistake in the arguments (a source that does not exist, an unknown ``--format``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curation.formats.conventions import known_embodiment
+from curation.formats import FORMATS
 from curation.ingest import (
     SourceSpec,
     discover_sources,
@@ -28,13 +30,19 @@ from curation.ingest import (
     iter_episodes,
     read_episodes,
 )
-from schemas import Episode, Rejection
+from pipelines.usage import ArgumentParser, JobFailed, command, existing_path, known
+from schemas import Episode, Rejection, get_embodiment
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp ingest", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp ingest", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
-    p.add_argument("--format", default=None, help="force one format for every source")
+    p.add_argument(
+        "--format",
+        default=None,
+        type=known("source format", sorted(FORMATS)),
+        help=f"force one format for every source ({', '.join(sorted(FORMATS))})",
+    )
     p.add_argument(
         "--embodiment",
         default=None,
@@ -70,11 +78,16 @@ def summarise(items: list[Episode | Rejection]) -> dict:
     }
 
 
+@command("gwp ingest")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.embodiment and not known_embodiment(args.embodiment, "gwp ingest"):
-        return 2
+    if args.embodiment:
+        get_embodiment(args.embodiment)  # a misspelt robot: the registry's did-you-mean, exit 2
+    for source in args.sources:
+        existing_path("--scan folder" if args.scan else "source", source)
     paths = [s.path for f in args.sources for s in discover_sources(f)] if args.scan else args.sources
+    if not paths:
+        raise JobFailed(f"no dataset found in {', '.join(args.sources)} (--scan looks at each child)")
     specs = [SourceSpec(path=str(s), format=args.format, embodiment=args.embodiment) for s in paths]
     if args.ray:
         import ray
@@ -94,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.ledger:
         args.ledger.parent.mkdir(parents=True, exist_ok=True)
         args.ledger.write_text("".join(json.dumps(r.to_row()) + "\n" for r in rejections))
+    if not summary["inputs"]:
+        raise JobFailed(f"no episode found in {', '.join(map(str, paths))}")
+    if not summary["episodes"]:
+        reasons = ", ".join(f"{k}: {n}" for k, n in Counter(r.reason for r in rejections).most_common(3))
+        raise JobFailed(
+            f"no episode loaded: all {summary['inputs']} input(s) rejected ({reasons}; see above)"
+        )
     return 0
 
 

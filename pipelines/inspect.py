@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from curation.formats import LoadError, SourceMapping, detect_format
-from curation.formats.conventions import FORMAT_KEYS, default_mapping, known_embodiment, map_cameras
-from schemas import SchemaError, get_embodiment, list_embodiments
+from curation.formats.conventions import FORMAT_KEYS, default_mapping, map_cameras
+from pipelines.usage import ArgumentParser, JobFailed, command, existing_path
+from schemas import get_embodiment, list_embodiments
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gwp inspect", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="gwp inspect", description=__doc__.splitlines()[0])
     p.add_argument("source", help="a source folder or file (format auto-detected)")
     p.add_argument("--format", default=None, help="force the format instead of detecting it")
     p.add_argument("--embodiment", default=None, help="the robot to map onto (default: inferred)")
@@ -242,21 +243,18 @@ def _listing(desc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@command("gwp inspect")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.embodiment and not known_embodiment(args.embodiment, "gwp inspect"):
-        return 2
-    root = Path(args.source)
-    if not root.exists():
-        print(f"gwp inspect: {root}: no such file or folder", file=sys.stderr)
-        return 2
+    if args.embodiment:
+        get_embodiment(args.embodiment)  # a misspelt robot: the registry's did-you-mean, exit 2
+    root = existing_path("source", args.source)
     try:
         fmt = args.format or detect_format(root)
         desc = describe(root, fmt)
         mapping = starter_mapping(root, fmt, desc, args.embodiment)
-    except (LoadError, SchemaError, KeyError, OSError, ValueError) as err:
-        print(f"gwp inspect: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 1
+    except (LoadError, KeyError, OSError, ValueError) as err:  # the source itself cannot be read
+        raise JobFailed(err.args[0] if isinstance(err, KeyError) else str(err)) from err
     sidecar = SourceMapping.sidecar_path(_sidecar_root(root, fmt))
     if args.json:
         print(json.dumps({"source": desc, "mapping": mapping.to_dict(), "sidecar": str(sidecar)}, indent=2))
@@ -266,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(mapping.to_dict(), indent=2))
     if args.write:
         if sidecar.exists():
-            print(
-                f"gwp inspect: {sidecar} exists; not overwritten (remove it to write a new one)",
-                file=sys.stderr,
-            )
-            return 1
+            raise JobFailed(f"{sidecar} exists; not overwritten (remove it to write a new one)")
         mapping.write(_sidecar_root(root, fmt))
         print(f"wrote {sidecar}", file=sys.stderr)
     return 0

@@ -40,22 +40,21 @@ import os
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 from pipelines import train_cli
-from pretrain import distributed as dd
-from pretrain.codec import LatentCache, LatentCodec, make_codec
+from pipelines.usage import ArgumentParser, UsageError, command, known, local_or_repo_id, reading
 from pretrain.config import ModelConfig, get_model_config, list_model_configs
-from pretrain.data import ShardSet
-from pretrain.flow import FlowConfig
-from pretrain.model import ActionVideoTransformer, build_model, param_count
-from pretrain.objective import ObjectiveConfig, PretrainObjective
 from pretrain.run_config import train_config_names
 from schemas import MAX_DIM
+
+if TYPE_CHECKING:  # torch and the model code load after the arguments are checked
+    from pretrain.codec import LatentCodec
+    from pretrain.data import ShardSet
+    from pretrain.model import ActionVideoTransformer
 
 log = logging.getLogger("pretrain")
 
@@ -117,11 +116,15 @@ def check_geometry(geo: dict[str, Any], mcfg: ModelConfig, codec: LatentCodec, w
 
 
 def build_codec(args: argparse.Namespace) -> tuple[LatentCodec, dict[str, Any]]:
+    from pretrain.codec import make_codec
+
     kwargs = train_cli.codec_kwargs("pretrain", args)
     return make_codec(args.codec, **kwargs), kwargs
 
 
 def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVideoTransformer, dict]:
+    from pretrain.model import build_model
+
     model = build_model(mcfg)
     if not init_wan:
         return model, {"source": None}
@@ -136,11 +139,17 @@ def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pretrain", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="debug", help=f"model preset ({', '.join(list_model_configs())})")
+    p = ArgumentParser(prog="gwp pretrain", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--preset",
+        default="debug",
+        type=known("model config", list_model_configs()),
+        help=f"model preset ({', '.join(list_model_configs())})",
+    )
     p.add_argument(
         "--train-preset",
         default=None,
+        type=known("train config preset", train_config_names()),
         help=f"train config preset ({', '.join(train_config_names())}); default: the model preset's name",
     )
     train_cli.add_data_args(p)
@@ -156,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_cli.add_codec_args(p)
     p.add_argument("--latent-cache", default=None, help="folder for per-shard cached latents")
-    p.add_argument("--action-dropout", type=float, default=ObjectiveConfig().action_dropout)
-    p.add_argument("--video-shift", type=float, default=FlowConfig().video_shift)
+    p.add_argument(
+        "--action-dropout", type=float, default=None, help="default: ObjectiveConfig's action_dropout"
+    )
+    p.add_argument("--video-shift", type=float, default=None, help="default: FlowConfig's video_shift")
     train_cli.add_train_args(p, list(train_cli.TRAIN_OVERRIDES), choices={"zero_stage": [0, 1, 2, 3]})
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload: optimizer on the CPU")
     p.add_argument("--activation-checkpointing", action="store_true")
@@ -177,9 +188,7 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or key not in types or key == "name":
             close = difflib.get_close_matches(key, list(types), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SystemExit(
-                f"pretrain: --model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}"
-            )
+            raise UsageError(f"--model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}")
         kind = types[key]
         try:
             if "tuple" in kind:
@@ -191,20 +200,18 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
             else:
                 out[key] = int(raw)
         except (ValueError, KeyError):
-            raise SystemExit(f"pretrain: --model-override {item!r}: {raw!r} is not a {kind}") from None
+            raise UsageError(f"--model-override {item!r}: {raw!r} is not a {kind}") from None
     return out
 
 
+@command("gwp pretrain")
 def main(argv: list[str] | None = None) -> int:
     # DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once
     os.environ.setdefault(
         "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions")
     )
-    from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
-
     logging.basicConfig(level=logging.INFO, format="[pretrain %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     args = build_parser().parse_args(argv)
-    train_cli.apply_threads(args)
     cfg = train_cli.checked_train_config(
         "pretrain",
         args,
@@ -214,21 +221,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg is None:  # a bad preset or value: one line naming the field and the allowed values
         return 2
-    shards = ShardSet.open(args.data, args.data_revision)
-    geo = data_geometry(shards)
+    overrides = model_overrides(args.model_override)
+    train_cli.check_data_arg(args)
+    if args.init_wan:
+        local_or_repo_id("--init-wan", args.init_wan)
+    train_cli.codec_kwargs("pretrain", args)  # a codec flag that does not fit, before torch loads
+
+    import torch
+
+    from pretrain import distributed as dd
+    from pretrain.codec import LatentCache
+    from pretrain.flow import FlowConfig
+    from pretrain.model import param_count
+    from pretrain.objective import ObjectiveConfig, PretrainObjective
+    from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
+
+    train_cli.apply_threads(args)
+    shards = train_cli.open_shards(args)
+    with reading("--data", args.data):  # data that does not fit the codec or model flags
+        geo = data_geometry(shards)
     codec, codec_kw = build_codec(args)
     channels = geo["latent_shape"][0] if geo["latent_shape"] else codec.latent_channels
-    mcfg = replace(
-        get_model_config(args.preset),
-        chunk=geo["chunk"],
-        num_future=geo["num_future"],
-        latent_channels=channels,
-        **model_overrides(args.model_override),
-    )
-    h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
-    ocfg = ObjectiveConfig(
-        flow=replace(FlowConfig(), video_shift=args.video_shift), action_dropout=args.action_dropout
-    )
+    try:
+        mcfg = replace(
+            get_model_config(args.preset),
+            chunk=geo["chunk"],
+            num_future=geo["num_future"],
+            latent_channels=channels,
+            **overrides,
+        )
+    except ValueError as err:  # ModelConfig's checks: an override (or the data's geometry) it refuses
+        raise UsageError(
+            f"--preset {args.preset} with --model-override {args.model_override}: {err}"
+        ) from err
+    with reading("--data", args.data):
+        h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
+    flow = FlowConfig() if args.video_shift is None else replace(FlowConfig(), video_shift=args.video_shift)
+    ocfg = ObjectiveConfig(flow=flow)
+    if args.action_dropout is not None:
+        ocfg = replace(ocfg, action_dropout=args.action_dropout)
     objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     model, init = build_transformer(mcfg, args.init_wan)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.hub import HubError, UploadSettings
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, existing_path
+from pretrain.hub_client import HubError, UploadSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gwp publish", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="gwp publish", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{dataset,model}")
     for kind, help_text in (
         ("dataset", "a curated dataset folder (data/ shards + meta/)"),
@@ -38,11 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("gwp publish")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.files_per_commit < 1:
-        print("gwp publish: --files-per-commit must be ≥ 1", file=sys.stderr)
-        return 2
+        raise UsageError("--files-per-commit must be ≥ 1")
+    existing_path(f"{args.kind} folder", args.folder, "folder")
     settings = UploadSettings(files_per_commit=args.files_per_commit)
     try:
         if args.kind == "dataset":
@@ -69,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings=settings,
             )
     except (HubError, OSError, ValueError) as err:
-        print(f"gwp publish {args.kind}: error: {err}", file=sys.stderr)
-        return 1
+        raise JobFailed(f"{args.kind}: {err}") from err
     state = (
         f"{len(result.uploaded)} files in {result.new_commits} commits"
         if result.new_commits

@@ -4,7 +4,8 @@ Both read curated shards (``--data`` at ``--data-revision``) into a run folder (
 see video through one codec (``--codec`` …), start from a named train preset whose fields the
 flags in :data:`TRAIN_OVERRIDES` replace one by one, and answer a bad preset or value with one
 line on stderr and exit code 2. What differs (model presets, init, held-out split) stays in
-each driver.
+each driver. Nothing here imports torch at module level: a usage error, or ``--help``, is
+answered before torch is loaded.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from pretrain import distributed as dd
-from pretrain.codec import LatentCache
-from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pipelines.usage import UsageError, local_or_repo_id
 from pretrain.run_config import TrainConfig, get_train_config
+
+if TYPE_CHECKING:
+    from pretrain.codec import LatentCache
+    from pretrain.data import ShardLoader, ShardSet
 
 # TrainConfig fields a flag may override (``--batch-size`` → ``batch_size``), and their types
 TRAIN_OVERRIDES: dict[str, type] = {
@@ -34,6 +35,20 @@ TRAIN_OVERRIDES: dict[str, type] = {
     "ckpt_every": int,
     "seed": int,
 }
+
+
+def open_shards(args: argparse.Namespace) -> ShardSet:
+    """The ``--data`` dataset; an input that cannot be opened is the user's mistake, naming it."""
+    from pipelines.usage import reading
+    from pretrain.data import ShardSet
+
+    with reading("--data", args.data):
+        return ShardSet.open(args.data, args.data_revision)
+
+
+def check_data_arg(args: argparse.Namespace) -> None:
+    """A ``--data`` that is neither an existing folder nor a Hub repo id fails before any work."""
+    local_or_repo_id("--data", str(args.data), bare_name_ok=True)  # as pretrain.data.resolve_dataset
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -98,7 +113,7 @@ def checked_train_config(
     try:
         return train_config(args, preset, **fixed)
     except (KeyError, ValueError) as err:
-        print(f"gwp {prog}: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
+        print(f"gwp {prog}: error: bad config: {err.args[0] if err.args else err}", file=sys.stderr)
         return None
 
 
@@ -108,13 +123,15 @@ def codec_kwargs(prog: str, args: argparse.Namespace) -> dict[str, Any]:
         return {"patch": args.codec_patch}
     if args.codec == "wan-vae":
         if not args.vae:
-            raise SystemExit(f"{prog}: --codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
-        return {"path_or_repo": args.vae}
-    raise SystemExit(f"{prog}: unknown codec {args.codec!r} (pixel, wan-vae)")
+            raise UsageError("--codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
+        return {"path_or_repo": local_or_repo_id("--vae", args.vae)}
+    raise UsageError(f"unknown codec {args.codec!r} (pixel, wan-vae)")
 
 
 def loss_span(history: list[dict[str, Any]]) -> str:
     """``first → last`` training loss for the closing log line (last = mean of the final three)."""
+    import numpy as np
+
     losses = [rec["loss"] for rec in history]
     if not losses:
         return "- → -"
@@ -125,6 +142,9 @@ def shard_loader(
     shards: ShardSet, cfg: TrainConfig, num_workers: int, cache: LatentCache | None = None
 ) -> ShardLoader:
     """This rank's loader over ``shards`` (batch size and seed of the run config)."""
+    from pretrain import distributed as dd
+    from pretrain.data import LoaderConfig, ShardLoader
+
     return ShardLoader(
         shards,
         LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=num_workers),

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from schemas.checks import require_choice, require_int, require_positive, require_str
 from schemas.errors import SchemaError
+from schemas.registry import UnknownNameError
 
 MAX_DIM = 32
 ACTION_MODES = ("delta", "absolute")
@@ -231,7 +232,7 @@ def get_embodiment(name: str) -> EmbodimentSpec:
         return _REGISTRY[name]
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
     hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise KeyError(f"unknown embodiment {name!r}{hint} (registered: {sorted(_REGISTRY)})")
+    raise UnknownNameError(f"unknown embodiment {name!r}{hint} (registered: {sorted(_REGISTRY)})")
 
 
 def embodiment_by_id(embodiment_id: int) -> EmbodimentSpec:

@@ -15,6 +15,17 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    """A name that is not in its registry; the message has the "did you mean" and the known names.
+
+    A ``KeyError`` (callers that catch one keep working) whose ``str`` is the message itself, not
+    its repr, so a command line can print it as is.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry(Generic[T]):
     """Named entries of one kind; ``kind`` ("model config") is what error messages call them."""
 
@@ -33,7 +44,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.4)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
+        raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})")
 
     def names(self) -> list[str]:
         return sorted(self._entries)

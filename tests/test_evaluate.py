@@ -219,8 +219,8 @@ def test_reports(expert_runs, random_runs, tmp_path):
 def test_cli_errors(capsys):
     assert cli.main(["--policy", "expert", "--tasks", "psh-v3", "--out", "/tmp/unused"]) == 2
     assert "did you mean 'push-v3'" in capsys.readouterr().err
-    assert cli.main(["--policy", "/no/such/policy", "--tasks", TASK, "--out", "/tmp/unused"]) == 1
-    assert "cannot load" in capsys.readouterr().err
+    assert cli.main(["--policy", "/no/such/policy", "--tasks", TASK, "--out", "/tmp/unused"]) == 2
+    assert "--policy /no/such/policy: no such folder" in capsys.readouterr().err
     assert cli.parse_policy_spec("novideo=org/model") == ("novideo", "org/model")
     assert cli.parse_policy_spec("runs/a=b") == (None, "runs/a=b")
 

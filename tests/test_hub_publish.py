@@ -462,8 +462,11 @@ def test_cli_publishes_dataset_and_model(hub_env: HubEnv, tmp_path: Path, capsys
     assert "license: apache-2.0" in hub_env.server.files_at(ds_id, "dataset")["README.md"].decode()
     assert publish_cli.main(["dataset", str(folder), "--repo-id", ds_id, "--license", "apache-2.0"]) == 0
     assert "already up to date, no commit" in capsys.readouterr().out
-    assert publish_cli.main(["dataset", str(folder), "--repo-id", ds_id]) == 0  # the card changes
-    assert "1 files in 1 commits" in capsys.readouterr().out
+    assert publish_cli.main(["dataset", str(folder), "--repo-id", ds_id]) == 0  # the card keeps its license
+    assert "already up to date, no commit" in capsys.readouterr().out
+    assert publish_cli.main(["dataset", str(folder), "--repo-id", ds_id, "--license", "mit"]) == 0
+    assert "1 files in 1 commits" in capsys.readouterr().out  # the card changes
+    assert "license: mit" in hub_env.server.files_at(ds_id, "dataset")["README.md"].decode()
 
     model_dir = tiny_policy().save_pretrained(tmp_path / "model")
     model_id = hub_env.new_repo_id("model")

@@ -217,14 +217,25 @@ def test_run_record_and_export_load_for_finetune(golden_run, shards, tmp_path):
 
 
 def test_cli_errors_are_clear(shards, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="--vae"):
-        pretrain.main(["--data", str(shards), "--out", str(tmp_path), "--codec", "wan-vae"])
-    with pytest.raises(ValueError, match="not divisible by the 'pixel' codec's spatial factor 3"):
-        pretrain.main(["--data", str(shards), "--out", str(tmp_path), "--codec-patch", "3"])
-    assert pretrain.main(["--preset", "debgu", "--data", str(shards), "--out", str(tmp_path)]) == 2
-    assert "did you mean 'debug'" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="did you mean 'head_dim'"):
-        pretrain.main(["--data", str(shards), "--out", str(tmp_path), "--model-override", "headdim=32"])
+    def one_line_error(argv: list[str]) -> str:
+        try:
+            code = pretrain.main(argv)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("gwp pretrain: error: "), err
+        return err
+
+    assert "--vae" in one_line_error(["--data", str(shards), "--out", str(tmp_path), "--codec", "wan-vae"])
+    assert "not divisible by the 'pixel' codec's spatial factor 3" in one_line_error(
+        ["--data", str(shards), "--out", str(tmp_path), "--codec-patch", "3"]
+    )
+    assert "did you mean 'debug'" in one_line_error(
+        ["--preset", "debgu", "--data", str(shards), "--out", "x"]
+    )
+    assert "did you mean 'head_dim'" in one_line_error(
+        ["--data", str(shards), "--out", str(tmp_path), "--model-override", "headdim=32"]
+    )
 
 
 def test_init_from_a_diffusers_wan_checkpoint(shards, tmp_path):

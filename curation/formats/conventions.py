@@ -114,17 +114,6 @@ def map_cameras(names: dict[str, str], roles: tuple[str, ...], where: str) -> di
 # ---- embodiment -------------------------------------------------------------------------------
 
 
-def known_embodiment(name: str, prog: str) -> bool:
-    """For a command's ``--embodiment``: True if registered, else one line on stderr (a typo
-    on the command line is the user's to fix before anything runs)."""
-    try:
-        get_embodiment(name)
-    except KeyError as err:
-        print(f"{prog}: --embodiment: {err.args[0]}", file=sys.stderr)
-        return False
-    return True
-
-
 def spec_name(text: str) -> str:
     """An embodiment name from a robot_type or folder name (lower case, ``[a-z0-9_]``)."""
     return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "robot"
