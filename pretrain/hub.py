@@ -57,6 +57,7 @@ from pretrain.hub_client import (  # noqa: F401  (re-exported: the Hub API of th
     upload_files,
 )
 from schemas import SCHEMA_VERSION, EmbodimentStats, check_schema_version
+from schemas.version import MODEL_READABLE_MAJORS
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -229,7 +230,7 @@ def read_model_config(folder: Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: format_version {data.get('format_version')!r}, expected {MODEL_FORMAT_VERSION}"
         )
-    check_schema_version(data.get("schema_version"), str(path))
+    check_schema_version(data.get("schema_version"), str(path), MODEL_READABLE_MAJORS)
     for key in ("model_class", "config_class", "config"):
         if key not in data:
             raise ValueError(f"{path}: missing key {key!r}")
@@ -346,7 +347,7 @@ class HubMixin:
         stats_path = folder / NORM_STATS_NAME
         if stats_path.is_file():
             data = _read_json(stats_path)
-            check_schema_version(data.get("schema_version"), str(stats_path))
+            check_schema_version(data.get("schema_version"), str(stats_path), MODEL_READABLE_MAJORS)
             model.norm_stats = {k: EmbodimentStats.from_dict(v) for k, v in data["stats"].items()}
         return model
 

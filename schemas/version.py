@@ -10,11 +10,16 @@ from schemas.errors import SchemaVersionError
 # 2.0: episode and sample ids derive from the dataset's content fingerprint, no longer from its
 # name, so the same episode has another id than under 1.x, and two 1.x datasets may share ids.
 SCHEMA_VERSION = "2.0"
+_MAJOR = SCHEMA_VERSION.split(".")[0]
+# A saved model's config and normalisation stats did not change in 2.0 (only data ids did): a
+# model saved under 1.x still loads.
+MODEL_READABLE_MAJORS = ("1", _MAJOR)
 
 
-def check_schema_version(found: str | None, where: str) -> None:
-    """Fail with a message naming ``where`` unless ``found`` has our major version."""
+def check_schema_version(found: str | None, where: str, readable: tuple[str, ...] = (_MAJOR,)) -> None:
+    """Fail with a message naming ``where`` unless ``found``'s major version is ``readable``
+    (by default: ours)."""
     if found is None:
         raise SchemaVersionError(where, "<missing>", SCHEMA_VERSION)
-    if str(found).split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+    if str(found).split(".")[0] not in readable:
         raise SchemaVersionError(where, str(found), SCHEMA_VERSION)

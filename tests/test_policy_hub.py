@@ -49,3 +49,21 @@ def test_unknown_repo_and_revision_name_what_is_missing(hub_env: HubEnv, tmp_pat
     HfApi().create_repo(repo_id)
     with pytest.raises(HubRevisionNotFoundError, match="v9"):
         GWPPolicyModel.from_pretrained(repo_id, revision="v9", cache_dir=tmp_path)
+
+
+def test_a_model_saved_under_schema_1_still_loads_and_a_future_one_is_refused(small_policy, tmp_path):  # noqa: F811
+    """Schema 2.0 changed only data ids: a model's config and stats saved under 1.x read as they are."""
+    import json
+
+    from schemas import SchemaVersionError
+
+    folder = small_policy.model.save_pretrained(tmp_path / "m")
+    for name in ("config.json", "norm_stats.json"):
+        path = folder / name
+        path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": "1.0"}))
+    loaded = GWPPolicyModel.from_pretrained(folder)
+    assert set(loaded.norm_stats) == set(small_policy.model.norm_stats)
+    cfg = folder / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "schema_version": "3.0"}))
+    with pytest.raises(SchemaVersionError, match=r"3\.0"):
+        GWPPolicyModel.from_pretrained(folder)
