@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +47,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from curation.shards import LEDGER_PATH, LOCK_NAME, MANIFEST_PATH, REPORT_DIR, file_sha256, read_manifest
+from pretrain.hub_card import CARD_NAME, merge_card_header, published_card_header
 from pretrain.hub_client import PublishResult, Source, UploadSettings, upload_files
 from schemas import SCHEMA_VERSION, Manifest, check_schema_version
 
@@ -56,7 +56,6 @@ SHARDS_PER_CHUNK = 1_000
 FLAT_GLOB = "data/*.parquet"
 CHUNK_TEMPLATE = "data/chunk-{chunk:03d}/{name}"
 CHUNK_GLOB = "data/chunk-*/*.parquet"
-CARD_NAME = "README.md"
 MANAGED = ("data/*", "meta/*", CARD_NAME)  # remote files under these globs that we no longer have are deleted
 CARD_DATA_KEYS = ("configs", "size_categories")  # describe the shards: regenerated on every publish
 
@@ -129,70 +128,6 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
     return out + ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
 
 
-def card_header(text: str) -> dict[str, Any]:
-    """The YAML front matter of a card (``---`` … ``---`` at the top); {} when it has none."""
-    lines = text.splitlines()
-    if not lines or lines[0].strip() != "---":
-        return {}
-    end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), None)
-    if end is None:
-        return {}
-    try:
-        data = yaml.safe_load("\n".join(lines[1:end]))
-    except yaml.YAMLError:  # a hand-edited card that no longer parses: nothing to keep from it
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def merge_card_header(
-    generated: Mapping[str, Any], earlier: Mapping[str, Any], license: str | None
-) -> dict[str, Any]:
-    """``generated`` with the fields of the ``earlier`` card kept: every key but those describing the
-    shards (:data:`CARD_DATA_KEYS`), the earlier license unless ``license`` is given, the earlier tags
-    followed by the generated ones they lack. Key order: generated first, then earlier-only keys, so a
-    card merged with itself is unchanged (an unchanged re-publish makes no commit)."""
-    merged = dict(generated)
-    for key, value in earlier.items():
-        if key in CARD_DATA_KEYS or (key == "license" and license):
-            continue
-        if key == "tags" and isinstance(value, list):
-            merged["tags"] = list(dict.fromkeys([*value, *generated.get("tags", [])]))
-        else:
-            merged[key] = value
-    return merged
-
-
-def published_card_header(
-    repo_id: str, revision: str | None = None, token: str | None = None
-) -> dict[str, Any]:
-    """The YAML header of the dataset card now on the Hub at ``revision`` (a branch that does not exist
-    yet will start from ``main``: its card); {} when the repo or the card does not exist."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    from pretrain.hub_client import REPO_ID_PATTERN, hub_errors
-
-    if not REPO_ID_PATTERN.match(repo_id):  # the upload refuses it, with its own message
-        return {}
-    with tempfile.TemporaryDirectory(prefix="gwp-card-") as tmp:  # not the user's HF cache
-        for rev in dict.fromkeys([revision or "main", "main"]):
-            with hub_errors("read the dataset card", repo_id, "dataset", rev, token):
-                try:
-                    path = hf_hub_download(
-                        repo_id, CARD_NAME, repo_type="dataset", revision=rev, token=token, cache_dir=tmp
-                    )
-                except RevisionNotFoundError:
-                    continue
-                except (RepositoryNotFoundError, RemoteEntryNotFoundError):
-                    return {}
-            return card_header(Path(path).read_text(encoding="utf-8", errors="replace"))
-    return {}
-
-
 def render_dataset_card(
     folder: Path,
     manifest: Manifest,
@@ -223,7 +158,8 @@ def render_dataset_card(
     }
     if license:
         header["license"] = license
-    header = merge_card_header(header, earlier or {}, license)
+    chosen = ("license",) if license else ()
+    header = merge_card_header(header, earlier or {}, regenerated=CARD_DATA_KEYS, chosen=chosen)
     pretty_name = header.get("pretty_name", pretty_name)
     c = manifest.counts
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "", f"# {pretty_name}", ""]
@@ -344,7 +280,7 @@ def publish_dataset(
     folder = Path(folder)
     import huggingface_hub
 
-    earlier = published_card_header(repo_id, revision, token or huggingface_hub.get_token())
+    earlier = published_card_header(repo_id, "dataset", revision, token or huggingface_hub.get_token())
     files = dataset_files(
         folder,
         max_files_per_folder=max_files_per_folder,

@@ -41,6 +41,14 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
+from pretrain.hub_card import (
+    CARD_NAME,
+    card_body,
+    card_header,
+    merge_card_header,
+    published_card_header,
+    with_header,
+)
 from pretrain.hub_client import (  # noqa: F401  (re-exported: the Hub API of this toolkit)
     REPO_ID_PATTERN,
     HubAuthError,
@@ -62,7 +70,6 @@ from schemas.version import MODEL_READABLE_MAJORS
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 NORM_STATS_NAME = "norm_stats.json"
-CARD_NAME = "README.md"
 MODEL_FILES = (WEIGHTS_NAME, CONFIG_NAME, NORM_STATS_NAME, CARD_NAME)
 MODEL_FORMAT = "gigaworld-policy/model"
 MODEL_FORMAT_VERSION = "1.0"
@@ -388,6 +395,8 @@ def publish_model_folder(
     if not (folder / WEIGHTS_NAME).is_file():
         raise FileNotFoundError(f"{folder / WEIGHTS_NAME}: missing; save the model with save_pretrained")
     files: dict[str, Source] = {n: folder / n for n in MODEL_FILES if (folder / n).is_file()}
+    if CARD_NAME in files:
+        files[CARD_NAME] = _card_keeping_published_fields(folder / CARD_NAME, repo_id, revision, token)
     return upload_files(
         files,
         repo_id,
@@ -401,3 +410,20 @@ def publish_model_folder(
         folder=folder,
         settings=settings,
     )
+
+
+def _card_keeping_published_fields(
+    card: Path, repo_id: str, revision: str | None, token: str | None
+) -> bytes:
+    """The folder's card with the header fields the repo's card already has and this one does not
+    set (a license or tags set by hand on the Hub) kept: :mod:`pretrain.hub_card`."""
+    import huggingface_hub
+
+    text = card.read_text(encoding="utf-8")
+    earlier = published_card_header(repo_id, "model", revision, token or huggingface_hub.get_token())
+    if not earlier:
+        return text.encode()
+    generated = card_header(text)
+    # what this push sets wins, except tags: the union
+    merged = merge_card_header(generated, earlier, chosen=set(generated) - {"tags"})
+    return with_header(merged, card_body(text)).encode()

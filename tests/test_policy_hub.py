@@ -67,3 +67,35 @@ def test_a_model_saved_under_schema_1_still_loads_and_a_future_one_is_refused(sm
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "schema_version": "3.0"}))
     with pytest.raises(SchemaVersionError, match=r"3\.0"):
         GWPPolicyModel.from_pretrained(folder)
+
+
+def test_pushing_a_model_again_keeps_the_card_fields_set_on_the_hub(small_policy, hub_env: HubEnv):  # noqa: F811
+    """A license and tags set by hand on the Hub survive the next push; what the push sets wins."""
+    from huggingface_hub import HfApi
+
+    from pretrain.hub_card import card_body, card_header, with_header
+
+    repo_id = hub_env.new_repo_id("gwp-card")
+    small_policy.model.push_to_hub(repo_id, card_data={"dataset_repo": "tester/curated"})
+    first = hub_env.server.files_at(repo_id)["README.md"].decode()
+    header = card_header(first)
+    assert "license" not in header and header["datasets"] == ["tester/curated"]
+    edited = {**header, "license": "cc-by-4.0", "tags": [*header["tags"], "towels"], "language": ["en"]}
+    HfApi().upload_file(
+        path_or_fileobj=with_header(edited, card_body(first)).encode(),
+        path_in_repo="README.md",
+        repo_id=repo_id,
+    )
+
+    small_policy.model.push_to_hub(repo_id, card_data={"dataset_repo": "tester/curated-v2"})
+    second = card_header(hub_env.server.files_at(repo_id)["README.md"].decode())
+    assert second["license"] == "cc-by-4.0" and second["language"] == ["en"]
+    assert "towels" in second["tags"] and set(header["tags"]) <= set(second["tags"])
+    assert second["datasets"] == ["tester/curated-v2"]  # the push's own field wins
+    # the merged card merges to itself: an unchanged push makes no commit
+    assert (
+        small_policy.model.push_to_hub(repo_id, card_data={"dataset_repo": "tester/curated-v2"}).new_commits
+        == 0
+    )
+    small_policy.model.push_to_hub(repo_id, card_data={"dataset_repo": "tester/curated-v2", "license": "mit"})
+    assert card_header(hub_env.server.files_at(repo_id)["README.md"].decode())["license"] == "mit"
