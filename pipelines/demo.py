@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, known, lookup
+from schemas.version import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,7 +113,8 @@ class Stages:
     """Runs stages as subprocesses, skipping finished ones, and records their wall times.
 
     A stage is skipped when its marker says it finished with the same commands (and the same
-    ``inputs``: e.g. the curation job's content) and no earlier stage ran in this invocation.
+    ``inputs``: e.g. the curation job's content) under the same schema version, and no earlier
+    stage ran in this invocation.
     Otherwise its ``outputs`` are removed first when it had finished before under other
     settings (a stale result must not be resumed from), and kept when it had not finished
     (an interrupted stage resumes: the trainers continue from their last checkpoint).
@@ -138,7 +140,11 @@ class Stages:
         inputs = json.loads(json.dumps(inputs))  # as the marker stores it (tuples become lists)
         if marker.exists():
             record = json.loads(marker.read_text())
-            same = record.get("commands") == commands and record.get("inputs") == inputs
+            same = (
+                record.get("commands") == commands
+                and record.get("inputs") == inputs
+                and record.get("schema") == SCHEMA_VERSION  # data of another schema is not reused
+            )
             if same and not self.upstream_ran:
                 self.times[name] = record["seconds"]
                 log(f"{name}: done before ({record['seconds']:.0f} s), skipped")
@@ -159,7 +165,8 @@ class Stages:
         seconds = time.time() - start
         self.times[name] = seconds
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"seconds": seconds, "commands": commands, "inputs": inputs}))
+        record = {"seconds": seconds, "commands": commands, "inputs": inputs, "schema": SCHEMA_VERSION}
+        marker.write_text(json.dumps(record))
         log(f"{name}: finished in {seconds:.0f} s")
 
 

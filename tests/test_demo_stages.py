@@ -48,3 +48,17 @@ def test_inputs_compare_as_stored(tmp_path):
     for _ in range(2):
         Stages(tmp_path / "demo").run("a", [touch(log, "a")], inputs={"chunk": (8, 4)})
     assert log.read_text() == "a"
+
+
+def test_a_stage_finished_under_another_schema_runs_again(tmp_path):
+    """Data written under another schema version (other episode ids) is never reused."""
+    import json
+
+    log, out = tmp_path / "log.txt", tmp_path / "demo"
+    Stages(out).run("a", [touch(log, "a")])
+    marker = out / "stages" / "a.done"
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "schema": "1.0"}))
+    Stages(out).run("a", [touch(log, "a")])
+    assert log.read_text() == "aa"
+    Stages(out).run("a", [touch(log, "a")])  # finished under this schema now: skipped
+    assert log.read_text() == "aa"
