@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +19,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Embodiment specs generated for unknown robots go to $XDG_CONFIG_HOME/gwp/embodiments: the tests'
+# go to a folder of this run (subprocesses inherit it), never into the user's own.
+_CONFIG_HOME = tempfile.mkdtemp(prefix="gwp-test-config-")
+atexit.register(shutil.rmtree, _CONFIG_HOME, True)
+os.environ["XDG_CONFIG_HOME"] = _CONFIG_HOME
 
 
 import pytest  # noqa: E402
