@@ -637,23 +637,41 @@ def check_timestamps(timestamps: np.ndarray, path: str | Path, episode: str) -> 
         )
 
 
-def check_frame_times(path: str | Path, times: np.ndarray, declared_fps: float, episode: str) -> None:
-    """Every step's time has its frame in the video (header and packets only, no decoding).
+def check_frame_times(path: str | Path, times: np.ndarray, declared_fps: float, episode: str) -> np.ndarray:
+    """Every step's time has its frame in the video (header and packets only, no decoding); returns
+    the times to read the frames at.
 
     A header frame rate that disagrees with ``declared_fps`` is accepted when the frames are
     where the steps' times say (frames are chosen by time, so the header does not move them:
-    a variable-rate file is fine); when they are not, the reason is ``fps_mismatch`` if the
-    rates differ (the likely cause) and ``frame_time_mismatch`` otherwise."""
+    a variable-rate file is fine). A declared rate that only rounds the file's exact one (29.97
+    for NTSC's 30000/1001) puts steps computed on it off the frames by a drift that grows with t
+    (1e-4 s after ~3,000 frames): those times are read on the file's clock instead (scaled by the
+    ratio of the rates). Otherwise a step without its frame is ``fps_mismatch`` if the rates differ
+    (the likely cause) and ``frame_time_mismatch`` if they agree."""
+    times = np.asarray(times, np.float64)
     try:
         match_times(path, times)
+        return times
     except LoadError as err:
+        if err.reason != "frame_time_mismatch":
+            raise LoadError(err.reason, err.detail, err.path, episode) from None
+        fps = probe_video(path).fps
+        if fps != declared_fps and abs(fps - declared_fps) <= _ROUNDED_RATE * declared_fps:
+            scaled = times * (declared_fps / fps)
+            try:
+                match_times(path, scaled)
+                return scaled
+            except LoadError:
+                pass
         reason, detail = err.reason, err.detail
-        if reason == "frame_time_mismatch":
-            fps = probe_video(path).fps
-            if abs(fps - declared_fps) > 1e-3 * declared_fps:
-                reason = "fps_mismatch"
-                detail = f"declared {declared_fps:g} fps, the video's header says {fps:g} fps; {detail}"
+        if abs(fps - declared_fps) > 1e-3 * declared_fps:
+            reason = "fps_mismatch"
+            detail = f"declared {declared_fps:g} fps, the video's header says {fps:g} fps; {detail}"
         raise LoadError(reason, detail, err.path, episode) from None
+
+
+# A declared fps this close to the file's (relative) is taken as a rounding of it (29.97 vs 30000/1001).
+_ROUNDED_RATE = 1e-4
 
 
 def compact_times(times: np.ndarray, start: int, fps: float) -> tuple[float, ...]:

@@ -160,3 +160,24 @@ def test_decode_video_bytes_picks_frames_by_time(tmp_path):
     with pytest.raises(LoadError) as err:
         decode_video_bytes(data, times=[0.15])
     assert err.value.reason == "frame_time_mismatch" and err.value.path == "<bytes>"
+
+
+def test_a_declared_rate_that_rounds_the_files_exact_one_reads_on_the_files_clock(tmp_path):
+    """29.97 declared, 30000/1001 in the file: step i/29.97 drifts 3.3e-8 s a frame off frame i and
+    leaves LeRobot's 1e-4 s tolerance (plus float32 slack) after ~3,500 frames; the steps are read on the file's clock."""
+    from fractions import Fraction
+
+    n = 4500  # 150 s: drift 1.5e-4 s at the end
+    path = tmp_path / "ntsc.mp4"
+    encode_video(np.zeros((n, 16, 16, 3), np.uint8), path, fps=30000 / 1001, gop=300)  # a camera's NTSC
+    pts = frame_times(path)
+    assert Fraction(float(1 / np.diff(pts).mean())).limit_denominator(1001) == Fraction(30000, 1001)
+    grid = np.arange(n) / 29.97
+    with pytest.raises(LoadError):  # the declared clock is off the frames far into the file
+        match_times(path, grid)
+    times = check_frame_times(path, grid, 29.97, "ep#0")
+    assert match_times(path, times).tolist() == list(range(n))
+    # a rate that is really another one is still named
+    with pytest.raises(LoadError) as err:
+        check_frame_times(path, np.arange(n) / 25.0, 25.0, "ep#1")
+    assert err.value.reason in ("fps_mismatch", "video_too_short")

@@ -153,7 +153,7 @@ class LeRobotV2Reader(LeRobotReader):
         fps = video_fps(self.info, key)
         check_video_span(vpath, 0, length, label)
         times = np.arange(length) / fps if timestamps is None else timestamps
-        check_frame_times(vpath, times, fps, label)
+        times = check_frame_times(vpath, times, fps, label)
         return FrameRef(
             kind="video", path=str(vpath), start=0, stop=length, fps=fps, times=compact_times(times, 0, fps)
         )

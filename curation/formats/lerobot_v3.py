@@ -310,7 +310,7 @@ class LeRobotV3Reader(LeRobotReader):
                 vpath,
                 label,
             )
-        check_frame_times(vpath, times, fps_v, label)
+        times = check_frame_times(vpath, times, fps_v, label)
         return FrameRef(
             kind="video",
             path=str(vpath),

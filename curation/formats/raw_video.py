@@ -225,9 +225,9 @@ class RawVideoReader(SourceReader):
                 raise LoadError("missing_video", f"camera {role}: video {path} does not exist", sidecar, name)
             info = probe_video(path)
             ref_times: tuple[float, ...] = ()
-            if times is not None and len(times) == info.num_frames:  # else finish_episode names the counts
-                check_frame_times(path, times, fps, name)
-                ref_times = compact_times(times, 0, fps)
+            if times is None or len(times) == info.num_frames:  # else finish_episode names the counts
+                grid = np.arange(info.num_frames) / fps if times is None else times
+                ref_times = compact_times(check_frame_times(path, grid, fps, name), 0, fps)
             cameras[role] = FrameRef(
                 kind="video", path=str(path), start=0, stop=info.num_frames, fps=fps, times=ref_times
             )
