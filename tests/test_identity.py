@@ -305,6 +305,8 @@ def test_fingerprint_is_stable_across_runs_and_copies(tmp_path):
     (a / ".work").mkdir()
     (a / ".work" / "part-0.parquet").write_bytes(b"scratch")  # hidden: no part of the dataset
     assert dataset_fingerprint("x", a) == dataset_fingerprint("x", b)
+    (a / "gwp_source.json").write_text('{"embodiment": "aloha"}')  # how to read it, not what it is
+    assert dataset_fingerprint("x", a) == dataset_fingerprint("x", b)
     assert dataset_fingerprint("x", a) != dataset_fingerprint("y", a)  # another reading of the bytes
 
 

@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from curation.formats.mapping import SIDECAR_NAME
+
 FULL_BYTES = 64 << 10  # info.json, tasks, stats, a small table: whole
 EDGE_BYTES = 16 << 10  # a Parquet footer, an HDF5 superblock, an mp4's moov box (or part)
 SAMPLES = 16
@@ -40,13 +42,16 @@ THREADS = 8
 
 def dataset_files(root: Path) -> list[Path]:
     """The files that make up a dataset at ``root``: ``root`` itself if it is a file, else every
-    regular file below it, hidden entries (``.work``, ``.cache``, editor files) left out."""
+    regular file below it, hidden entries (``.work``, ``.cache``, editor files) left out, and so is
+    the mapping sidecar: it says how to read the data, not what the data is (a copy given a
+    ``gwp_source.json`` by ``gwp inspect --write`` is the same dataset, with the same ids, as it is
+    for a one-file source whose sidecar lies beside it)."""
     if root.is_file():
         return [root]
     files = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(folder) / n for n in names if not n.startswith(".")]
+        files += [Path(folder) / n for n in names if not n.startswith(".") and not n.endswith(SIDECAR_NAME)]
     return sorted(files)
 
 
