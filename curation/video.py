@@ -287,12 +287,17 @@ def probe_video(path: str | Path) -> VideoInfo:
     """Codec, frame count, fps and size from the container header (no decoding); remembered
     per file version (path, size, mtime): the episodes packed in one long mp4 (LeRobot v3.0)
     each probe it, and opening it costs ~2–4 ms per call at 200 episodes."""
-    path = Path(path)
+    return _per_file_version(Path(path), _probe, _probe_cached)
+
+
+def _per_file_version(path: Path, read, read_cached):
+    """``read_cached(*file_version(path))``: remembered until the file is rewritten; a file that
+    cannot be stat'ed is read uncached, so that the reader names the problem."""
     try:
         version = file_version(path)
     except OSError:
-        return _probe(path)  # missing: _open names the problem
-    return _probe_cached(*version)
+        return read(path)
+    return read_cached(*version)
 
 
 @functools.lru_cache(maxsize=64)
@@ -345,12 +350,7 @@ def frame_times(path: str | Path) -> np.ndarray:
 
     From the packets' pts (demux, no decoding), remembered per file version; a file whose data
     breaks off lists the frames before the break."""
-    path = Path(path)
-    try:
-        version = file_version(path)
-    except OSError:
-        return _frame_times(path)  # missing: _open names the problem
-    return _frame_times_cached(*version)
+    return _per_file_version(Path(path), _frame_times, _frame_times_cached)
 
 
 @functools.lru_cache(maxsize=16)

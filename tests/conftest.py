@@ -39,3 +39,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An in-process Ray of 2 CPUs for one test module (``address="local"``: never a cluster another
+    test left running on this machine; no auth token, which an earlier ``ray.init`` may have left).
+    A Ray already running in this process is used as it is and left running."""
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = mode

@@ -75,17 +75,6 @@ def make_job(corpus, out: Path, **run_kw) -> CurateJob:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
-    )
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def curated(corpus, ray_local, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("curated") / "ds"
     run(make_job(corpus, out, episodes_per_task=2))

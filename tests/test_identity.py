@@ -51,17 +51,6 @@ def sims(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True
-    )
-    yield
-    ray.shutdown()
-
-
 def curate(sources: list[Path], out: Path) -> int:
     """``gwp curate`` as a user types it (in-process Ray, already started by ``ray_local``)."""
     argv = ["curate", *[a for s in sources for a in ("--source", str(s))], "--out", str(out)]

@@ -56,17 +56,6 @@ def test_items_table_has_the_fixed_schema_without_ray():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Path:
     """All six formats, a junk folder, and a raw-video copy whose mp4 data is cut behind its header."""
     root = tmp_path_factory.mktemp("mixed")

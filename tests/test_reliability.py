@@ -86,22 +86,6 @@ def write_job(corpus, out: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a token left by an earlier ray.init must not be required
-    # "local": never join a cluster another test left running on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    if mode is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = mode
-
-
 class FolderWatch(threading.Thread):
     """Lists ``out/data`` and ``out/meta`` every 2 ms; reads each shard as soon as its name appears."""
 

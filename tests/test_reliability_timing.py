@@ -194,23 +194,6 @@ def test_rotated_video_is_displayed_alike_in_every_decode_path(corpus, rotation)
     close_cursors()
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import os
-
-    import ray
-
-    mode = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # a token left by an earlier ray.init must not be required
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-    if mode is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = mode
-
-
 def test_the_curation_job_ledgers_every_timing_fault_and_balances(corpus, ray_local, tmp_path):
     """The same corpus through the Ray curation job: each fault once in the manifest's ledger
     (same file and reason as a plain load), and in = out + rejected at every stage."""
