@@ -1,4 +1,4 @@
-"""Pretrain the action-centred video transformer: action-conditioned future-video generation (DESIGN.md §5–6).
+"""Pretrain the action-centred video transformer: action-conditioned future-video generation (ARCHITECTURE.md, "The model").
 
 Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the environment wins)::
 

@@ -1,4 +1,4 @@
-"""Compose camera views into one image and encode a sample's 1+K frames (DESIGN.md §4 stage 5).
+"""Compose camera views into one image and encode a sample's 1+K frames (ARCHITECTURE.md, "Curation stages").
 
 Layout (the paper's): an output of W × H is split into three slots::
 

@@ -1,6 +1,6 @@
 """Meta-World v3 (MuJoCo, Sawyer arm) as a source of demonstrations and a closed-loop test bed.
 
-Design (facts measured with Meta-World 3.1.1, DESIGN.md §7):
+Design (facts measured with Meta-World 3.1.1):
 
 * **Fresh goal per seed.** Each task otherwise cycles through 50 fixed goal variations; with
   ``_freeze_rand_vec = False`` and ``seeded_rand_vec = True`` the goal is drawn from the env's
