@@ -402,7 +402,7 @@ def write_planned_shard(
     """One shard (a Ray task in the job): its row ranges ``row_group_rows`` at a time — read,
     normalise and validate (vectorised; a bad row fails naming its part), append — written
     atomically. Memory holds about one row group, not a part: where fresh memory is slow to
-    fault in (this VM: ~1 ms per MB), a whole part's table (tens of MB of PNGs) cost more than
+    fault in, a whole part's table (tens of MB of PNGs) cost more than
     compressing it. A complete shard from an earlier run is kept without reading anything."""
     sc = cfg.shards
     path = Path(out) / SHARD_TEMPLATE.format(index=plan.index)

@@ -206,7 +206,7 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
 
 @command("gwp pretrain")
 def main(argv: list[str] | None = None) -> int:
-    # DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once
+    # DeepSpeed compiles its C++ ops on first use, slowly: keep them in the project, once
     os.environ.setdefault(
         "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions")
     )

@@ -223,8 +223,8 @@ class QuantileSketch:
         """Compact binary form (no pickle) for Ray task results and part metadata: a magic,
         the int64 header ``[dims, k, n, coins, levels, count, rows of each level…]``, then the
         float64 moments (mean, m2, min, max) and the levels' values. Reading it is three
-        ``frombuffer`` calls and one copy (an ``.npz`` took 1 ms per sketch to unzip: a fifth of a second
-        for the driver at 200 episodes)."""
+        ``frombuffer`` calls and one copy (unzipping an ``.npz`` per sketch was most of the
+        driver's statistics phase)."""
         m = self.moments
         header = [self.dims, self.k, self.n, self._coins, len(self._levels), m.count]
         header += [lv.shape[0] for lv in self._levels]
