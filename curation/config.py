@@ -2,7 +2,7 @@
 
 One :class:`CurationConfig` holds everything a curation run decides; its sections are
 
-* :class:`FilterConfig` — episode filter thresholds (DESIGN.md §4 stage 3),
+* :class:`FilterConfig` — episode filter thresholds (ARCHITECTURE.md, "Curation stages"),
 * :class:`WindowConfig` — window geometry p (chunk), Δ (frame stride), K (future frames)
   and the stride between window starts (stage 4),
 * :class:`VideoConfig`  — composed image size and how the 1+K frames are encoded (stage 5),
@@ -205,7 +205,7 @@ class CaptionConfig:
     max_tokens: int = 24
     min_tokens: int = 3
     batch_size: int = 16
-    num_cpus: float = 0.5  # per actor; fractional on purpose (DESIGN.md §4)
+    num_cpus: float = 0.5  # per actor; fractional so the read tasks keep a CPU on a small machine
     device: str = "cpu"
     seed: int = 0  # for the random initialisation when pretrained is None
 

@@ -1,6 +1,6 @@
 """One episode stream from many sources, in-process or on Ray Data.
 
-Two stages, each a pure function so it can be tested without Ray (STYLE.md):
+Two stages, each a pure function so it can be tested without Ray:
 
 * ``discover(spec)``  source → episode references            (1:N, cheap, metadata only)
 * ``load(ref)``       reference → Episode, or a Rejection      (1:1, runs in the workers)
@@ -387,7 +387,7 @@ def read_episodes(
 
     Sources are listed in parallel (one task per source) and episodes are loaded — and, with
     ``decode=True``, their video decoded — in the workers, one episode per task. Fractional
-    CPUs keep a 2-core machine from deadlocking when actor pools run downstream (DESIGN.md §4).
+    CPUs keep a 2-core machine from deadlocking when actor pools run downstream.
     """
     import ray
 

@@ -1,7 +1,7 @@
 """The curation job: heterogeneous sources → validated, normalised Parquet shards + manifest.
 
 Runs on Ray Data, in-process by default or on the cluster named by ``RAY_ADDRESS`` (which
-``ray job submit`` sets). Stages (DESIGN.md §4), with row cardinality::
+``ray job submit`` sets). Stages (ARCHITECTURE.md, "Curation stages"), with row cardinality::
 
     phase 1  discover  1 source → N episode refs, metadata only (driver; a source that
                        cannot be listed → 1 rejection); the refs are cut into parts
@@ -112,7 +112,7 @@ class RunConfig:
     # three times the CPU in tasks of 2)
     episodes_per_task: int = 16
     episode_num_cpus: float = 1.0  # the one pass over an episode is decode-bound: a whole CPU
-    caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running (§4)
+    caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running
     caption_actors: int = 1
     num_cpus: int | None = None  # in-process Ray only; None = all cores
     progress: bool = True
@@ -402,7 +402,7 @@ def write_planned_shard(
     """One shard (a Ray task in the job): its row ranges ``row_group_rows`` at a time — read,
     normalise and validate (vectorised; a bad row fails naming its part), append — written
     atomically. Memory holds about one row group, not a part: where fresh memory is slow to
-    fault in (this VM: ~1 ms per MB), a whole part's table (tens of MB of PNGs) cost more than
+    fault in, a whole part's table (tens of MB of PNGs) cost more than
     compressing it. A complete shard from an earlier run is kept without reading anything."""
     sc = cfg.shards
     path = Path(out) / SHARD_TEMPLATE.format(index=plan.index)

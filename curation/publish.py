@@ -1,4 +1,4 @@
-"""Publish a curated dataset folder to a Hugging Face Hub dataset repo (DESIGN.md §8).
+"""Publish a curated dataset folder to a Hugging Face Hub dataset repo (ARCHITECTURE.md, "The Hub").
 
 What goes up (the folder layout is ``curation/shards.py``'s)::
 

@@ -286,7 +286,7 @@ def _stream_fps(stream: av.video.stream.VideoStream) -> float:
 def probe_video(path: str | Path) -> VideoInfo:
     """Codec, frame count, fps and size from the container header (no decoding); remembered
     per file version (path, size, mtime): the episodes packed in one long mp4 (LeRobot v3.0)
-    each probe it, and opening it costs ~2–4 ms per call at 200 episodes."""
+    each probe it, and opening it once per episode adds up (BENCHMARKS.md, "Measurements behind the code")."""
     return _per_file_version(Path(path), _probe, _probe_cached)
 
 
@@ -437,12 +437,11 @@ def _nearest_frames(have: np.ndarray, times: Sequence[float], tolerance_s: float
 # Two decoders, each where it is faster and costs nothing once done:
 #
 # * decord (open, ``get_batch``, close) for h264 / mpeg4 / vp9 when the wanted frames are
-#   most of the file (a per-episode mp4): its decode + RGB conversion is ~2.5x PyAV's. A
+#   most of the file (a per-episode mp4): its decode + RGB conversion is faster than PyAV's. A
 #   decord reader is never kept: an idle ``VideoReader`` keeps a thread spinning at 100 % of a
-#   core (measured: 2.0 CPU-s over a 2 s sleep), which on a Ray node starves the other
-#   workers (two curation workers on 2 cores each ran 2-3x slower than alone). Re-opening a
-#   long file is no answer either: decord indexes the whole file on open (90 ms at 23 040
-#   frames).
+#   core, which on a Ray node starves the other workers (BENCHMARKS.md,
+#   "Measurements behind the code"). Re-opening a long file is no answer either: decord indexes
+#   the whole file on open.
 # * A PyAV cursor (:class:`_Cursor`) for a span of a longer file (LeRobot v3.0 packs many
 #   episodes per file; one Ray task reads consecutive episodes): it stays open per process and
 #   decodes on from where the last span ended, seeking only backwards or across a gap, with no
@@ -468,7 +467,7 @@ class _Cursor:
         self.stream.thread_type = "NONE"  # one Ray CPU per task: no decoder threads of its own
         self.tb = float(self.stream.time_base)
         self.start = self.stream.start_time or 0  # the same origin as frame_times
-        self.reformatter = VideoReformatter()  # keeps its swscale context (per frame: 2x slower)
+        self.reformatter = VideoReformatter()  # keeps its swscale context (rebuilding it per frame is slower)
         self.frames = None  # decode iterator
         self.next_index = -1  # index of the frame the iterator yields next; -1 = unknown
 

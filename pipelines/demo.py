@@ -64,10 +64,8 @@ class DemoConfig:
     openloop_samples: int = 256  # held-out samples in the open-loop evaluation
 
 
-# The default recipe, measured on the 2-core dev VM (BENCHMARKS.md, "The demo"): 19.7 min end
-# to end; held-out success 72 % (drawer-open) and 98 % (button-press-topdown) over 50 seeds
-# per task, 52 % / 68 % without the video loss; 0 % random, 100 % scripted expert. With
-# 400-step fine-tunes the policy was undertrained (6–14 % / 32–36 %).
+# The default recipe; its wall time and held-out success rates are in BENCHMARKS.md, "The demo".
+# Fine-tunes of a fifth of its steps left the policy undertrained.
 PRESETS: dict[str, DemoConfig] = {
     "default": DemoConfig(
         name="default",

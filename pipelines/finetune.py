@@ -1,4 +1,4 @@
-"""Fine-tune the GWP policy: joint action + video flow matching on curated shards (DESIGN.md §5–6).
+"""Fine-tune the GWP policy: joint action + video flow matching on curated shards (ARCHITECTURE.md, "The model").
 
 Launch (same engine as pretraining: ZeRO, resume, EMA, safetensors export)::
 

@@ -1,4 +1,4 @@
-"""Pretrain the action-centred video transformer: action-conditioned future-video generation (DESIGN.md §5–6).
+"""Pretrain the action-centred video transformer: action-conditioned future-video generation (ARCHITECTURE.md, "The model").
 
 Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the environment wins)::
 
@@ -206,7 +206,7 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
 
 @command("gwp pretrain")
 def main(argv: list[str] | None = None) -> int:
-    # DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once
+    # DeepSpeed compiles its C++ ops on first use, slowly: keep them in the project, once
     os.environ.setdefault(
         "TORCH_EXTENSIONS_DIR", str(Path(__file__).resolve().parents[1] / ".torch_extensions")
     )

@@ -26,7 +26,7 @@ Design:
   ``predict_action_batch(observations, seeds)``, or to ``policy.reseed(seed)`` and numpy's and
   torch's global RNGs before ``predict_action``. Neither env seeds nor query seeds depend on
   which worker ran an episode or when, so results are identical for any ``W`` (tested).
-* **Rendering only what is looked at.** On CPU, rendering two cameras costs ~10x the physics
+* **Rendering only what is looked at.** On CPU, rendering two cameras costs many times the physics
   step; inside an open-loop chunk only the observation of the next query is rendered (every
   frame of a recorded episode is), and none at all for a policy with ``needs_images = False``
   (the scripted baselines).

@@ -3,7 +3,7 @@
 Shape legend: B batch · P action chunk · 32 padded action/state dims · C, K, H, W latent video ·
 h, w latent grid · E stored text-embedding width · T text-encoder width (``model.text_dim``).
 
-Design (DESIGN.md §5, "Policy"):
+Design (ARCHITECTURE.md, "Objective and sampling"):
 
 * **One transformer, two heads used.** :class:`GWPPolicyModel` holds the
   :class:`~pretrain.model.ActionVideoTransformer` (``self.transformer``) and trains it in mode

@@ -3,7 +3,7 @@
 Shape legend: B batch · P action chunk · 32 padded dims · Da robot action dims · K future frames ·
 H, W composed image · C, h, w latent video.
 
-Design (DESIGN.md §7, "Open loop on held-out shards"):
+Design (ARCHITECTURE.md, "Evaluation"):
 
 * **Same inputs as deployment, from the shards.** A curated sample already holds what the policy
   sees (the composed observation frame, the normalised state, the instruction embedding) and what

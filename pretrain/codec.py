@@ -1,4 +1,4 @@
-"""Latent codecs: pixels ↔ the latents the video transformer works on (DESIGN.md §5).
+"""Latent codecs: pixels ↔ the latents the video transformer works on (ARCHITECTURE.md, "Objective and sampling").
 
 One interface, :class:`LatentCodec`, and two implementations:
 
@@ -17,7 +17,7 @@ One interface, :class:`LatentCodec`, and two implementations:
   mean) is used so that encoding is deterministic and cacheable.
 
 Frames of a sample are *not* consecutive video frames: one current frame and K future
-frames at stride Δ (DESIGN.md §4). A causal video VAE would blend them as if they were a
+frames at stride Δ (the window geometry). A causal video VAE would blend them as if they were a
 clip, so by default every frame is encoded as its own single-frame clip — for the Wan VAE
 that is the causal first-frame path (the encoder sees one frame, the temporal
 downsampling pads it) — and ``latent_shape(F, H, W) = (C, F, H/s, W/s)``.

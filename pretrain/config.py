@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass and a registry of named presets.
 
 ``ModelConfig`` fixes the geometry of the action-centred video transformer
-(``pretrain/model.py``, DESIGN.md §5). Every preset runs the same code:
+(``pretrain/model.py``, ARCHITECTURE.md "The model"). Every preset runs the same code:
 
 * ``debug``    — CPU, tiny (2 layers, 64 wide); a training step on a small latent grid takes
                  milliseconds. Used by the tests and the CPU embedded default.

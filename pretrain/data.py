@@ -1,4 +1,4 @@
-"""Resumable training loader over curated shards (DESIGN.md §3, §6).
+"""Resumable training loader over curated shards (ARCHITECTURE.md, "Training").
 
 A curated dataset is ``<dir>/data/*.parquet`` (rows follow ``schemas.Sample.arrow_schema()``)
 plus ``<dir>/meta/manifest.json``; ``<dir>`` is a local folder or a Hub dataset repo id

@@ -1,4 +1,4 @@
-"""DeepSpeed engine: the only module that imports DeepSpeed (STYLE.md: model code knows nothing of it).
+"""DeepSpeed engine: the only module that imports DeepSpeed (model code knows nothing of it).
 
 What it does, given any ``nn.Module`` and a :class:`~pretrain.run_config.TrainConfig`:
 

@@ -1,4 +1,4 @@
-"""Rectified-flow objective and Euler sampler (DESIGN.md §5).
+"""Rectified-flow objective and Euler sampler (ARCHITECTURE.md, "Objective and sampling").
 
 Shape legend: B batch · P action chunk · 32 padded action dims · C, K, H, W latent video.
 

@@ -1,6 +1,6 @@
 """Hugging Face Hub I/O for models: one mixin for save / load / push.
 
-Design (DESIGN.md §8, STYLE.md "Hub"):
+Design (ARCHITECTURE.md, "The Hub"):
 
 * **Model folder** written by :meth:`HubMixin.save_pretrained` — the same files locally and on the Hub::
 

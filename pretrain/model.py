@@ -1,4 +1,4 @@
-"""The action-centred video transformer shared by pretraining and the policy (DESIGN.md §5).
+"""The action-centred video transformer shared by pretraining and the policy (ARCHITECTURE.md, "The model").
 
 Shape legend (suffixes on tensor names):
     B batch · C latent channels · F=1 observation frame · K future latent frames ·

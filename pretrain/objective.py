@@ -1,4 +1,4 @@
-"""The pretraining objective: action-conditioned future-video generation (DESIGN.md §5, "Pretraining").
+"""The pretraining objective: action-conditioned future-video generation (ARCHITECTURE.md, "The model").
 
 Shape legend: B batch · P action chunk · 32 padded action/state dims · C, K, h, w latent video
 (K future frames) · E stored text-embedding width · T the model's text width (``text_dim``).

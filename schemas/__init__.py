@@ -1,4 +1,4 @@
-"""Every record that crosses a stage, shard or process boundary (DESIGN.md §3).
+"""Every record that crosses a stage, shard or process boundary (ARCHITECTURE.md, "Data model").
 
 Records are frozen dataclasses with ``validate()``, ``arrow_schema()``, ``to_row()`` and
 ``from_row()``; :func:`to_table` / :func:`from_table` move lists of them through Arrow.

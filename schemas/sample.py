@@ -1,6 +1,6 @@
 """Sample: one training row of a curated shard.
 
-A window of an episode starting at frame t (DESIGN.md §3–§4)::
+A window of an episode starting at frame t (ARCHITECTURE.md, "Data model")::
 
     frames       observation frame t and K future frames t + k·Δ, composed camera views,
                  stored encoded (``video`` bytes + ``video_format``) or as codec latents

@@ -32,7 +32,7 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():
     """Tiny tensors: one intra-op thread avoids OpenMP spin contention on a shared 2-core
-    machine (measured ~15x on the debug model). Subprocesses set their own."""
+    machine (it slowed the debug model's steps many times over). Subprocesses set their own."""
     import torch
 
     n = torch.get_num_threads()

@@ -6,7 +6,7 @@ first ``ray.init`` writes ``~/.ray/auth_token`` and turns token authentication o
 in-process cluster and its driver read the same file, so nothing has to be passed here (the
 token matters for clients of a cluster started elsewhere: ``ray job submit``, ``RAY_ADDRESS``).
 The pipeline's stages ask for fractional CPUs (discover 0.25, load 0.5), so they never
-reserve the whole 2-core machine (DESIGN.md §4).
+reserve the whole 2-core machine (ARCHITECTURE.md, "Pitfalls the code relies on").
 
 The StreamItem rows must reach Arrow with one fixed schema in every block — a block of
 only rejections has an all-null ``episode`` column, which Arrow cannot type by inference —

@@ -258,7 +258,7 @@ def test_debug_training_steps_are_fast_and_learn():
         opt.step()
         times.append(time.perf_counter() - t0)
         losses.append(loss.total.item())
-    assert sum(times[5:]) / len(times[5:]) < 1.0  # "well under a second" on CPU; ~60 ms measured
+    assert sum(times[5:]) / len(times[5:]) < 1.0  # "well under a second" on CPU
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
 

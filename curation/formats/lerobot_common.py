@@ -339,8 +339,8 @@ def read_episode_rows(path: Path, columns: list[str], episode_index: int, label:
 
     A v3.0 data file holds many episodes; the needed columns of the file are read once per
     process (:func:`_data_file`) and each episode is a slice of them, so loading every episode
-    of a file costs one read, not one read per episode (9 ms per episode at 192 episodes per
-    file, growing with the file)."""
+    of a file costs one read, not one read per episode (whose cost grows with the file;
+    BENCHMARKS.md, "Measurements behind the code")."""
     if not path.exists():
         raise LoadError("missing_file", "data parquet not found", path, label)
     try:

@@ -1,4 +1,4 @@
-"""Curation stages as pure functions plus small factories (DESIGN.md §4).
+"""Curation stages as pure functions plus small factories (ARCHITECTURE.md, "Curation stages").
 
 Each module has a pure core that works on one record (an :class:`schemas.Episode`, a
 :class:`~curation.stages.windowing.Window`) and a ``make_*_fn(cfg)`` factory returning the

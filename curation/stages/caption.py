@@ -1,4 +1,4 @@
-"""Captions, CLIP scores and instruction embeddings from ``open_clip`` (DESIGN.md §4 stage 6).
+"""Captions, CLIP scores and instruction embeddings from ``open_clip`` (ARCHITECTURE.md, "Curation stages").
 
 One CoCa model does all three jobs: its image/text towers are trained contrastively, so
 they give CLIP text–image scores and the instruction's text embedding, and its multimodal

@@ -1,4 +1,4 @@
-"""Compose camera views into one image and encode a sample's 1+K frames (DESIGN.md §4 stage 5).
+"""Compose camera views into one image and encode a sample's 1+K frames (ARCHITECTURE.md, "Curation stages").
 
 Layout (the paper's): an output of W × H is split into three slots::
 
@@ -134,8 +134,8 @@ def png_rows(frame_HWC: np.ndarray) -> PngRows:
     filtered[0, 1:] = rows_HW3[0]
     np.subtract(rows_HW3[1:], rows_HW3[:-1], out=filtered[1:, 1:])  # uint8: wraps mod 256
     raw = filtered.tobytes()
-    # ISA-L's deflate: a standard stream, as small as zlib's level 1 at ~5x its speed
-    # (0.12 against 0.60 ms per 128² frame); compressing is most of a sample's encoding time
+    # ISA-L's deflate: a standard stream, as small as zlib's level 1 and several times faster
+    # (BENCHMARKS.md, "Measurements behind the code"); compressing is most of a sample's encoding time
     comp = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
     return PngRows(raw, comp.compress(raw) + comp.flush(isal_zlib.Z_FULL_FLUSH), h, w)
 

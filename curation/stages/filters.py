@@ -1,4 +1,4 @@
-"""Episode filters (DESIGN.md §4 stage 3): 1:1 or 1:0 into the ledger, plus N:1 dedup.
+"""Episode filters (ARCHITECTURE.md, "Curation stages"): 1:1 or 1:0 into the ledger, plus N:1 dedup.
 
 Every check is a pure function returning ``None`` (pass) or a :class:`schemas.Rejection`
 with stage ``filter.<name>`` and a reason code; thresholds live in :class:`FilterConfig`.

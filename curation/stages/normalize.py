@@ -1,4 +1,4 @@
-"""Normalise actions and states for training, and the exact inverse (DESIGN.md §4 stage 8, 1:1).
+"""Normalise actions and states for training, and the exact inverse (1:1).
 
 Training representation of an action chunk ``a[t : t+p]`` observed at state ``s[t]``::
 

@@ -9,8 +9,8 @@ Why KLL (Karnin, Lang, Liberty 2016) and not t-digest or GK:
   integer-valued joints) get exact-valued quantiles; t-digest interpolates between
   centroids and can answer a value that no row has, far off in rank when values repeat;
 * the error is in *rank*, uniform over q: with top capacity ``k`` the normalised rank
-  error is about 1.7/k with high probability (k = 1024 → ≈ 0.17 %), which is what DESIGN.md
-  §4 asks to state.
+  error is about 1.7/k with high probability (k = 1024 → ≈ 0.17 %), which is the bound the
+  manifest's quantiles carry.
 
 Layout: level ``h`` holds items of weight 2^h; level ``h`` of ``H`` has capacity
 ``max(2, ceil(k · (2/3)^(H-1-h)))``. A level over capacity is *compacted*: sorted, one
@@ -223,8 +223,8 @@ class QuantileSketch:
         """Compact binary form (no pickle) for Ray task results and part metadata: a magic,
         the int64 header ``[dims, k, n, coins, levels, count, rows of each level…]``, then the
         float64 moments (mean, m2, min, max) and the levels' values. Reading it is three
-        ``frombuffer`` calls and one copy (an ``.npz`` took 1 ms per sketch to unzip: a fifth of a second
-        for the driver at 200 episodes)."""
+        ``frombuffer`` calls and one copy (unzipping an ``.npz`` per sketch was most of the
+        driver's statistics phase)."""
         m = self.moments
         header = [self.dims, self.k, self.n, self._coins, len(self._levels), m.count]
         header += [lv.shape[0] for lv in self._levels]

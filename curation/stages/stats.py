@@ -1,4 +1,4 @@
-"""Per-embodiment normalisation statistics (DESIGN.md §4 stage 7, N:1, distributed).
+"""Per-embodiment normalisation statistics (N:1, distributed).
 
 Statistics are taken over exactly what the model trains on:
 

@@ -1,4 +1,4 @@
-"""Window an episode into training samples (DESIGN.md §4 stage 4, 1:N).
+"""Window an episode into training samples (1:N).
 
 A window starting at step t holds (p = chunk, Δ = frame_stride, K = num_future)::
 

@@ -1,6 +1,6 @@
 """Meta-World v3 (MuJoCo, Sawyer arm) as a source of demonstrations and a closed-loop test bed.
 
-Design (facts measured with Meta-World 3.1.1, DESIGN.md §7):
+Design (facts measured with Meta-World 3.1.1):
 
 * **Fresh goal per seed.** Each task otherwise cycles through 50 fixed goal variations; with
   ``_freeze_rand_vec = False`` and ``seeded_rand_vec = True`` the goal is drawn from the env's
@@ -17,8 +17,8 @@ Design (facts measured with Meta-World 3.1.1, DESIGN.md §7):
 * **Rate.** One env step = ``frame_skip`` (5) × ``timestep`` (2.5 ms) = 12.5 ms → 80 Hz,
   the embodiment ``metaworld_sawyer``'s control rate (checked, not assumed).
 * **Rendering.** ``env.render()`` (gymnasium's viewer, multisampled, shadows, reflections,
-  one camera per env) is ~10x slower than one :class:`mujoco.Renderer` per simulator with
-  offscreen multisampling, shadows and reflections off (``benchmarks/bench_sim.py``). Two
+  one camera per env) is much slower than one :class:`mujoco.Renderer` per simulator with
+  offscreen multisampling, shadows and reflections off (BENCHMARKS.md, "Simulation"). Two
   roles: ``high`` = a fixed third-person camera (default ``corner``), ``wrist`` =
   ``gripperPOV``. The corner cameras are rolled 180° in the model (``corner``'s image y
   axis points down in the world: ``xyaxes="-1 1 0 -0.2 -0.2 -1"``), so a world-fixed
