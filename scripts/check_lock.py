@@ -37,6 +37,8 @@ from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).resolve().parent.parent
 EXTRAS = ("sim", "dev")  # the extras the Makefile installs: pip install -e '.[sim,dev]'
+# .installed is what make's venv target checks: removing it makes `make venv` reinstall
+REINSTALL = f"reinstall: rm {Path(sys.prefix) / '.installed'} && make venv"
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;#]+)\s*$")
 
 
@@ -153,7 +155,7 @@ def check_installed(
         dist = lookup(name)
         if dist is None:
             if first:
-                problems.append(f"{name} (needed by {via}) is not installed; run `make venv`")
+                problems.append(f"{name} (needed by {via}) is not installed; {REINSTALL}")
             continue
         if first:
             if name not in pins:
@@ -161,9 +163,7 @@ def check_installed(
                     f"{lock}: {name} (needed by {via}) is installed but not pinned; run `make lock`"
                 )
             elif Version(dist.version) != pins[name]:
-                problems.append(
-                    f"{name} {dist.version} is installed, {lock} pins {pins[name]}; run `make venv`"
-                )
+                problems.append(f"{name} {dist.version} is installed, {lock} pins {pins[name]}; {REINSTALL}")
         # the base requirements once, then each extra's own on first request
         contexts = ([""] if first else []) + sorted(new_extras)
         for text in dist.requires:
@@ -176,7 +176,7 @@ def check_installed(
     for name in sorted(pins.keys() - seen.keys()):
         dist = lookup(name)
         if dist is not None and Version(dist.version) != pins[name]:
-            problems.append(f"{name} {dist.version} is installed, {lock} pins {pins[name]}; run `make venv`")
+            problems.append(f"{name} {dist.version} is installed, {lock} pins {pins[name]}; {REINSTALL}")
     return problems
 
 

@@ -112,9 +112,9 @@ def test_installed_closure_walks_extras_and_catches_drift(tmp_path):
     problems = check_lock.check_installed(runtime, pins, lock, installed.get)
     assert sorted(problems) == sorted(
         [
-            f"b 2.1 is installed, {lock} pins 2.0; run `make venv`",
+            f"b 2.1 is installed, {lock} pins 2.0; {check_lock.REINSTALL}",
             f"{lock}: e (needed by c) is installed but not pinned; run `make lock`",
-            f"pip 25.0 is installed, {lock} pins 26.3; run `make venv`",
+            f"pip 25.0 is installed, {lock} pins 26.3; {check_lock.REINSTALL}",
         ]
     )
     # the same closure, locked right, passes; d (extra y) was never required
@@ -122,5 +122,5 @@ def test_installed_closure_walks_extras_and_catches_drift(tmp_path):
     assert check_lock.check_installed(runtime, check_lock.read_lock(lock), lock, installed.get) == []
     del installed["c"]
     assert check_lock.check_installed(runtime, check_lock.read_lock(lock), lock, installed.get) == [
-        "c (needed by app) is not installed; run `make venv`"
+        f"c (needed by app) is not installed; {check_lock.REINSTALL}"
     ]
