@@ -1,14 +1,16 @@
 # One entry point: `make demo` runs the main job end to end, `make test` runs the tests.
-# Both create the virtual environment and install everything on first use.
+# Both create the virtual environment and install everything on first use, at the versions
+# pinned in requirements.lock (`make lock` regenerates it).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements.lock
 OUT    ?= runs/demo
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup system-deps venv test lint format demo check-formats check-formats-all bench clean
+.PHONY: setup system-deps venv lock check-lock test lint format demo check-formats check-formats-all bench clean
 
 setup: system-deps venv
 
@@ -17,11 +19,22 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The lock constrains every package, the build's setuptools included (--build-constraint needs
+# the locked pip, hence two steps); a changed lock reinstalls.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[sim,dev]'
+	$(BIN)/pip install -q -c $(LOCK) --upgrade pip
+	$(BIN)/pip install -q -c $(LOCK) --build-constraint $(LOCK) -e '.[sim,dev]'
 	touch $@
+
+# Re-resolve requirements.lock (after a change to pyproject.toml's dependencies); pass
+# LOCK_ARGS=--upgrade to move every pin to its newest release.
+lock:
+	bash scripts/lock.sh $(LOCK_ARGS)
+
+# Fails when the lock no longer covers pyproject.toml or the virtualenv differs from it.
+check-lock: venv
+	$(BIN)/python scripts/check_lock.py --lock $(LOCK)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -31,7 +44,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint
+test: setup lint check-lock
 	$(BIN)/pytest
 
 demo: setup
