@@ -77,7 +77,7 @@ def describe_lerobot(root: Path, fmt: str) -> dict[str, Any]:
 
 
 def describe_rlds(root: Path) -> dict[str, Any]:
-    from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
+    from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
 
     folder = version_folder(root) or root
     leaves = parse_features(json.loads((folder / FEATURES_JSON).read_text()), str(folder / FEATURES_JSON))
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sidecar_root(root: Path, fmt: str) -> Path:
     if fmt == "rlds":
-        from curation.formats.rlds import version_folder
+        from curation.formats.rlds_layout import version_folder
 
         return version_folder(root) or root
     return root
