@@ -54,7 +54,7 @@ def _key(key: str, shape: Any, dtype: str, kind: str) -> dict[str, Any]:
 
 
 def describe_lerobot(root: Path, fmt: str) -> dict[str, Any]:
-    from curation.formats.lerobot_common import read_info
+    from curation.formats.lerobot_meta import read_info
 
     info = read_info(root, "v3" if fmt == "lerobot_v3" else "v2")
     keys = []
