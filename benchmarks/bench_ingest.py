@@ -139,12 +139,12 @@ def _plain_for(fmt: str, path: Path) -> Callable[[], int]:
 
 def _reader_run(path: Path) -> Callable[[], tuple[int, int]]:
     from curation import ingest, video
-    from curation.formats import lerobot_common
+    from curation.formats import lerobot_reader
     from schemas import Episode
 
     def run() -> tuple[int, int]:
         ingest._reader.cache_clear()  # a fresh worker: reopen the source's metadata
-        lerobot_common._data_file.cache_clear()  # and re-read its data files
+        lerobot_reader._data_file.cache_clear()  # and re-read its data files
         video.close_cursors()  # and its open PyAV containers
         episodes = frames = 0
         for item in ingest.iter_episodes([path], decode=True):

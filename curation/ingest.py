@@ -184,7 +184,7 @@ def _sidecar_stamp(path: str, fmt: str, mapping_json: str) -> str:
 def _mapping_root(path: str, fmt: str) -> Path:
     """The folder or file a source's sidecar belongs to (RLDS: the version folder)."""
     if fmt == "rlds":
-        from curation.formats.rlds import version_folder
+        from curation.formats.rlds_layout import version_folder
 
         return version_folder(Path(path)) or Path(path)
     return Path(path)

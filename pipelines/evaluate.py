@@ -8,7 +8,7 @@ Top to bottom:
 
 1. parse the policy specs ``[label=]<expert | random | local folder | Hub repo id>``; trained
    policies load through ``policy.Policy.from_pretrained``, imported only when one is asked for;
-2. start one pool of env workers (:class:`policy.evaluate.EnvWorkers`) shared by every policy,
+2. start one pool of env workers (:class:`policy.eval_workers.EnvWorkers`) shared by every policy,
    so all of them see the same seeded episodes;
 3. evaluate each policy in turn (:func:`policy.evaluate.evaluate`): success per task with a
    Wilson 95 % interval, latency per policy call, episode lengths, episodes/s, videos of the
@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads for the policy (1: batch-1 inference is latency-bound, and more threads "
-        "spin against the env workers on a small machine: 22 ms vs 3.3 s per chunk measured on 2 cores)",
+        help="torch CPU threads for the policy (1: batch-1 inference is latency-bound, and on a machine "
+        "with few cores more threads spin against the env workers and make each chunk far slower)",
     )
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     for _, target in specs:
         if target not in BASELINES:
             local_or_repo_id("--policy", target)
-    from policy.evaluate import EnvWorkers, EvalConfig, evaluate
+    from policy.eval_workers import EnvWorkers
+    from policy.evaluate import EvalConfig, evaluate
 
     try:
         cfg = EvalConfig(

@@ -54,7 +54,7 @@ def _key(key: str, shape: Any, dtype: str, kind: str) -> dict[str, Any]:
 
 
 def describe_lerobot(root: Path, fmt: str) -> dict[str, Any]:
-    from curation.formats.lerobot_common import read_info
+    from curation.formats.lerobot_meta import read_info
 
     info = read_info(root, "v3" if fmt == "lerobot_v3" else "v2")
     keys = []
@@ -77,7 +77,7 @@ def describe_lerobot(root: Path, fmt: str) -> dict[str, Any]:
 
 
 def describe_rlds(root: Path) -> dict[str, Any]:
-    from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
+    from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
 
     folder = version_folder(root) or root
     leaves = parse_features(json.loads((folder / FEATURES_JSON).read_text()), str(folder / FEATURES_JSON))
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sidecar_root(root: Path, fmt: str) -> Path:
     if fmt == "rlds":
-        from curation.formats.rlds import version_folder
+        from curation.formats.rlds_layout import version_folder
 
         return version_folder(root) or root
     return root

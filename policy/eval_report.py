@@ -1,6 +1,6 @@
 """Reports of closed-loop evaluations: JSON record, Markdown + HTML pages, contact sheet, comparison.
 
-One evaluation (:class:`policy.evaluate.EvalResult`) becomes a folder::
+One evaluation (:class:`policy.eval_metrics.EvalResult`) becomes a folder::
 
     results.json        every number, per task and per episode (schema ``RESULTS_SCHEMA``)
     report.md           readable summary embedding the contact sheet, linking the videos
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from policy.evaluate import EPISODE_STRIDE, EVAL_SEED_BASE, TRAIN_SEED_LIMIT, EvalResult, SheetRow
+from policy.eval_metrics import EvalResult, SheetRow
+from policy.evaluate import EPISODE_STRIDE, EVAL_SEED_BASE, TRAIN_SEED_LIMIT
 
 RESULTS_SCHEMA = "gwp-eval/1"
 RESULTS_FILE = "results.json"

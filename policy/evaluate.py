@@ -11,31 +11,21 @@ Design:
   the first ``min(p, replan_every)`` actions run open loop, then the policy is queried again.
   An episode ends at the first ``info["success"]`` (a success, length = steps taken) or after
   ``max_steps`` env steps (a failure).
-* **Processes.** The policy lives in the main process; ``W`` env workers (spawned processes,
-  each owning one simulator + GL context per task) step and render. A torch policy is large
-  and multithreaded, so one copy answering batched queries is cheaper than W copies, while
-  rendering, the dominant per-step cost on CPU, parallelises across workers. The main loop
-  waits for any worker (``multiprocessing.connection.wait``), sends every observation that
-  is waiting at that moment to the policy in one call (``predict_action_batch`` when the
+* **Processes.** The policy lives in the main process; ``W`` env workers
+  (:class:`policy.eval_workers.EnvWorkers`: spawned processes, or inline for ``W = 1``) step
+  and render. A torch policy is large and multithreaded, so one copy answering batched
+  queries is cheaper than W copies, while rendering, the dominant per-step cost on CPU,
+  parallelises across workers. The main loop waits for any worker, sends every observation
+  that is waiting at that moment to the policy in one call (``predict_action_batch`` when the
   policy has it, otherwise one ``predict_action`` each), and sends the chunks back; a
-  finished episode frees its worker for the next one. ``W = 1`` runs the env inline in the
-  main process (no IPC) through the same code. Spawned workers re-import the caller's
-  ``__main__``: scripts need the ``if __name__ == "__main__"`` guard (the CLI keeps its
-  top-level imports light for the same reason).
+  finished episode frees its worker for the next one.
 * **Determinism.** Every query carries a seed derived from (task, env seed, step): it goes to
   ``predict_action_batch(observations, seeds)``, or to ``policy.reseed(seed)`` and numpy's and
   torch's global RNGs before ``predict_action``. Neither env seeds nor query seeds depend on
   which worker ran an episode or when, so results are identical for any ``W`` (tested).
-* **Rendering only what is looked at.** On CPU, rendering two cameras costs many times the physics
-  step; inside an open-loop chunk only the observation of the next query is rendered (every
-  frame of a recorded episode is), and none at all for a policy with ``needs_images = False``
-  (the scripted baselines).
-* **Measurements.** Latency = wall time of each policy call (``perf_counter`` around the
-  call only); episode lengths; episodes/s and env steps/s of the rollout phase, with worker
-  start-up (process spawn, imports, simulator builds) reported apart.
-* **Recording.** The first ``videos_per_task`` episodes of each task keep every frame (camera
-  roles side by side) in their worker, which writes the mp4 (``curation.video.encode_video``)
-  and sends back ``sheet_frames`` evenly spaced frames for the contact sheet.
+* **Measurements and recording.** Latency of each policy call, episode lengths and
+  throughput are summarised by :mod:`policy.eval_metrics`; the first ``videos_per_task``
+  episodes of each task are recorded by their worker (mp4 + contact-sheet frames).
 
 The observation protocol and the optional policy hooks are described in
 :mod:`policy.baselines`.
@@ -43,23 +33,19 @@ The observation protocol and the optional policy hooks are described in
 
 from __future__ import annotations
 
-import contextlib
-import math
-import multiprocessing as mp
 import sys
 import time
-import traceback
 import zlib
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import wait as wait_connections
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from policy.envs import EMBODIMENT, TASK_INSTRUCTIONS, MetaWorldConfig, MetaWorldSim
-from policy.envs.metaworld_env import ROLES
+from policy.envs import EMBODIMENT, TASK_INSTRUCTIONS, MetaWorldConfig
+from policy.eval_metrics import EpisodeResult, EvalResult, SheetRow, summarise
+from policy.eval_workers import EnvWorkers, EpisodeJob
 
 EVAL_SEED_BASE = 10**9  # evaluation env seeds start here
 EPISODE_STRIDE = 10**5  # env seeds of one evaluation seed s: base + s·stride + [0, stride)
@@ -87,19 +73,6 @@ def query_seed(task: str, env_seed: int, step: int) -> int:
     """Seed of the policy query at env step ``step`` of an episode (independent of workers)."""
     ss = np.random.SeedSequence([zlib.crc32(task.encode()), env_seed, step])
     return int(ss.generate_state(1, np.uint32)[0])
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % for the default ``z``)."""
-    if not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes}/{n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
@@ -130,340 +103,6 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
-
-
-@dataclass(frozen=True)
-class EpisodeJob:
-    task: str
-    index: int
-    env_seed: int
-    record: bool  # keep frames: contact-sheet row, and an mp4 when video_path is set
-    video_path: str | None
-    privileged: bool  # send the full simulator observation (scripted baselines only)
-    images: bool = True  # render observations for the policy (False: policy.needs_images is False)
-
-
-@dataclass(frozen=True)
-class EpisodeResult:
-    task: str
-    index: int
-    env_seed: int
-    success: bool
-    length: int  # env steps taken
-    queries: int  # policy calls
-    final_state: tuple[float, ...]  # [Ds] state after the last step (a fingerprint of the trajectory)
-    video: str | None = None
-
-
-@dataclass(frozen=True)
-class SheetRow:
-    """Frames sampled across one recorded rollout, for the contact sheet."""
-
-    task: str
-    env_seed: int
-    success: bool
-    length: int
-    steps: tuple[int, ...]  # env step of each frame
-    frames_NHWC: np.ndarray  # [N, H, R·W, 3] uint8, camera roles side by side
-
-
-@dataclass(frozen=True)
-class TaskSummary:
-    task: str
-    instruction: str
-    episodes: int
-    successes: int
-    success_rate: float
-    ci95: tuple[float, float]
-    mean_length: float
-    mean_success_length: float | None
-    videos: tuple[str, ...]
-
-
-@dataclass
-class EvalResult:
-    policy: str
-    config: EvalConfig
-    tasks: dict[str, TaskSummary]
-    episodes: list[EpisodeResult]
-    successes: int
-    success_rate: float
-    ci95: tuple[float, float]
-    latency_ms: dict[str, float]  # p50, p95, mean, max over policy calls
-    policy_calls: int
-    chunks: int  # observations answered (calls × batch size)
-    wall_s: float  # rollout phase
-    startup_s: float  # the pool's worker spawn + simulator builds (paid once when shared)
-    episodes_per_s: float
-    env_steps_per_s: float
-    sheet: list[SheetRow] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record (everything but the contact-sheet pixels)."""
-        out = {k: v for k, v in asdict(self).items() if k != "sheet"}
-        out["config"]["tasks"] = list(self.config.tasks)
-        return out
-
-
-# ---- env side: runs in a worker process, or inline --------------------------------------------
-class _EnvRunner:
-    """One simulator per task; answers ``reset`` / ``act`` messages for one episode at a time."""
-
-    def __init__(
-        self, tasks: tuple[str, ...], image_size: int, max_steps: int, codec: str, sheet_frames: int
-    ):
-        self.codec, self.sheet_frames = codec, sheet_frames
-        self.sims = {
-            task: MetaWorldSim(
-                MetaWorldConfig(task=task, image_size=image_size, max_steps=max_steps, steps_after_success=0)
-            )
-            for task in tasks
-        }
-        self.job: EpisodeJob | None = None
-        self.frames: list[np.ndarray] = []
-
-    def _payload(self, obs: Any) -> dict[str, Any]:
-        images = obs.images if self.job.images else {}
-        out = {"images": images, "state": obs.state, "steps": self.sims[self.job.task].steps}
-        if self.job.privileged:
-            out["full_obs"] = obs.full_obs
-        return out
-
-    def _record(self, obs: Any) -> None:
-        if self.job.record:
-            self.frames.append(np.concatenate([obs.images[r] for r in ROLES], axis=1))  # [H, R·W, 3]
-
-    def handle(self, kind: str, arg: Any) -> tuple[str, Any]:
-        if kind == "reset":
-            self.job, self.frames = arg, []
-            sim = self.sims[self.job.task]
-            renderer = sim.renderer
-            sim.renderer = renderer if self.job.record or self.job.images else None
-            try:
-                obs = sim.reset(self.job.env_seed)
-            finally:
-                sim.renderer = renderer
-            self._record(obs)
-            return "obs", self._payload(obs)
-        if kind == "act":
-            sim = self.sims[self.job.task]
-            success = done = False
-            renderer = sim.renderer
-            try:
-                for j, action in enumerate(arg):  # [k, 4], k <= replan_every
-                    # render only what is looked at: every frame of a recorded episode, else the
-                    # observation of the next query (the sim skips rendering without a renderer)
-                    last = j == len(arg) - 1
-                    sim.renderer = renderer if self.job.record or (last and self.job.images) else None
-                    obs, _, success, done = sim.step(action)
-                    self._record(obs)
-                    if success or done:
-                        break
-            finally:
-                sim.renderer = renderer
-            if not (success or done):
-                return "obs", self._payload(obs)
-            return "end", self._finish(success, sim.steps, obs.state)
-        raise ValueError(f"unknown message {kind!r}")
-
-    def _finish(self, success: bool, length: int, state: np.ndarray) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "success": success,
-            "length": length,
-            "final_state": tuple(float(x) for x in state),
-            "video": None,
-            "sheet": None,
-        }
-        if self.job.record and self.frames:
-            frames_THWC = np.stack(self.frames)
-            if self.job.video_path is not None:
-                from curation.video import encode_video
-
-                encode_video(
-                    frames_THWC, self.job.video_path, fps=self.sims[self.job.task].fps, codec=self.codec
-                )
-                out["video"] = self.job.video_path
-            steps = np.unique(np.linspace(0, len(frames_THWC) - 1, self.sheet_frames).round().astype(int))
-            out["sheet"] = (tuple(int(s) for s in steps), frames_THWC[steps])
-        self.frames = []
-        return out
-
-    def close(self) -> None:
-        for sim in self.sims.values():
-            sim.close()
-        self.sims = {}
-
-
-def _worker_main(conn: Any, settings: dict[str, Any]) -> None:
-    try:
-        runner = _EnvRunner(**settings)
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-        return
-    conn.send(("ready", None))
-    try:
-        while True:
-            kind, arg = conn.recv()
-            if kind == "close":
-                break
-            try:
-                reply = runner.handle(kind, arg)
-            except Exception:
-                reply = ("error", traceback.format_exc())
-            conn.send(reply)
-    except (EOFError, KeyboardInterrupt):
-        pass
-    finally:
-        runner.close()
-
-
-class _InlineWorker:
-    def __init__(self, index: int, settings: dict[str, Any]):
-        self.index = index
-        self.runner = _EnvRunner(**settings)
-        self._reply: tuple[str, Any] | None = None
-
-    def send(self, msg: tuple[str, Any]) -> None:
-        try:
-            self._reply = self.runner.handle(*msg)
-        except Exception:
-            self._reply = ("error", traceback.format_exc())
-
-    def recv(self) -> tuple[str, Any]:
-        reply, self._reply = self._reply, None
-        return reply
-
-    def discard_reply(self) -> bool:
-        self._reply = None
-        return True
-
-    def close(self) -> None:
-        self.runner.close()
-
-
-class _ProcessWorker:
-    def __init__(self, index: int, settings: dict[str, Any], ctx: Any):
-        self.index = index
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_worker_main, args=(child, settings), daemon=True, name=f"gwp-eval-{index}"
-        )
-        self.proc.start()
-        child.close()
-        self.pending = False  # a message was sent whose reply has not been read
-
-    def send(self, msg: tuple[str, Any]) -> None:
-        self.conn.send(msg)
-        self.pending = True
-
-    def discard_reply(self, timeout_s: float = 60.0) -> bool:
-        """Read and drop an outstanding reply; False when none came in time."""
-        if self.pending and self.conn.poll(timeout_s):
-            self.recv()
-        return not self.pending
-
-    def recv(self) -> tuple[str, Any]:
-        self.pending = False
-        try:
-            return self.conn.recv()
-        except (EOFError, ConnectionResetError):
-            self.proc.join(timeout=5)
-            raise RuntimeError(
-                f"evaluation worker {self.index} died (exit code {self.proc.exitcode})"
-            ) from None
-
-    def close(self) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send(("close", None))
-        self.proc.join(timeout=10)
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(timeout=5)
-        self.conn.close()
-
-
-class EnvWorkers:
-    """``n`` env workers with one simulator per task each; reusable across policies.
-
-    ``n == 1`` steps the env inline; ``n > 1`` uses ``n`` spawned processes (each with its
-    own GL context, as EGL/OSMesa contexts do not survive ``fork``). The constructor returns
-    once every worker has built its simulators.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        tasks: tuple[str, ...],
-        image_size: int,
-        max_steps: int,
-        codec: str = "h264",
-        sheet_frames: int = 6,
-        start_method: str = "spawn",
-    ):
-        if n < 1:
-            raise ValueError(f"need at least one worker, got {n}")
-        self.settings = {
-            "tasks": tuple(tasks),
-            "image_size": image_size,
-            "max_steps": max_steps,
-            "codec": codec,
-            "sheet_frames": sheet_frames,
-        }
-        t0 = time.perf_counter()
-        self.workers: list[Any] = []
-        try:
-            if n == 1:
-                self.workers = [_InlineWorker(0, self.settings)]
-            else:
-                ctx = mp.get_context(start_method)
-                self.workers = [_ProcessWorker(i, self.settings, ctx) for i in range(n)]
-                for w in self.workers:
-                    kind, payload = w.recv()
-                    if kind != "ready":
-                        raise RuntimeError(f"evaluation worker {w.index} failed to start:\n{payload}")
-        except BaseException:
-            self.close()
-            raise
-        self.startup_s = time.perf_counter() - t0
-
-    @classmethod
-    def for_config(cls, cfg: EvalConfig) -> EnvWorkers:
-        return cls(cfg.workers, cfg.tasks, cfg.image_size, cfg.max_steps, cfg.video_codec, cfg.sheet_frames)
-
-    def matches(self, cfg: EvalConfig) -> bool:
-        return (
-            set(cfg.tasks) <= set(self.settings["tasks"])
-            and cfg.image_size == self.settings["image_size"]
-            and cfg.max_steps == self.settings["max_steps"]
-            and cfg.video_codec == self.settings["codec"]
-            and cfg.sheet_frames == self.settings["sheet_frames"]
-        )
-
-    def drain(self) -> None:
-        """After an aborted evaluation: drop replies still in flight, so the pool can be reused.
-
-        A worker that does not answer in time makes the pool unusable; it is closed.
-        """
-        if not all(w.discard_reply() for w in self.workers):
-            self.close()
-
-    def ready(self, busy: list[Any]) -> list[Any]:
-        """The busy workers whose reply has arrived (blocks until at least one)."""
-        if isinstance(busy[0], _InlineWorker):
-            return [w for w in busy if w._reply is not None]
-        by_conn = {w.conn: w for w in busy}
-        return [by_conn[c] for c in wait_connections(list(by_conn))]
-
-    def close(self) -> None:
-        for w in self.workers:
-            w.close()
-        self.workers = []
-
-    def __enter__(self) -> EnvWorkers:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ---- policy side ----------------------------------------------------------------------------
@@ -655,65 +294,4 @@ def _run(
             w.send(("act", chunk_p4[: cfg.replan_every]))
     wall = time.perf_counter() - t0
     bar.close()
-    return _summarise(name, cfg, results, sheet, latencies, chunks_answered, wall, startup)
-
-
-def _summarise(
-    policy_name: str,
-    cfg: EvalConfig,
-    results: list[EpisodeResult],
-    sheet: list[SheetRow],
-    latencies: list[float],
-    chunks: int,
-    wall: float,
-    startup: float,
-) -> EvalResult:
-    order = {t: i for i, t in enumerate(cfg.tasks)}
-    results = sorted(results, key=lambda r: (order[r.task], r.index))
-    sheet = sorted(sheet, key=lambda r: (order[r.task], r.env_seed))
-    tasks: dict[str, TaskSummary] = {}
-    for task in cfg.tasks:
-        rs = [r for r in results if r.task == task]
-        k = sum(r.success for r in rs)
-        ok_lengths = [r.length for r in rs if r.success]
-        tasks[task] = TaskSummary(
-            task=task,
-            instruction=TASK_INSTRUCTIONS[task],
-            episodes=len(rs),
-            successes=k,
-            success_rate=k / len(rs),
-            ci95=wilson_interval(k, len(rs)),
-            mean_length=float(np.mean([r.length for r in rs])),
-            mean_success_length=float(np.mean(ok_lengths)) if ok_lengths else None,
-            videos=tuple(r.video for r in rs if r.video),
-        )
-    k = sum(r.success for r in results)
-    lat_ms = np.asarray(latencies) * 1e3
-    latency = (
-        {
-            "p50": float(np.percentile(lat_ms, 50)),
-            "p95": float(np.percentile(lat_ms, 95)),
-            "mean": float(lat_ms.mean()),
-            "max": float(lat_ms.max()),
-        }
-        if len(lat_ms)
-        else {"p50": 0.0, "p95": 0.0, "mean": 0.0, "max": 0.0}
-    )
-    steps = sum(r.length for r in results)
-    return EvalResult(
-        policy=policy_name,
-        config=cfg,
-        tasks=tasks,
-        episodes=results,
-        successes=k,
-        success_rate=k / len(results),
-        ci95=wilson_interval(k, len(results)),
-        latency_ms=latency,
-        policy_calls=len(latencies),
-        chunks=chunks,
-        wall_s=wall,
-        startup_s=startup,
-        episodes_per_s=len(results) / wall,
-        env_steps_per_s=steps / wall,
-        sheet=sheet,
-    )
+    return summarise(name, cfg, results, sheet, latencies, chunks_answered, wall, startup)

@@ -44,14 +44,8 @@ import torch
 from torch import nn
 
 from pretrain import distributed as dd
-from pretrain.engine import (
-    TrainEngine,
-    build_engine,
-    export_weights,
-    load_checkpoint,
-    save_checkpoint,
-    seed_everything,
-)
+from pretrain.checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from pretrain.engine import TrainEngine, build_engine, export_weights
 from pretrain.run_config import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,7 @@ class Checker:
 
 # ---------------------------------------------------------------------------- project venv
 def write(out: Path) -> None:
-    from curation.formats.rlds import write_rlds
+    from curation.formats.rlds_write import write_rlds
     from schemas import Episode, FrameRef, episode_id_for
 
     rng = np.random.default_rng(7)

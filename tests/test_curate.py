@@ -130,7 +130,7 @@ def test_a_duplicate_is_decoded_once_but_leaves_no_rows(curated):
 def test_inputs_are_counted_under_the_configured_source_path(tmp_path):
     """An RLDS reader resolves to ``<name>/<version>`` inside the configured folder; the
     manifest's lineage must still count its episodes under the configured path."""
-    from curation.formats.rlds import write_rlds
+    from curation.formats.rlds_write import write_rlds
     from curation.pipeline import discover_all
     from tests.helpers import make_episodes
 

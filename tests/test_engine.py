@@ -23,17 +23,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pretrain import distributed as dd
+from pretrain.checkpoint import COMPLETE, checkpoint_root, read_latest
+from pretrain.ema import EMA
 from pretrain.engine import (
-    COMPLETE,
     DS_SHM_DIR,
     DS_SHM_PREFIX,
-    EMA,
-    checkpoint_root,
     deepspeed_config,
     deepspeed_shm_name,
     export_weights,
     lr_multiplier,
-    read_latest,
     resolve_precision,
 )
 from pretrain.run_config import TrainConfig, get_train_config, train_config_names

@@ -14,17 +14,10 @@ import pytest
 
 from pipelines import evaluate as cli
 from policy.baselines import ExpertPolicy, RandomPolicy
+from policy.eval_metrics import wilson_interval
 from policy.eval_report import compare, contact_sheet, load_result, write_comparison, write_report
-from policy.evaluate import (
-    EVAL_SEED_BASE,
-    TRAIN_SEED_LIMIT,
-    EnvWorkers,
-    EvalConfig,
-    eval_seed,
-    evaluate,
-    query_seed,
-    wilson_interval,
-)
+from policy.eval_workers import EnvWorkers
+from policy.evaluate import EVAL_SEED_BASE, TRAIN_SEED_LIMIT, EvalConfig, eval_seed, evaluate, query_seed
 
 TASK = "push-v3"  # the expert needs ~62 steps at these seeds
 SIZE, MAX_STEPS = 64, 80

@@ -320,7 +320,7 @@ def test_v3_data_file_is_read_once_for_all_its_episodes(tmp_path, written, monke
     """Episodes packed in one data parquet: one read for all of them (not one per episode),
     each episode's rows in frame order even when the file has them shuffled, and a rewritten
     file is read again."""
-    from curation.formats import lerobot_common
+    from curation.formats import lerobot_reader
 
     root = tmp_path / "v3"
     shutil.copytree(written["v3"], root)
@@ -331,9 +331,9 @@ def test_v3_data_file_is_read_once_for_all_its_episodes(tmp_path, written, monke
     reads = []
     real_read = pq.read_table
     monkeypatch.setattr(
-        lerobot_common.pq, "read_table", lambda *a, **k: (reads.append(a[0]), real_read(*a, **k))[1]
+        lerobot_reader.pq, "read_table", lambda *a, **k: (reads.append(a[0]), real_read(*a, **k))[1]
     )
-    lerobot_common._data_file.cache_clear()
+    lerobot_reader._data_file.cache_clear()
     reader = LeRobotV3Reader(root)
     episodes = [reader.load(ref) for ref in reader.list_episodes()]
     assert [str(r) for r in reads].count(str(data_file)) == 1

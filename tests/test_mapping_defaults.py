@@ -24,7 +24,7 @@ from curation.formats.conventions import camera_role
 from curation.formats.lerobot_v2 import write_lerobot_v2
 from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.formats.mapping import SIDECAR_NAME, SourceMapping
-from curation.formats.rlds import write_rlds
+from curation.formats.rlds_write import write_rlds
 from curation.ingest import SourceSpec, iter_episodes
 from pipelines import ingest as gwp_ingest
 from pipelines import inspect as gwp_inspect

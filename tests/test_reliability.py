@@ -503,7 +503,7 @@ def _metric_steps(out: Path) -> list[int]:
 
 
 def test_training_killed_resumes_the_same_curve_and_skips_a_corrupt_checkpoint(tmp_path):
-    from pretrain.engine import checkpoint_root, list_tags, read_latest, step_of
+    from pretrain.checkpoint import checkpoint_root, list_tags, read_latest, step_of
 
     ref = {h["step"]: h["loss"] for h in train(tmp_path / "ref").history}
     killed = tmp_path / "killed"

@@ -18,7 +18,9 @@ import pytest
 
 from curation.formats import detect_format, open_source
 from curation.formats.base import LoadError
-from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, RLDSReader, parse_features, write_rlds
+from curation.formats.rlds import RLDSReader
+from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features
+from curation.formats.rlds_write import write_rlds
 from curation.formats.tfrecord import (
     ExampleDecodeError,
     Feature,

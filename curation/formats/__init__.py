@@ -36,7 +36,7 @@ FORMATS: dict[str, tuple[str, str]] = {
         "curation.formats.hdf5_robomimic:write_robomimic_hdf5",
     ),
     "hdf5_aloha": ("curation.formats.hdf5_aloha:AlohaReader", "curation.formats.hdf5_aloha:write_aloha_hdf5"),
-    "rlds": ("curation.formats.rlds:RLDSReader", "curation.formats.rlds:write_rlds"),
+    "rlds": ("curation.formats.rlds:RLDSReader", "curation.formats.rlds_write:write_rlds"),
     "raw_video": ("curation.formats.raw_video:RawVideoReader", "curation.formats.raw_video:write_raw_video"),
 }
 

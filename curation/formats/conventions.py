@@ -333,7 +333,7 @@ def _mapping_for(
 
 
 def _lerobot_mapping(root: Path, fmt: str, embodiment: str | None, need_camera: bool) -> SourceMapping:
-    from curation.formats.lerobot_common import INFO_PATH, read_info
+    from curation.formats.lerobot_meta import INFO_PATH, read_info
 
     info = read_info(root, "v3" if fmt == "lerobot_v3" else "v2")
     where = root / INFO_PATH
@@ -371,7 +371,7 @@ def _lerobot_mapping(root: Path, fmt: str, embodiment: str | None, need_camera: 
 
 
 def _rlds_mapping(root: Path, embodiment: str | None, need_camera: bool) -> SourceMapping:
-    from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
+    from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features, version_folder
 
     folder = version_folder(root) or root
     where = folder / FEATURES_JSON

@@ -1,6 +1,6 @@
 """LeRobot dataset v2.1: writer and reader.
 
-Layout (templates in :mod:`curation.formats.lerobot_common`)::
+Layout (templates in :mod:`curation.formats.lerobot_meta`)::
 
     meta/info.json                                          features, fps, totals, templates
     meta/episodes.jsonl                                     {episode_index, tasks, length} per line
@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from curation.formats.base import EpisodeRef, LoadError
-from curation.formats.lerobot_common import (
+from curation.formats.lerobot_meta import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
     V2_CODEBASE_VERSION,
@@ -37,11 +37,9 @@ from curation.formats.lerobot_common import (
     V2_EPISODES_STATS_PATH,
     V2_TASKS_PATH,
     V2_VIDEO_PATH,
-    LeRobotReader,
-    check_video_span,
-    mark_duplicates,
     video_fps,
 )
+from curation.formats.lerobot_reader import LeRobotReader, check_video_span, mark_duplicates
 from curation.formats.lerobot_write import start_write
 from curation.video import check_frame_times, compact_times, encode_video
 from schemas import FrameRef

@@ -1,6 +1,6 @@
 """LeRobot dataset v3.0: writer and reader.
 
-Layout (templates in :mod:`curation.formats.lerobot_common`)::
+Layout (templates in :mod:`curation.formats.lerobot_meta`)::
 
     meta/info.json                                   features, fps, totals, path templates
     meta/stats.json                                  dataset-wide stats per feature
@@ -35,21 +35,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.formats.base import EpisodeRef, LoadError
-from curation.formats.lerobot_common import (
+from curation.formats.lerobot_meta import (
     DEFAULT_REPO_ID,
     V3_CODEBASE_VERSION,
     V3_DATA_PATH,
     V3_EPISODES_PATH,
     V3_TASKS_PATH,
     V3_VIDEO_PATH,
-    LeRobotReader,
-    RunningStats,
-    check_video_span,
     frames_schema,
-    mark_duplicates,
     next_chunk_file,
     video_fps,
 )
+from curation.formats.lerobot_reader import LeRobotReader, check_video_span, mark_duplicates
+from curation.formats.lerobot_stats import RunningStats
 from curation.formats.lerobot_write import start_write
 from curation.video import TOLERANCE_S, VideoWriter, check_frame_times, compact_times
 from schemas import FrameRef

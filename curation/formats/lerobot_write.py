@@ -11,6 +11,7 @@ what it created with :meth:`~LeRobotWrite.remove_partial`.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,27 +21,61 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.formats.lerobot_common import (
+from curation.formats.lerobot_meta import (
     DEFAULT_CHUNK_SIZE,
+    DEFAULT_REPO_ID,
     INDEX_FEATURES,
     INFO_PATH,
     STATS_PATH,
-    RunningStats,
     camera_key_map,
-    check_compatible,
-    episode_stats,
     fps_value,
     frames_table,
-    merge_stats,
-    peek,
-    source_name,
     vector_features,
     video_feature,
-    write_json,
 )
+from curation.formats.lerobot_stats import RunningStats, episode_stats, merge_stats
 from curation.formats.mapping import SourceMapping
 from curation.frames import decode_frames
 from schemas import EmbodimentSpec, Episode, get_embodiment
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n")
+
+
+def peek(episodes: Iterable[Episode]) -> tuple[Episode, Iterator[Episode]]:
+    """The first episode and an iterator over all of them (consumes nothing twice)."""
+    it = iter(episodes)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise ValueError("no episodes to write") from None
+
+    def chain() -> Iterator[Episode]:
+        yield first
+        yield from it
+
+    return first, chain()
+
+
+def source_name(repo_id: str, root: Path) -> str:
+    """Source name stored in ``gwp_source.json``: the repo name, or the folder name for the
+    default repo id (a name for people: episode ids derive from the dataset's content, not from it)."""
+    return root.name if repo_id == DEFAULT_REPO_ID else repo_id.split("/")[-1]
+
+
+def check_compatible(ep: Episode, first: Episode, roles: dict[str, str], where: str) -> None:
+    """Every episode of a LeRobot dataset shares embodiment, fps and camera set."""
+    ep.validate()
+    if ep.embodiment != first.embodiment:
+        raise ValueError(
+            f"{where}: embodiment {ep.embodiment!r} differs from the dataset's {first.embodiment!r}"
+        )
+    if abs(ep.fps - first.fps) > 1e-6:
+        raise ValueError(f"{where}: fps {ep.fps} differs from the dataset's {first.fps}")
+    if set(ep.cameras) != set(roles):
+        raise ValueError(f"{where}: cameras {sorted(ep.cameras)} differ from the dataset's {sorted(roles)}")
 
 
 @dataclass

@@ -1,28 +1,8 @@
-"""RLDS / Open X-Embodiment datasets (TFDS folders of TFRecord episodes), without TensorFlow.
+"""Read RLDS / Open X-Embodiment datasets (TFDS folders of TFRecord episodes), without TensorFlow.
 
-Layout (what ``tfds.builder_from_directory(<version dir>)`` loads)::
-
-    <root>/<dataset_name>/<version>/
-        dataset_info.json      DatasetInfo proto as JSON: name, version, fileFormat, splits
-                               [{name, shardLengths, numBytes, filepathTemplate}]
-        features.json          the FeaturesDict tree (pythonClassName + proto per node)
-        <name>-train.tfrecord-00000-of-0000N
-        gwp_source.json        our SourceMapping (embodiment, camera roles, fps)
-
-One record = one episode = one ``tf.train.Example``. TFDS flattens nested features with
-``/`` and stores a ``Dataset``/``Sequence`` of steps by stacking each leaf over time, so
-with T steps (checked against real TFDS output):
-
-    steps/observation/<cam>    bytes_list [T]        one PNG/JPEG per step
-    steps/observation/state    float_list [T * Ds]   row-major [T, Ds]
-    steps/action               float_list [T * Da]
-    steps/reward, discount     float_list [T]
-    steps/is_first|is_last|is_terminal   int64_list [T]  (bool -> 0/1)
-    steps/language_instruction bytes_list [T]        UTF-8
-    episode_metadata/<key>     one value per episode (Text -> bytes, Scalar float32)
-
-T is not stored separately: it is the length of any per-step list. The reader therefore
-needs the leaf shapes (``features.json``, else the embodiment's dims) to un-flatten.
+The layout (folder, ``dataset_info.json``, ``features.json``, how TFDS flattens the steps of an
+episode into one ``tf.train.Example``) is described in :mod:`curation.formats.rlds_layout`;
+the writer is :mod:`curation.formats.rlds_write`.
 
 Reader: ``list_episodes`` reads ``dataset_info.json`` for the split's shards and only the
 12-byte record headers (payloads are skipped), giving one ref per record with its byte
@@ -35,364 +15,51 @@ then frames fewer records than ``dataset_info.json``'s ``shardLengths`` promise,
 one is a further failing ref, so the ledger counts every record the dataset declares:
 declared = loaded + rejected.
 
-Key choices: camera role ``high`` is written as ``image`` (the OXE name of the main
-camera), other roles as ``<role>_image``; fps goes to ``episode_metadata/fps`` (float32;
-read back through its shortest decimal form, so 29.97 stays 29.97); timestamps are
+Episodes are un-flattened with the leaf shapes (``features.json``, else the embodiment's
+dims); fps comes from ``episode_metadata/fps`` (float32, read back through its shortest
+decimal form, so 29.97 stays 29.97) unless the mapping overrides it; timestamps are
 ``arange(T) / fps`` (RLDS has no standard timestamp field).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from curation.formats.base import EpisodeRef, LoadError, SourceReader
-from curation.formats.mapping import SIDECAR_NAME, SourceMapping
+from curation.formats.mapping import SourceMapping
+from curation.formats.rlds_layout import (
+    DATASET_INFO,
+    FEATURES_JSON,
+    FILE_FORMAT,
+    FILEPATH_TEMPLATE,
+    FPS_META_KEY,
+    INSTRUCTION_KEYS,
+    META,
+    SHARD_X_OF_Y,
+    STEPS,
+    LeafSpec,
+    parse_features,
+    version_folder,
+)
 from curation.formats.tfrecord import (
     ExampleDecodeError,
     Feature,
     TFRecordError,
-    TFRecordWriter,
-    bytes_feature,
     decode_example,
-    encode_example,
-    float_feature,
-    int64_feature,
     read_record_at,
     scan_records,
 )
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
 
-DATASET_INFO = "dataset_info.json"
-FEATURES_JSON = "features.json"
-FILE_FORMAT = "tfrecord"
-FILEPATH_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
-SHARD_X_OF_Y = "{index:05d}-of-{count:05d}"
 
-STEPS = "steps"
-OBS = "steps/observation/"
-STATE_KEY = "steps/observation/state"
-ACTION_KEY = "steps/action"
-INSTRUCTION_KEY = "steps/language_instruction"
-# Where OXE datasets keep the instruction, first match wins (RT-1 uses the observation one).
-INSTRUCTION_KEYS = (
-    INSTRUCTION_KEY,
-    "steps/observation/natural_language_instruction",
-    "episode_metadata/language_instruction",
-)
-META = "episode_metadata/"
-FPS_META_KEY = "episode_metadata/fps"
-
-_PKG = "tensorflow_datasets.core.features."
-_CLS_DICT = _PKG + "features_dict.FeaturesDict"
-_CLS_DATASET = _PKG + "dataset_feature.Dataset"
-_CLS_SEQUENCE = _PKG + "sequence_feature.Sequence"
-_CLS_TENSOR = _PKG + "tensor_feature.Tensor"
-_CLS_SCALAR = _PKG + "scalar.Scalar"
-_CLS_IMAGE = _PKG + "image_feature.Image"
-_CLS_TEXT = _PKG + "text_feature.Text"
-
-
-# ---------------------------------------------------------------------------- features.json
-def _tensor(shape: tuple[int, ...], dtype: str) -> dict[str, Any]:
-    cls = _CLS_SCALAR if not shape else _CLS_TENSOR
-    shp: dict[str, Any] = {"dimensions": [str(d) for d in shape]} if shape else {}
-    return {"pythonClassName": cls, "tensor": {"shape": shp, "dtype": dtype, "encoding": "none"}}
-
-
-def _image(shape: tuple[int, int, int], fmt: str) -> dict[str, Any]:
-    return {
-        "pythonClassName": _CLS_IMAGE,
-        "image": {"shape": {"dimensions": [str(d) for d in shape]}, "dtype": "uint8", "encodingFormat": fmt},
-    }
-
-
-def _text() -> dict[str, Any]:
-    return {"pythonClassName": _CLS_TEXT, "text": {}}
-
-
-def _dict(features: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
-    return {"pythonClassName": _CLS_DICT, "featuresDict": {"features": dict(features)}}
-
-
-def _dataset(step: dict[str, Any]) -> dict[str, Any]:
-    return {"pythonClassName": _CLS_DATASET, "sequence": {"feature": step, "length": "-1"}}
-
-
-@dataclass(frozen=True)
-class LeafSpec:
-    """One flattened leaf of a features.json tree."""
-
-    kind: str  # "tensor" | "image" | "text"
-    shape: tuple[int | None, ...]  # per step (inside steps) or per episode; None = unknown
-    dtype: str
-    per_step: bool  # inside a Dataset/Sequence of steps
-    encoding: str = ""  # image encoding format
-
-
-def parse_features(tree: dict[str, Any], where: str = FEATURES_JSON) -> dict[str, LeafSpec]:
-    """Flattened ``key -> LeafSpec`` of a features.json tree (nested dicts joined with ``/``)."""
-    out: dict[str, LeafSpec] = {}
-
-    def dims(node: dict[str, Any]) -> tuple[int | None, ...]:
-        return tuple(None if int(d) < 0 else int(d) for d in node.get("shape", {}).get("dimensions", []))
-
-    def walk(node: dict[str, Any], prefix: str, per_step: bool) -> None:
-        if "featuresDict" in node:
-            for name, child in node["featuresDict"].get("features", {}).items():
-                walk(child, f"{prefix}{name}/", per_step)
-        elif "sequence" in node:
-            walk(node["sequence"]["feature"], prefix, True)
-        elif "image" in node:
-            img = node["image"]
-            out[prefix[:-1]] = LeafSpec(
-                "image", dims(img), img.get("dtype", "uint8"), per_step, img.get("encodingFormat", "")
-            )
-        elif "text" in node:
-            out[prefix[:-1]] = LeafSpec("text", (), "string", per_step)
-        elif "tensor" in node:
-            t = node["tensor"]
-            out[prefix[:-1]] = LeafSpec("tensor", dims(t), t.get("dtype", "float32"), per_step)
-        else:
-            raise LoadError(
-                "bad_features", f"unsupported feature node at {prefix or '<root>'!r}: {sorted(node)}", where
-            )
-
-    walk(tree, "", False)
-    return out
-
-
-# ---------------------------------------------------------------------------- writer
-def default_camera_key(role: str) -> str:
-    """Observation key of a camera role: ``image`` for the main (high) camera, else ``<role>_image``."""
-    return "image" if role == "high" else f"{role}_image"
-
-
-def _encode_image(frame_HWC: np.ndarray, fmt: str) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    if fmt == "png":
-        Image.fromarray(frame_HWC).save(buf, format="PNG", compress_level=1)
-    else:
-        Image.fromarray(frame_HWC).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
-def _episode_example(
-    ep: Episode, cam_keys: dict[str, str], fmt: str, shapes: dict[str, tuple[int, ...]]
-) -> bytes:
-    from curation.frames import decode_frames
-
-    t = ep.length
-    last = np.zeros(t, np.int64)
-    last[-1] = 1
-    feats: dict[str, Feature] = {
-        STATE_KEY: float_feature(ep.state),
-        ACTION_KEY: float_feature(ep.action),
-        "steps/reward": float_feature(np.zeros(t)),
-        "steps/discount": float_feature(np.ones(t)),
-        "steps/is_first": int64_feature(1 - np.minimum(np.arange(t), 1)),
-        "steps/is_last": int64_feature(last),
-        "steps/is_terminal": int64_feature(last),
-        INSTRUCTION_KEY: bytes_feature([ep.instruction] * t),
-        META + "episode_id": bytes_feature([ep.episode_id]),
-        META + "source": bytes_feature([ep.source]),
-        META + "file_path": bytes_feature([ep.source_path]),
-        FPS_META_KEY: float_feature([ep.fps]),
-    }
-    for role, key in cam_keys.items():
-        frames_THWC = decode_frames(ep.cameras[role])
-        if frames_THWC.shape[1:] != shapes[role]:
-            raise ValueError(
-                f"episode {ep.episode_id}: camera {role} frames are {frames_THWC.shape[1:]}, "
-                f"but the dataset declares {shapes[role]} (all episodes must share image sizes)"
-            )
-        feats[OBS + key] = bytes_feature(_encode_image(f, fmt) for f in frames_THWC)
-    return encode_example(feats)
-
-
-def _features_tree(
-    ep: Episode, cam_keys: dict[str, str], fmt: str, shapes: dict[str, tuple[int, ...]]
-) -> dict:
-    obs = {key: _image(shapes[role], fmt) for role, key in cam_keys.items()}  # type: ignore[arg-type]
-    obs["state"] = _tensor((ep.state.shape[1],), "float32")
-    step = {
-        "observation": _dict(obs),
-        "action": _tensor((ep.action.shape[1],), "float32"),
-        "reward": _tensor((), "float32"),
-        "discount": _tensor((), "float32"),
-        "is_first": _tensor((), "bool"),
-        "is_last": _tensor((), "bool"),
-        "is_terminal": _tensor((), "bool"),
-        "language_instruction": _text(),
-    }
-    meta = {"episode_id": _text(), "source": _text(), "file_path": _text(), "fps": _tensor((), "float32")}
-    return _dict({"steps": _dataset(_dict(step)), "episode_metadata": _dict(meta)})
-
-
-def shard_name(dataset_name: str, split: str, index: int, count: int) -> str:
-    return FILEPATH_TEMPLATE.format(
-        DATASET=dataset_name,
-        SPLIT=split,
-        FILEFORMAT=FILE_FORMAT,
-        SHARD_X_OF_Y=SHARD_X_OF_Y.format(index=index, count=count),
-    )
-
-
-def _copy_bytes(src: BinaryIO, dst: BinaryIO, count: int, chunk: int = 1 << 22) -> None:
-    """Copy ``count`` bytes in bounded chunks (shards can be far larger than memory)."""
-    while count > 0:
-        block = src.read(min(chunk, count))
-        if not block:
-            raise OSError(f"{getattr(src, 'name', '<file>')}: ended {count} bytes early while cutting shards")
-        dst.write(block)
-        count -= len(block)
-
-
-def write_rlds(
-    episodes: Iterable[Episode],
-    root: str | Path,
-    *,
-    dataset_name: str = "gwp_dataset",
-    version: str = "1.0.0",
-    image_encoding: str = "png",
-    shards: int = 1,
-    camera_keys: Mapping[str, str] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``episodes`` as a TFDS/RLDS dataset; returns ``<root>/<dataset_name>/<version>``.
-
-    All episodes must share embodiment, camera roles and per-camera image size (TFDS
-    declares them once). ``camera_keys`` maps role -> observation key (default
-    :func:`default_camera_key`). Episodes are streamed into one temporary record file,
-    then cut into ``shards`` contiguous shard files (episode order is kept); the version
-    folder appears atomically (built under a temporary name, then renamed).
-    """
-    if image_encoding not in ("png", "jpeg"):
-        raise ValueError(f"image_encoding must be 'png' or 'jpeg', got {image_encoding!r}")
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
-    final = Path(root) / dataset_name / version
-    if final.exists():
-        if not overwrite:
-            raise FileExistsError(f"{final} exists; pass overwrite=True to replace it")
-        shutil.rmtree(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=final.parent))
-    try:
-        first: Episode | None = None
-        cam_keys: dict[str, str] = {}
-        shapes: dict[str, tuple[int, ...]] = {}
-        spans: list[tuple[int, int]] = []  # (offset, framed length) in the temporary file
-        all_records = work / "all.tfrecord"
-        with TFRecordWriter(all_records) as w:
-            for ep in episodes:
-                ep.validate()
-                if first is None:
-                    first = ep
-                    roles = [r for r in get_embodiment(ep.embodiment).cameras if r in ep.cameras]
-                    cam_keys = {r: (camera_keys or {}).get(r, default_camera_key(r)) for r in roles}
-                    from curation.frames import decode_frames
-
-                    shapes = {r: tuple(decode_frames(ep.cameras[r], [0]).shape[1:]) for r in roles}
-                elif ep.embodiment != first.embodiment or set(ep.cameras) != set(first.cameras):
-                    raise ValueError(
-                        f"episode {ep.episode_id}: embodiment {ep.embodiment} cameras {sorted(ep.cameras)} differ "
-                        f"from the first episode's {first.embodiment} {sorted(first.cameras)}; write one dataset each"
-                    )
-                offset = w.write(_episode_example(ep, cam_keys, image_encoding, shapes))
-                spans.append((offset, w.offset - offset))
-        if first is None:
-            raise ValueError("write_rlds needs at least one episode")
-
-        # cut the record file into contiguous shards of (nearly) equal episode counts
-        shards = min(shards, len(spans))
-        bounds = np.linspace(0, len(spans), shards + 1).round().astype(int).tolist()
-        lengths, num_bytes = [], 0
-        with open(all_records, "rb") as src:
-            for i in range(shards):
-                lo, hi = bounds[i], bounds[i + 1]
-                start, stop = spans[lo][0], spans[hi - 1][0] + spans[hi - 1][1]
-                src.seek(start)
-                with open(work / shard_name(dataset_name, "train", i, shards), "wb") as dst:
-                    _copy_bytes(src, dst, stop - start)
-                lengths.append(hi - lo)
-                num_bytes += stop - start
-        all_records.unlink()
-
-        info = {
-            "name": dataset_name,
-            "version": version,
-            "fileFormat": FILE_FORMAT,
-            "moduleName": "curation.formats.rlds",
-            "description": f"RLDS episodes written by gigaworld-policy ({first.embodiment}).",
-            "releaseNotes": {version: "Written by curation.formats.rlds.write_rlds."},
-            "splits": [
-                {
-                    "name": "train",
-                    "numBytes": str(num_bytes),
-                    "shardLengths": [str(n) for n in lengths],
-                    "filepathTemplate": FILEPATH_TEMPLATE,
-                }
-            ],
-        }
-        (work / DATASET_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        tree = _features_tree(first, cam_keys, image_encoding, shapes)
-        (work / FEATURES_JSON).write_text(json.dumps(tree, indent=2) + "\n")
-        SourceMapping(
-            embodiment=first.embodiment,
-            cameras={OBS + key: role for role, key in cam_keys.items()},
-            state_key=STATE_KEY,
-            action_key=ACTION_KEY,
-            source=dataset_name,
-        ).write(work)
-        os.replace(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return final
-
-
-# ---------------------------------------------------------------------------- reader
 def _float32_to_decimal(value: float) -> float:
     """The shortest decimal that rounds to the same float32 (float32(29.97) -> 29.97)."""
     return float(np.format_float_positional(np.float32(value), unique=True))
-
-
-def _is_version_folder(path: Path) -> bool:
-    return path.is_dir() and (path / DATASET_INFO).is_file() and any(path.glob(f"*.{FILE_FORMAT}*"))
-
-
-def version_folder(root: Path) -> Path | None:
-    """The TFDS version folder a source path names: the folder itself, or — given a dataset folder
-    (``<name>/``) or a data dir holding one dataset (``<data_dir>/<name>/``) — its newest version."""
-    if _is_version_folder(root):
-        return root
-    if not root.is_dir():
-        return None
-    for depth in (1, 2):
-        found = sorted(p for p in root.glob("/".join("*" * depth)) if _is_version_folder(p))
-        names = {p.parent for p in found}
-        if len(names) == 1:
-            return max(found, key=lambda p: _version_key(p.name))
-        if len(names) > 1:
-            return None  # several datasets: name one of them
-    return None
-
-
-def _version_key(name: str) -> tuple:
-    parts = name.split(".")
-    return tuple(int(x) if x.isdigit() else -1 for x in parts)
 
 
 class RLDSReader(SourceReader):
@@ -653,16 +320,3 @@ class RLDSReader(SourceReader):
             ).validate()
         except SchemaError as err:
             raise LoadError("invalid_episode", str(err), path, label) from err
-
-
-__all__ = [
-    "DATASET_INFO",
-    "FEATURES_JSON",
-    "SIDECAR_NAME",
-    "LeafSpec",
-    "RLDSReader",
-    "default_camera_key",
-    "parse_features",
-    "shard_name",
-    "write_rlds",
-]
