@@ -34,7 +34,7 @@ Design:
   call only); episode lengths; episodes/s and env steps/s of the rollout phase, with worker
   start-up (process spawn, imports, simulator builds) reported apart.
 * **Recording.** The first ``videos_per_task`` episodes of each task keep every frame (camera
-  roles side by side) in their worker, which writes the mp4 (``curation.video.encode_video``)
+  roles side by side) in their worker, which writes the mp4 (``schemas.video.encode_video_bytes``)
   and sends back ``sheet_frames`` evenly spaced frames for the contact sheet.
 
 The observation protocol and the optional policy hooks are described in
@@ -277,11 +277,13 @@ class _EnvRunner:
         if self.job.record and self.frames:
             frames_THWC = np.stack(self.frames)
             if self.job.video_path is not None:
-                from curation.video import encode_video
+                from schemas.video import encode_video_bytes
 
-                encode_video(
-                    frames_THWC, self.job.video_path, fps=self.sims[self.job.task].fps, codec=self.codec
-                )
+                video = encode_video_bytes(frames_THWC, fps=self.sims[self.job.task].fps, codec=self.codec)
+                part = Path(self.job.video_path).with_name(Path(self.job.video_path).name + ".part")
+                part.parent.mkdir(parents=True, exist_ok=True)
+                part.write_bytes(video)
+                part.replace(self.job.video_path)  # readers never see a half-written video
                 out["video"] = self.job.video_path
             steps = np.unique(np.linspace(0, len(frames_THWC) - 1, self.sheet_frames).round().astype(int))
             out["sheet"] = (tuple(int(s) for s in steps), frames_THWC[steps])

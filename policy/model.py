@@ -49,13 +49,15 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from curation.config import FIT_MODES, NormConfig
 from pretrain.codec import LatentCodec, make_codec
 from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
-from pretrain.hub import HubMixin, download_snapshot
+from pretrain.hub import HubMixin
 from pretrain.model import ActionVideoTransformer, ModelOutput
 from schemas import EmbodimentSpec
+from schemas.compose import FIT_MODES
+from schemas.hub.client import download_snapshot
+from schemas.normalize import NormConfig
 
 TEXT_KINDS = ("fallback", "clip")
 BACKBONE_FILES = ("model.safetensors", "config.json")
@@ -83,7 +85,7 @@ class ImageConfig:
 class TextConfig:
     """How the dataset embedded instructions; inference must do exactly the same.
 
-    ``fallback``: ``curation.stages.caption.text_embedding_fallback(texts, dim)`` (the manifest's
+    ``fallback``: ``schemas.text.text_embedding_fallback(texts, dim)`` (the manifest's
     ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
     """
 

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from curation.stages.normalize import denormalize_action
 from policy.inference import Context, sample_actions, sample_joint
 from policy.model import GWPPolicyModel
 from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from schemas.normalize import denormalize_action
 
 REPORT_JSON = "openloop.json"
 REPORT_MD = "openloop.md"

@@ -190,10 +190,10 @@ class ShardSet:
 def decode_sample_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
     """``uint8 [F, H, W, 3]`` RGB frames of one Sample's ``video`` bytes, checked against the row.
 
-    Decoding is the writer's own inverse, :func:`curation.stages.compose.decode_sample_frames`
+    Decoding is the writer's own inverse, :func:`schemas.frames.decode_sample_frames`
     (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV/decord).
     """
-    from curation.stages.compose import decode_sample_frames as writer_decode
+    from schemas.frames import decode_sample_frames as writer_decode
 
     frames = np.asarray(writer_decode(video, fmt))
     if frames.shape != (num_frames, height, width, 3) or frames.dtype != np.uint8:

@@ -13,13 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.stages.caption import (
-    CaptionConfig,
-    Captioner,
-    CaptionStage,
-    WeightsUnavailableError,
-)
-from curation.stages.text import text_embedding_fallback
+from curation.config import CaptionConfig
+from curation.stages.caption import CaptionStage
+from pretrain.text_encoder import WeightsUnavailableError, captioner_from_config
+from schemas.text import text_embedding_fallback
 
 TINY = {
     "embed_dim": 64,
@@ -63,7 +60,7 @@ def tiny_coca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(tiny_coca):
-    return Captioner(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=6))
+    return captioner_from_config(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=6))
 
 
 def images(n=3, seed=0):
@@ -98,14 +95,16 @@ def test_greedy_decoding_is_deterministic_and_bounded(captioner):
 def test_local_checkpoint_loads_the_same_weights(captioner, tiny_coca, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     torch.save({"state_dict": captioner.model.state_dict()}, ckpt)
-    other = Captioner(CaptionConfig(model=tiny_coca, pretrained=str(ckpt), seed=123, max_tokens=6))
+    other = captioner_from_config(
+        CaptionConfig(model=tiny_coca, pretrained=str(ckpt), seed=123, max_tokens=6)
+    )
     texts = ["stack the blocks"]
     np.testing.assert_array_equal(other.embed_text(texts), captioner.embed_text(texts))
     assert other.score_and_caption(images(1), texts)[1] == captioner.score_and_caption(images(1), texts)[1]
 
 
 def test_stage_adds_columns(tiny_coca):
-    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4))
+    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4), captioner_from_config)
     frames = []
     for img in images(2):
         buf = io.BytesIO()
@@ -125,15 +124,15 @@ def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
     with pytest.raises(
         WeightsUnavailableError, match=r"coca_ViT-B-32/mscoco_finetuned_laion2b_s13b_b90k.*cache"
     ):
-        Captioner(CaptionConfig())
+        captioner_from_config(CaptionConfig())
     assert time.monotonic() - start < 30
 
 
 def test_unknown_model_and_tag():
     with pytest.raises(ValueError, match="unknown open_clip model 'coca_vit-b-32'"):
-        Captioner(CaptionConfig(model="coca_vit-b-32"))
+        captioner_from_config(CaptionConfig(model="coca_vit-b-32"))
     with pytest.raises(ValueError, match="no pretrained tag 'laion9'"):
-        Captioner(CaptionConfig(pretrained="laion9"))
+        captioner_from_config(CaptionConfig(pretrained="laion9"))
 
 
 def test_fallback_embedding_separates_instructions():

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from curation.formats import detect_format, open_source
-from curation.formats.base import LoadError
 from curation.formats.rlds import DATASET_INFO, FEATURES_JSON, RLDSReader, parse_features, write_rlds
 from curation.formats.tfrecord import (
     ExampleDecodeError,
@@ -38,6 +37,7 @@ from curation.formats.tfrecord import (
 )
 from curation.frames import decode_frames
 from schemas import Episode, FrameRef, episode_id_for
+from schemas.errors import LoadError
 
 # ---------------------------------------------------------------------------- crc32c
 

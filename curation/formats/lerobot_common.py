@@ -31,10 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader, file_version
+from curation.formats.base import EpisodeRef, SourceReader, file_version
 from curation.formats.mapping import SourceMapping
 from curation.video import check_timestamps, probe_video
 from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
+from schemas.errors import LoadError
 
 # ---- path templates (the format's own names) -------------------------------------------
 INFO_PATH = "meta/info.json"

@@ -55,7 +55,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, SourceReader
 from curation.formats.mapping import SIDECAR_NAME, SourceMapping
 from curation.formats.tfrecord import (
     ExampleDecodeError,
@@ -71,6 +71,7 @@ from curation.formats.tfrecord import (
     scan_records,
 )
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
+from schemas.errors import LoadError
 
 DATASET_INFO = "dataset_info.json"
 FEATURES_JSON = "features.json"
