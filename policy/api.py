@@ -39,6 +39,7 @@ import torch
 
 from policy.inference import Context, sample_actions, sample_joint
 from policy.model import GWPPolicyModel, text_tokens
+from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
 from schemas import EmbodimentSpec, EmbodimentStats
 from schemas.compose import compose_views
 from schemas.normalize import denormalize_action, normalize_state
@@ -186,7 +187,7 @@ class Policy:
         stats: EmbodimentStats = self.model.norm_stats[spec.name]
         state32, _ = normalize_state(state, spec, stats, self.model.cfg.norm)
         dev, dtype = self.device, self.model.transformer.dtype
-        frames = torch.from_numpy(image_HW3).to(dev).float().div(127.5).sub(1.0)
+        frames = tensor_to_unit_range(torch.from_numpy(image_HW3).to(dev))
         obs_latent = self.model.encode_frames(frames.permute(2, 0, 1)[None, :, None])
         emb = torch.from_numpy(self.embed_instruction(text)).to(dev)[None]
         ctx = Context(
@@ -271,5 +272,5 @@ class Policy:
         )
         with torch.no_grad():
             frames = self.model.codec.decode(v.to(self.model.transformer.dtype))  # [1, 3, K, H, W]
-        u8 = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())

@@ -65,7 +65,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pretrain.pixels import tensor_to_unit_range
 from schemas import MAX_DIM, Manifest, Sample, SchemaError, check_schema_version
+from schemas.pixels import to_unit_range
 
 SHARD_GLOB = "data/*.parquet"
 MANIFEST_FILE = "meta/manifest.json"
@@ -212,11 +214,6 @@ def decode_latents(video: bytes, latent_shape: Sequence[int]) -> np.ndarray:
     return np.frombuffer(video, dtype=dtype).astype(np.float32).reshape(tuple(latent_shape))
 
 
-def to_unit_range(frames_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 → float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames_uint8)).float().div_(127.5).sub_(1.0)
-
-
 def iter_shard_frames(
     shard_path: str | os.PathLike, batch_size: int
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -238,7 +235,7 @@ def iter_shard_frames(
             raise ValueError(
                 f"{shard_path}: frames of different shapes in one batch: {sorted({f.shape for f in frames})}"
             )
-        x_NFHWC = to_unit_range(np.stack(frames))
+        x_NFHWC = torch.from_numpy(to_unit_range(np.stack(frames)))
         yield [r["sample_id"] for r in rows], x_NFHWC.permute(0, 4, 1, 2, 3).contiguous()
 
 
@@ -427,7 +424,7 @@ def collate(
         f_BFHWC = _stack("video", frames, where, rows)
         f_BCFHW = f_BFHWC.permute(0, 4, 1, 2, 3)
         if not cfg.frames_uint8:
-            f_BCFHW = f_BCFHW.float().div_(127.5).sub_(1.0)
+            f_BCFHW = tensor_to_unit_range(f_BCFHW)
         out["obs_frames"] = f_BCFHW[:, :, 0].contiguous()
         out["future_frames"] = f_BCFHW[:, :, 1:].contiguous()
     return out
