@@ -67,6 +67,7 @@ import torch
 
 from pretrain.pixels import tensor_to_unit_range
 from schemas import MAX_DIM, Manifest, Sample, SchemaError, check_schema_version
+from schemas.frames import decode_sample_frames
 from schemas.pixels import to_unit_range
 
 SHARD_GLOB = "data/*.parquet"
@@ -189,15 +190,13 @@ class ShardSet:
 # ---- frames ------------------------------------------------------------------------------------
 
 
-def decode_sample_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
+def decode_row_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
     """``uint8 [F, H, W, 3]`` RGB frames of one Sample's ``video`` bytes, checked against the row.
 
     Decoding is the writer's own inverse, :func:`schemas.frames.decode_sample_frames`
-    (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV/decord).
+    (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV).
     """
-    from schemas.frames import decode_sample_frames as writer_decode
-
-    frames = np.asarray(writer_decode(video, fmt))
+    frames = np.asarray(decode_sample_frames(video, fmt))
     if frames.shape != (num_frames, height, width, 3) or frames.dtype != np.uint8:
         raise ValueError(
             f"decoded {fmt} frames have shape {frames.shape} {frames.dtype}, "
@@ -225,7 +224,7 @@ def iter_shard_frames(
         frames = []
         for r in rows:
             try:
-                f = decode_sample_frames(
+                f = decode_row_frames(
                     r["video"], r["video_format"], len(r["frame_indices"]), r["height"], r["width"]
                 )
             except ValueError as err:
@@ -418,7 +417,7 @@ def collate(
         frames = []
         for r, src, n in zip(rows, where, num_frames, strict=True):
             try:
-                frames.append(decode_sample_frames(r["video"], r["video_format"], n, r["height"], r["width"]))
+                frames.append(decode_row_frames(r["video"], r["video_format"], n, r["height"], r["width"]))
             except ValueError as err:
                 raise ValueError(f"{src}: sample {r['sample_id']}: {err}") from err
         f_BFHWC = _stack("video", frames, where, rows)
