@@ -115,6 +115,33 @@ def test_stage_adds_columns(tiny_coca):
     assert len(out["caption"]) == 2 and out["text_embedding"][0].shape == (64,)
 
 
+def test_the_stage_runs_whatever_model_the_factory_builds():
+    """Curation knows the caption model only through schemas.text.CaptionModel: any object with
+    its two methods, built by the factory from the stage's config, is what the stage uses."""
+
+    class Fixed:
+        def embed_text(self, texts):
+            return np.asarray([[len(t), 0.0, 0.0] for t in texts], np.float32)
+
+        def score_and_caption(self, images_NHWC, texts):
+            return images_NHWC.mean(axis=(1, 2, 3)).astype(np.float32), [t.upper() for t in texts]
+
+    built = []
+    cfg = CaptionConfig(model="any", pretrained=None)
+    stage = CaptionStage(cfg, lambda c: built.append(c) or Fixed())
+    imgs = images(2)
+    frames = []
+    for img in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        frames.append(buf.getvalue())
+    out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["ab", "cde"])})
+    assert built == [cfg]
+    assert out["caption"].tolist() == ["AB", "CDE"]
+    np.testing.assert_allclose(out["clip_score"], imgs.mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(np.stack(out["text_embedding"]), [[1.0, 0, 0], [1.0, 0, 0]])  # unit norm
+
+
 def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")

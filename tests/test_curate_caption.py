@@ -113,3 +113,18 @@ def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_p
     assert all(isinstance(c, str) and c for c in table.column("caption").to_pylist())
     assert {len(e) for e in table.column("text_embedding").to_pylist()} == {TINY["embed_dim"]}
     assert all(q["clip_score"] is not None for q in table.column("quality").to_pylist())
+
+
+def test_a_job_with_captions_is_refused_without_the_model_the_driver_provides(tmp_path):
+    """Curation does not import the caption model: a job that captions gets it from its driver
+    (pipelines/curate.py) and fails at once, before writing anything, when none is given."""
+    import pytest
+
+    from curation.pipeline import job_from_dict, run
+
+    job = job_from_dict(
+        {"sources": [str(tmp_path)], "out": str(tmp_path / "out"), "caption": {"pretrained": None}}
+    )
+    with pytest.raises(ValueError, match="no caption model was given"):
+        run(job)
+    assert not (tmp_path / "out").exists()

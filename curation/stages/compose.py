@@ -15,9 +15,6 @@ from curation.config import VideoConfig
 from schemas.compose import compose_views
 from schemas.frames import encode_sample_frames
 
-# ---- the stage ------------------------------------------------------------------------
-
-
 FrameDecoder = Callable[[Any, Sequence[int]], np.ndarray]
 
 
