@@ -79,8 +79,8 @@ def _plain_loop(refs, cfg) -> int:
     compose/resize the frames the job's windows use; returns how many were composed."""
     from curation.frames import decode_frames
     from curation.ingest import load
-    from curation.stages.compose import compose_views
     from curation.stages.windowing import window_episode
+    from schemas.compose import compose_views
 
     vc, composed = cfg.video, 0
     for ref in refs:

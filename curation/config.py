@@ -27,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.compose import FIT_MODES
+from schemas.errors import ConfigError
+from schemas.normalize import NormConfig
+
 FILTER_NAMES = (
     "length",
     "finite",
@@ -39,18 +43,8 @@ FILTER_NAMES = (
     "duplicate",
 )
 TAIL_MODES = ("drop", "pad")
-FIT_MODES = ("stretch", "pad")
 FRAME_FORMATS = ("png", "mp4")
 VIDEO_CODECS = ("h264", "av1", "mpeg4")
-
-
-class ConfigError(ValueError):
-    """A config value or file is wrong: ``<where>.<field>: <problem>``."""
-
-    def __init__(self, where: str, field: str, problem: str):
-        self.where, self.field, self.problem = where, field, problem
-        # "<file>": the problem is the file as a whole (missing, unparseable), not one of its fields
-        super().__init__(f"{where}: {problem}" if field == "<file>" else f"{where}.{field}: {problem}")
 
 
 def _check(ok: bool, where: str, name: str, problem: str) -> None:
@@ -165,22 +159,6 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
-class NormConfig:
-    sketch_k: int = 1024  # KLL top-level capacity; rank error ~ 1.7/k (0.17 % at 1024)
-    low_quantile: float = 0.01
-    high_quantile: float = 0.99
-    min_range: float = 1e-6  # q99 - q01 below this: the dim is only centred, not scaled
-
-    def __post_init__(self) -> None:
-        w = "NormConfig"
-        _check(self.sketch_k >= 8, w, "sketch_k", "must be >= 8")
-        _check(
-            0 <= self.low_quantile < self.high_quantile <= 1, w, "low_quantile", "need 0 <= low < high <= 1"
-        )
-        _check(self.min_range > 0, w, "min_range", "must be positive")
-
-
-@dataclass(frozen=True)
 class ShardConfig:
     target_bytes: int = 256 * 2**20
     max_rows: int = 50_000
@@ -197,7 +175,7 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class CaptionConfig:
-    """CoCa captions / CLIP scores / text embeddings (curation/stages/caption.py)."""
+    """CoCa captions / CLIP scores / text embeddings (the model: pretrain/text_encoder.py)."""
 
     model: str = "coca_ViT-B-32"
     pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"

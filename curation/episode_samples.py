@@ -41,12 +41,13 @@ from curation.config import CurationConfig
 from curation.formats import EpisodeRef
 from curation.frames import decode_frames
 from curation.ingest import _rejection, load
-from curation.stages.compose import PngRows, compose_views, encode_frames, png_rows, stack_png
 from curation.stages.filters import check_episode, fingerprint_to_hex
-from curation.stages.text import text_embedding_fallback
 from curation.stages.windowing import window_episode
 from schemas import Episode, FrameRef, Rejection, Sample, get_embodiment
+from schemas.compose import compose_views
+from schemas.frames import PngRows, encode_sample_frames, png_rows, stack_png
 from schemas.sample import QUALITY_KEYS
+from schemas.text import CaptionModelFactory, text_embedding_fallback
 
 # Sample columns that the shard stage computes (normalised) replace these raw ones.
 RAW_SCHEMA = pa.schema(
@@ -127,7 +128,7 @@ def episode_sample_rows(
             )
         else:
             frames = composed_UHWC[[at[i] for i in w.camera_indices]]
-            video = encode_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
+            video = encode_sample_frames(frames, vc.format, fps=w.frames_fps, codec=vc.codec, crf=vc.crf)
         rows.append(
             {
                 "sample_id": w.sample_id,
@@ -283,13 +284,12 @@ def finish_part(
 
 class PartCaptioner:
     """Ray Data actor: CoCa captions, CLIP scores and CLIP text embeddings for every sample
-    of the part rows of :func:`make_part_fn` (``work=None``); the model loads once per actor.
+    of the part rows of :func:`make_part_fn` (``work=None``); the model, which the driver
+    provides as a factory, loads once per actor.
     With ``work`` set it writes each captioned part (the last stage)."""
 
-    def __init__(self, caption_cfg, work: str | None = None):
-        from curation.stages.caption import Captioner
-
-        self.captioner = Captioner(caption_cfg)
+    def __init__(self, caption_cfg, make_model: CaptionModelFactory, work: str | None = None):
+        self.captioner = make_model(caption_cfg)
         self.batch = caption_cfg.batch_size
         self.work = work
 
@@ -299,7 +299,7 @@ class PartCaptioner:
 
     def caption_part(self, batch: dict[str, np.ndarray], i: int) -> dict[str, Any]:
         from curation.parts import decode_sketches
-        from curation.stages.compose import decode_sample_frames
+        from schemas.frames import decode_sample_frames
 
         rows = table_from_bytes(batch["table"][i]).to_pylist()
         for start in range(0, len(rows), self.batch):

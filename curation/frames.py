@@ -44,9 +44,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from curation.formats.base import LoadError
 from curation.video import read_video
 from schemas import FrameRef
+from schemas.errors import LoadError
 
 
 def _relative_indices(ref: FrameRef, indices: Sequence[int] | None) -> np.ndarray:

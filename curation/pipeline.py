@@ -54,14 +54,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.config import (
-    CaptionConfig,
-    CurationConfig,
-    NormConfig,
-    ShardConfig,
-    config_from_dict,
-    get_preset,
-)
+from curation.config import CaptionConfig, CurationConfig, ShardConfig, config_from_dict, get_preset
 from curation.episode_samples import PartCaptioner, make_part_fn
 from curation.formats import detect_format
 from curation.ingest import SourceSpec, discover
@@ -96,6 +89,8 @@ from schemas import (
     to_table,
     validate_sample_table,
 )
+from schemas.normalize import NormConfig
+from schemas.text import CaptionModelFactory
 
 CODE_VERSION = "0.1.0"
 WORK_LAYOUT = "4"  # of .work/: a work folder of another layout is started over
@@ -144,7 +139,8 @@ class CurateJob:
 def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
     """``{"sources": [...], "out": ..., "curation": {preset, sections…}, "caption": {...}|null,
     "run": {...}}``; unknown keys are errors naming the key and the allowed ones."""
-    from curation.config import ConfigError, _build
+    from curation.config import _build
+    from schemas.errors import ConfigError
 
     allowed = {"sources", "out", "curation", "caption", "run"}
     unknown = sorted(set(data) - allowed)
@@ -218,7 +214,9 @@ def _safe_detect(path: str) -> str:
 # ---- phase 2: episodes --------------------------------------------------------------
 
 
-def make_samples(job: CurateJob, work: Path, found: dict[str, Any]) -> list[Path]:
+def make_samples(
+    job: CurateJob, work: Path, found: dict[str, Any], caption_model: CaptionModelFactory | None = None
+) -> list[Path]:
     """Phase 2: one work part per run of ``found["parts"]`` consecutive refs, each written by
     its Ray task; returns every part's path, in order."""
     import ray
@@ -241,7 +239,9 @@ def make_samples(job: CurateJob, work: Path, found: dict[str, Any]) -> list[Path
         ctx.op_resource_reservation_enabled = False
     try:
         # one part per block: one task per part
-        _run_parts(job, work, ray.data.from_items(items, override_num_blocks=len(items)), len(items))
+        _run_parts(
+            job, work, ray.data.from_items(items, override_num_blocks=len(items)), len(items), caption_model
+        )
     finally:
         ctx.op_resource_reservation_enabled = reservation
     return parts
@@ -252,7 +252,7 @@ def task_size(longest: int, episodes: int, cpus: int) -> int:
     return max(1, min(longest, -(-episodes // max(1, cpus))))
 
 
-def _run_parts(job: CurateJob, work: Path, ds, total: int) -> None:
+def _run_parts(job: CurateJob, work: Path, ds, total: int, caption_model: CaptionModelFactory | None) -> None:
     # load + filters + decode + compose + window + encode + sketch, one task per part; the
     # last stage writes the part and sends the driver its records only
     last = job.caption is None
@@ -261,7 +261,11 @@ def _run_parts(job: CurateJob, work: Path, ds, total: int) -> None:
         # captions + CLIP: actor pool (model loaded once per actor), one part per call
         ds = ds.map_batches(
             PartCaptioner,
-            fn_constructor_kwargs={"caption_cfg": job.caption, "work": str(work)},
+            fn_constructor_kwargs={
+                "caption_cfg": job.caption,
+                "make_model": caption_model,
+                "work": str(work),
+            },
             batch_size=1,
             batch_format="numpy",
             num_cpus=job.run.caption_num_cpus,
@@ -532,9 +536,16 @@ def check_output_version(out: Path) -> None:
         check_schema_version(found, str(stamp))
 
 
-def run(job: CurateJob) -> Manifest:
-    """Run (or resume) the whole job; returns the manifest."""
+def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Manifest:
+    """Run (or resume) the whole job; returns the manifest. A job with a ``caption`` section needs
+    ``caption_model``, the factory of the model that captions (the driver passes pretrain's)."""
     import ray
+
+    if job.caption is not None and caption_model is None:
+        raise ValueError(
+            "the job has a caption section but no caption model was given: pass run(job, caption_model=...), "
+            "e.g. pretrain.text_encoder.captioner_from_config"
+        )
 
     out = Path(job.out)
     with exclusive_output(out):
@@ -572,7 +583,7 @@ def run(job: CurateJob) -> Manifest:
         started = time.time()
 
         found = discover_all(job, work, cpus)
-        parts = make_samples(job, work, found)
+        parts = make_samples(job, work, found, caption_model)
 
         records = [rec for p in parts for rec in read_records(p)]
         outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], job.curation)

@@ -47,9 +47,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from curation.shards import LEDGER_PATH, LOCK_NAME, MANIFEST_PATH, REPORT_DIR, file_sha256, read_manifest
-from pretrain.hub_card import CARD_NAME, merge_card_header, published_card_header
-from pretrain.hub_client import PublishResult, Source, UploadSettings, upload_files
 from schemas import SCHEMA_VERSION, Manifest, check_schema_version
+from schemas.hub.card import CARD_NAME, merge_card_header, published_card_header
+from schemas.hub.client import PublishResult, Source, UploadSettings, upload_files
 
 HUB_MAX_FILES_PER_FOLDER = 10_000
 SHARDS_PER_CHUNK = 1_000

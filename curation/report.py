@@ -27,7 +27,7 @@ from schemas import get_embodiment
 
 
 def _decode_frames(video: bytes, fmt: str) -> np.ndarray:
-    from curation.stages.compose import decode_sample_frames
+    from schemas.frames import decode_sample_frames
 
     return decode_sample_frames(video, fmt)
 

@@ -113,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     where = str(args.config or "command line")
     job = job_from_dict(data, where=where)  # a bad field or preset: ConfigError, one line, exit 2
     check_inputs(job, "--source" if args.source else f"{where}: source")
+    caption_model = None
+    if job.caption is not None:  # the model's text encoder (torch): loaded only for a job that captions
+        from pretrain.text_encoder import captioner_from_config as caption_model
     try:
-        manifest = run(job)
+        manifest = run(job, caption_model=caption_model)
     except (OutputLockedError, FileExistsError, SchemaVersionError) as err:
         # the folder is busy, or holds another dataset or one written under another schema
         raise JobFailed(str(err)) from err

@@ -42,12 +42,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from curation.config import NormConfig, VideoConfig
+from curation.config import VideoConfig
 from pipelines import train_cli
 from pipelines.usage import ArgumentParser, command, known, local_or_repo_id, reading
 from pretrain.config import get_model_config, list_model_configs
 from pretrain.run_config import train_config_names
 from schemas import get_embodiment
+from schemas.normalize import NormConfig
 
 if TYPE_CHECKING:  # torch and the policy code load after the arguments are checked
     from policy.model import GWPPolicyModel, PolicyConfig

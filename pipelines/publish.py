@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, existing_path
-from pretrain.hub_client import HubError, UploadSettings
+from schemas.hub.client import HubError, UploadSettings
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,8 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
-from curation.config import ConfigError
-from schemas.errors import SchemaError
+from schemas.errors import ConfigError, SchemaError
 from schemas.registry import Registry, UnknownNameError
 
 USAGE_EXIT = 2
@@ -116,7 +115,7 @@ def local_or_repo_id(flag: str, value: str, bare_name_ok: bool = False) -> str:
     """``value`` when it is an existing local path or has the shape of a Hub repo id (``owner/name``,
     or a bare ``name`` where ``bare_name_ok``, as dataset ids may be): it is then downloaded later.
     Otherwise (an absolute path, ``./x``, ``a/b/c`` …) :class:`UsageError`: a missing folder."""
-    from pretrain.hub_client import REPO_ID_PATTERN  # light: no torch
+    from schemas.hub.client import REPO_ID_PATTERN
 
     if Path(value).expanduser().exists():
         return value

@@ -14,13 +14,13 @@
 What happens to an observation (each step the inverse or the twin of what curation did):
 
 1. the camera views are composed into one image exactly as curation's stage 5
-   (:func:`curation.stages.compose.compose_views` at the dataset's width × height and fit,
+   (:func:`schemas.compose.compose_views` at the dataset's width × height and fit,
    stored in the policy config), scaled to [-1, 1] and encoded by the policy's codec;
 2. the state is normalised with the dataset's statistics (``norm_stats.json``) and padded to 32;
 3. the instruction is embedded the way the dataset embedded it (hashed fallback or the CLIP
    text tower named in the config) and zero-padded to the model's text width;
 4. actions are sampled (action-only, cached context, 10 Euler steps), then de-normalised with
-   :func:`curation.stages.normalize.denormalize_action`, which adds the current state back to
+   :func:`schemas.normalize.denormalize_action`, which adds the current state back to
    delta dims; ``with_video`` samples jointly and decodes the K future frames.
 
 Bad input fails before the model runs: a missing or unknown camera, a wrong image type or
@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from curation.stages.compose import compose_views
-from curation.stages.normalize import denormalize_action, normalize_state
 from policy.inference import Context, sample_actions, sample_joint
 from policy.model import GWPPolicyModel, text_tokens
+from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
 from schemas import EmbodimentSpec, EmbodimentStats
+from schemas.compose import compose_views
+from schemas.normalize import denormalize_action, normalize_state
 
 
 class ObservationError(ValueError):
@@ -157,14 +158,14 @@ class Policy:
         """[E] float32, as the dataset embedded it."""
         tc = self.model.cfg.text
         if tc.kind == "fallback":
-            from curation.stages.text import text_embedding_fallback
+            from schemas.text import text_embedding_fallback
 
             return text_embedding_fallback([text], tc.dim)[0]
         if self._captioner is None:
-            from curation.stages.caption import CaptionConfig, Captioner
+            from pretrain.text_encoder import Captioner, CaptionerSettings
 
             self._captioner = Captioner(
-                CaptionConfig(model=tc.model, pretrained=tc.pretrained, captions=False, seed=tc.seed)
+                CaptionerSettings(model=tc.model, pretrained=tc.pretrained, captions=False, seed=tc.seed)
             )
         emb = self._captioner.embed_text([text])[0]
         if emb.shape[0] != tc.dim:
@@ -186,7 +187,7 @@ class Policy:
         stats: EmbodimentStats = self.model.norm_stats[spec.name]
         state32, _ = normalize_state(state, spec, stats, self.model.cfg.norm)
         dev, dtype = self.device, self.model.transformer.dtype
-        frames = torch.from_numpy(image_HW3).to(dev).float().div(127.5).sub(1.0)
+        frames = tensor_to_unit_range(torch.from_numpy(image_HW3).to(dev))
         obs_latent = self.model.encode_frames(frames.permute(2, 0, 1)[None, :, None])
         emb = torch.from_numpy(self.embed_instruction(text)).to(dev)[None]
         ctx = Context(
@@ -271,5 +272,5 @@ class Policy:
         )
         with torch.no_grad():
             frames = self.model.codec.decode(v.to(self.model.transformer.dtype))  # [1, 3, K, H, W]
-        u8 = ((frames[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())

@@ -18,7 +18,7 @@ Design:
   (every frame of a recorded episode is), and none at all when the job says the policy needs
   no images (the scripted baselines).
 * **Recording.** A recorded episode keeps every frame (camera roles side by side,
-  ``[H, R·W, 3]``) in its worker, which writes the mp4 (``curation.video.encode_video``) and
+  ``[H, R·W, 3]``) in its worker, which writes the mp4 (``schemas.video.encode_video_bytes``) and
   sends back ``sheet_frames`` evenly spaced frames for the contact sheet.
 """
 
@@ -30,6 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_connections
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,11 +124,13 @@ class _EnvRunner:
         if self.job.record and self.frames:
             frames_THWC = np.stack(self.frames)
             if self.job.video_path is not None:
-                from curation.video import encode_video
+                from schemas.video import encode_video_bytes
 
-                encode_video(
-                    frames_THWC, self.job.video_path, fps=self.sims[self.job.task].fps, codec=self.codec
-                )
+                video = encode_video_bytes(frames_THWC, fps=self.sims[self.job.task].fps, codec=self.codec)
+                part = Path(self.job.video_path).with_name(Path(self.job.video_path).name + ".part")
+                part.parent.mkdir(parents=True, exist_ok=True)
+                part.write_bytes(video)
+                part.replace(self.job.video_path)  # readers never see a half-written video
                 out["video"] = self.job.video_path
             steps = np.unique(np.linspace(0, len(frames_THWC) - 1, self.sheet_frames).round().astype(int))
             out["sheet"] = (tuple(int(s) for s in steps), frames_THWC[steps])

@@ -49,13 +49,16 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from curation.config import FIT_MODES, NormConfig
 from pretrain.codec import LatentCodec, make_codec
 from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
-from pretrain.hub import HubMixin, download_snapshot
+from pretrain.hub import HubMixin
 from pretrain.model import ActionVideoTransformer, ModelOutput
+from pretrain.pixels import tensor_to_unit_range
 from schemas import EmbodimentSpec
+from schemas.compose import FIT_MODES
+from schemas.hub.client import download_snapshot
+from schemas.normalize import NormConfig
 
 TEXT_KINDS = ("fallback", "clip")
 BACKBONE_FILES = ("model.safetensors", "config.json")
@@ -83,7 +86,7 @@ class ImageConfig:
 class TextConfig:
     """How the dataset embedded instructions; inference must do exactly the same.
 
-    ``fallback``: ``curation.stages.caption.text_embedding_fallback(texts, dim)`` (the manifest's
+    ``fallback``: ``schemas.text.text_embedding_fallback(texts, dim)`` (the manifest's
     ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
     """
 
@@ -318,7 +321,7 @@ class GWPPolicyModel(HubMixin, nn.Module):
             raise ValueError("batch has neither obs_latents nor obs_frames (load the shards with frames)")
         obs_B3HW, fut_B3KHW = batch["obs_frames"], batch["future_frames"]
         if obs_B3HW.dtype == torch.uint8:
-            obs_B3HW, fut_B3KHW = obs_B3HW.float() / 127.5 - 1, fut_B3KHW.float() / 127.5 - 1
+            obs_B3HW, fut_B3KHW = tensor_to_unit_range(obs_B3HW), tensor_to_unit_range(fut_B3KHW)
         lat = self.encode_frames(torch.cat([obs_B3HW[:, :, None], fut_B3KHW], dim=2))
         return lat[:, :, :1], lat[:, :, 1:]
 

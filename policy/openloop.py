@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from curation.stages.normalize import denormalize_action
 from policy.inference import Context, sample_actions, sample_joint
 from policy.model import GWPPolicyModel
 from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from pretrain.pixels import tensor_to_unit_range
+from schemas.normalize import denormalize_action
 
 REPORT_JSON = "openloop.json"
 REPORT_MD = "openloop.md"
@@ -61,7 +62,7 @@ def batch_context(model: GWPPolicyModel, batch: Mapping[str, Any]) -> Context:
     else:
         frames = batch["obs_frames"]
         if frames.dtype == torch.uint8:
-            frames = frames.float() / 127.5 - 1
+            frames = tensor_to_unit_range(frames)
         obs = model.encode_frames(frames[:, :, None])
     B = obs.shape[0]
     return Context(

@@ -65,7 +65,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pretrain.pixels import tensor_to_unit_range
 from schemas import MAX_DIM, Manifest, Sample, SchemaError, check_schema_version
+from schemas.frames import decode_sample_frames
+from schemas.pixels import to_unit_range
 
 SHARD_GLOB = "data/*.parquet"
 MANIFEST_FILE = "meta/manifest.json"
@@ -187,15 +190,13 @@ class ShardSet:
 # ---- frames ------------------------------------------------------------------------------------
 
 
-def decode_sample_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
+def decode_row_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
     """``uint8 [F, H, W, 3]`` RGB frames of one Sample's ``video`` bytes, checked against the row.
 
-    Decoding is the writer's own inverse, :func:`curation.stages.compose.decode_sample_frames`
-    (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV/decord).
+    Decoding is the writer's own inverse, :func:`schemas.frames.decode_sample_frames`
+    (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV).
     """
-    from curation.stages.compose import decode_sample_frames as writer_decode
-
-    frames = np.asarray(writer_decode(video, fmt))
+    frames = np.asarray(decode_sample_frames(video, fmt))
     if frames.shape != (num_frames, height, width, 3) or frames.dtype != np.uint8:
         raise ValueError(
             f"decoded {fmt} frames have shape {frames.shape} {frames.dtype}, "
@@ -212,11 +213,6 @@ def decode_latents(video: bytes, latent_shape: Sequence[int]) -> np.ndarray:
     return np.frombuffer(video, dtype=dtype).astype(np.float32).reshape(tuple(latent_shape))
 
 
-def to_unit_range(frames_uint8: np.ndarray) -> torch.Tensor:
-    """uint8 → float32 in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames_uint8)).float().div_(127.5).sub_(1.0)
-
-
 def iter_shard_frames(
     shard_path: str | os.PathLike, batch_size: int
 ) -> Iterator[tuple[list[str], torch.Tensor]]:
@@ -228,7 +224,7 @@ def iter_shard_frames(
         frames = []
         for r in rows:
             try:
-                f = decode_sample_frames(
+                f = decode_row_frames(
                     r["video"], r["video_format"], len(r["frame_indices"]), r["height"], r["width"]
                 )
             except ValueError as err:
@@ -238,7 +234,7 @@ def iter_shard_frames(
             raise ValueError(
                 f"{shard_path}: frames of different shapes in one batch: {sorted({f.shape for f in frames})}"
             )
-        x_NFHWC = to_unit_range(np.stack(frames))
+        x_NFHWC = torch.from_numpy(to_unit_range(np.stack(frames)))
         yield [r["sample_id"] for r in rows], x_NFHWC.permute(0, 4, 1, 2, 3).contiguous()
 
 
@@ -421,13 +417,13 @@ def collate(
         frames = []
         for r, src, n in zip(rows, where, num_frames, strict=True):
             try:
-                frames.append(decode_sample_frames(r["video"], r["video_format"], n, r["height"], r["width"]))
+                frames.append(decode_row_frames(r["video"], r["video_format"], n, r["height"], r["width"]))
             except ValueError as err:
                 raise ValueError(f"{src}: sample {r['sample_id']}: {err}") from err
         f_BFHWC = _stack("video", frames, where, rows)
         f_BCFHW = f_BFHWC.permute(0, 4, 1, 2, 3)
         if not cfg.frames_uint8:
-            f_BCFHW = f_BCFHW.float().div_(127.5).sub_(1.0)
+            f_BCFHW = tensor_to_unit_range(f_BCFHW)
         out["obs_frames"] = f_BCFHW[:, :, 0].contiguous()
         out["future_frames"] = f_BCFHW[:, :, 1:].contiguous()
     return out

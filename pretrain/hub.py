@@ -20,8 +20,9 @@ Design (ARCHITECTURE.md, "The Hub"):
   otherwise a typed conversion that restores tuples and nested dataclasses) and ``config_attr`` (the
   attribute holding the instance's config, ``"cfg"`` by default). ``_from_config`` builds an instance
   (``cls(cfg)`` by default); override it when the constructor needs more.
-* **Uploads and errors** live in :mod:`pretrain.hub_client` (resumable rounds of commits, retries
-  with back-off, client errors translated into :class:`HubError` messages); re-exported here.
+* **Uploads and errors** live in :mod:`schemas.hub.client` (resumable rounds of commits, retries
+  with back-off, client errors translated into :class:`HubError` messages): the transport that
+  dataset publishing shares.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import torch
 import yaml
 from safetensors.torch import load_model, save_model
 
-from pretrain.hub_card import (
+from schemas import SCHEMA_VERSION, EmbodimentStats, check_schema_version
+from schemas.hub.card import (
     CARD_NAME,
     card_body,
     card_header,
@@ -49,22 +51,15 @@ from pretrain.hub_card import (
     published_card_header,
     with_header,
 )
-from pretrain.hub_client import (  # noqa: F401  (re-exported: the Hub API of this toolkit)
+from schemas.hub.client import (
     REPO_ID_PATTERN,
-    HubAuthError,
-    HubError,
-    HubFileNotFoundError,
-    HubRepoNotFoundError,
-    HubRevisionNotFoundError,
     PublishResult,
     Source,
     UploadSettings,
     download_snapshot,
-    hub_errors,
     resolve_token,
     upload_files,
 )
-from schemas import SCHEMA_VERSION, EmbodimentStats, check_schema_version
 from schemas.version import MODEL_READABLE_MAJORS
 
 WEIGHTS_NAME = "model.safetensors"
@@ -416,7 +411,7 @@ def _card_keeping_published_fields(
     card: Path, repo_id: str, revision: str | None, token: str | None
 ) -> bytes:
     """The folder's card with the header fields the repo's card already has and this one does not
-    set (a license or tags set by hand on the Hub) kept: :mod:`pretrain.hub_card`."""
+    set (a license or tags set by hand on the Hub) kept: :mod:`schemas.hub.card`."""
     import huggingface_hub
 
     text = card.read_text(encoding="utf-8")

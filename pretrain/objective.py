@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from pretrain.codec import LatentCodec
 from pretrain.flow import FlowConfig, add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
 from pretrain.model import ModelOutput
+from pretrain.pixels import tensor_to_unit_range
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class PretrainObjective:
             )
         obs_B3HW, fut_B3KHW = batch["obs_frames"], batch["future_frames"]
         if obs_B3HW.dtype == torch.uint8:
-            obs_B3HW, fut_B3KHW = obs_B3HW.float() / 127.5 - 1, fut_B3KHW.float() / 127.5 - 1
+            obs_B3HW, fut_B3KHW = tensor_to_unit_range(obs_B3HW), tensor_to_unit_range(fut_B3KHW)
         lat_BCFhw = self.codec.encode(torch.cat([obs_B3HW[:, :, None], fut_B3KHW], dim=2).float()).float()
         return lat_BCFhw[:, :, :1], lat_BCFhw[:, :, 1:]
 

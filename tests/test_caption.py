@@ -13,13 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from curation.stages.caption import (
-    CaptionConfig,
-    Captioner,
-    CaptionStage,
-    WeightsUnavailableError,
-)
-from curation.stages.text import text_embedding_fallback
+from curation.config import CaptionConfig
+from curation.stages.caption import CaptionStage
+from pretrain.text_encoder import WeightsUnavailableError, captioner_from_config
+from schemas.text import text_embedding_fallback
 
 TINY = {
     "embed_dim": 64,
@@ -63,7 +60,7 @@ def tiny_coca(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(tiny_coca):
-    return Captioner(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=6))
+    return captioner_from_config(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=6))
 
 
 def images(n=3, seed=0):
@@ -98,14 +95,16 @@ def test_greedy_decoding_is_deterministic_and_bounded(captioner):
 def test_local_checkpoint_loads_the_same_weights(captioner, tiny_coca, tmp_path):
     ckpt = tmp_path / "tiny.pt"
     torch.save({"state_dict": captioner.model.state_dict()}, ckpt)
-    other = Captioner(CaptionConfig(model=tiny_coca, pretrained=str(ckpt), seed=123, max_tokens=6))
+    other = captioner_from_config(
+        CaptionConfig(model=tiny_coca, pretrained=str(ckpt), seed=123, max_tokens=6)
+    )
     texts = ["stack the blocks"]
     np.testing.assert_array_equal(other.embed_text(texts), captioner.embed_text(texts))
     assert other.score_and_caption(images(1), texts)[1] == captioner.score_and_caption(images(1), texts)[1]
 
 
 def test_stage_adds_columns(tiny_coca):
-    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4))
+    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4), captioner_from_config)
     frames = []
     for img in images(2):
         buf = io.BytesIO()
@@ -114,6 +113,33 @@ def test_stage_adds_columns(tiny_coca):
     out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["x", "y"])})
     assert set(out) >= {"caption", "clip_score", "text_embedding", "obs_frame"}
     assert len(out["caption"]) == 2 and out["text_embedding"][0].shape == (64,)
+
+
+def test_the_stage_runs_whatever_model_the_factory_builds():
+    """Curation knows the caption model only through schemas.text.CaptionModel: any object with
+    its two methods, built by the factory from the stage's config, is what the stage uses."""
+
+    class Fixed:
+        def embed_text(self, texts):
+            return np.asarray([[len(t), 0.0, 0.0] for t in texts], np.float32)
+
+        def score_and_caption(self, images_NHWC, texts):
+            return images_NHWC.mean(axis=(1, 2, 3)).astype(np.float32), [t.upper() for t in texts]
+
+    built = []
+    cfg = CaptionConfig(model="any", pretrained=None)
+    stage = CaptionStage(cfg, lambda c: built.append(c) or Fixed())
+    imgs = images(2)
+    frames = []
+    for img in imgs:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        frames.append(buf.getvalue())
+    out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["ab", "cde"])})
+    assert built == [cfg]
+    assert out["caption"].tolist() == ["AB", "CDE"]
+    np.testing.assert_allclose(out["clip_score"], imgs.mean(axis=(1, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(np.stack(out["text_embedding"]), [[1.0, 0, 0], [1.0, 0, 0]])  # unit norm
 
 
 def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
@@ -125,15 +151,15 @@ def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
     with pytest.raises(
         WeightsUnavailableError, match=r"coca_ViT-B-32/mscoco_finetuned_laion2b_s13b_b90k.*cache"
     ):
-        Captioner(CaptionConfig())
+        captioner_from_config(CaptionConfig())
     assert time.monotonic() - start < 30
 
 
 def test_unknown_model_and_tag():
     with pytest.raises(ValueError, match="unknown open_clip model 'coca_vit-b-32'"):
-        Captioner(CaptionConfig(model="coca_vit-b-32"))
+        captioner_from_config(CaptionConfig(model="coca_vit-b-32"))
     with pytest.raises(ValueError, match="no pretrained tag 'laion9'"):
-        Captioner(CaptionConfig(pretrained="laion9"))
+        captioner_from_config(CaptionConfig(pretrained="laion9"))
 
 
 def test_fallback_embedding_separates_instructions():

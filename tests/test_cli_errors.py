@@ -283,7 +283,7 @@ def test_curate_with_every_input_rejected_fails_with_the_reason_and_keeps_the_le
 def test_republishing_a_dataset_keeps_the_card_fields(hub_env, tmp_path):
     from huggingface_hub import HfApi
 
-    from pretrain.hub_card import card_header
+    from schemas.hub.card import card_header
     from tests.test_hub_publish import make_dataset
 
     folder = tmp_path / "curated"

@@ -10,19 +10,14 @@ import pytest
 from PIL import Image
 
 from curation.config import FilterConfig, VideoConfig, WindowConfig
-from curation.stages.compose import (
-    compose_views,
-    decode_sample_frames,
-    encode_frames,
-    make_compose_fn,
-    resize_frames,
-    slot_roles,
-)
+from curation.stages.compose import make_compose_fn
 from curation.stages.filters import make_filter_fn
 from curation.stages.sample import make_sample_fn
 from curation.stages.stats import compute_stats
 from curation.stages.windowing import Window, make_window_fn
 from schemas import Episode, Sample, from_table, to_table
+from schemas.compose import compose_views, resize_frames, slot_roles
+from schemas.frames import decode_sample_frames, encode_sample_frames
 from tests.test_windowing import make_episode
 
 
@@ -68,7 +63,7 @@ def test_resize_is_antialiased_and_pad_keeps_aspect():
 
 def test_png_is_exact_and_self_describing():
     frames = np.random.default_rng(0).integers(0, 256, (5, 24, 32, 3), dtype=np.uint8)
-    data = encode_frames(frames, "png")
+    data = encode_sample_frames(frames, "png")
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     np.testing.assert_array_equal(decode_sample_frames(data, "png"), frames)
     plain = Image.fromarray(frames.reshape(-1, 32, 3))
@@ -77,13 +72,13 @@ def test_png_is_exact_and_self_describing():
     with pytest.raises(ValueError, match="no 'gwp_frames' text chunk"):
         decode_sample_frames(buf.getvalue(), "png")
     with pytest.raises(ValueError, match="unknown frame format"):
-        encode_frames(frames, "gif")
+        encode_sample_frames(frames, "gif")
 
 
 def test_mp4_round_trip_is_close():
     frames = np.repeat(compose_views({"high": solid(RED, 5), "wrist": solid(GREEN, 5)}, 64, 64), 1, axis=0)
     frames[:, 20:40, 20:40] = np.arange(5, dtype=np.uint8)[:, None, None, None] * 40
-    back = decode_sample_frames(encode_frames(frames, "mp4", fps=5.0), "mp4")
+    back = decode_sample_frames(encode_sample_frames(frames, "mp4", fps=5.0), "mp4")
     assert back.shape == frames.shape
     mse = np.mean((back.astype(float) - frames.astype(float)) ** 2)
     assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 30  # PSNR
@@ -124,13 +119,13 @@ def test_one_episode_row_through_every_stage(fmt):
 def test_stacked_png_from_cached_rows_equals_encoding_the_window():
     from PIL import Image
 
-    from curation.stages.compose import png_rows, stack_png
+    from schemas.frames import png_rows, stack_png
 
     frames = np.random.default_rng(3).integers(0, 255, (6, 20, 30, 3), dtype=np.uint8)
     cache = [png_rows(f) for f in frames]
     window = [0, 2, 4]
     data = stack_png([cache[i] for i in window])
-    assert data == encode_frames(frames[window], "png")  # the same bytes, however they were made
+    assert data == encode_sample_frames(frames[window], "png")  # the same bytes, however they were made
     np.testing.assert_array_equal(decode_sample_frames(data, "png"), frames[window])
     with Image.open(io.BytesIO(data)) as im:  # a standard PNG to any reader
         im.load()
@@ -142,8 +137,8 @@ def test_the_episode_stage_composes_only_the_frames_its_windows_use(monkeypatch)
     sample's frames are exactly those of composing every frame and picking its indices."""
     import curation.episode_samples as es
     from curation.config import get_preset
-    from curation.stages.compose import decode_sample_frames
     from curation.stages.windowing import window_episode
+    from schemas.frames import decode_sample_frames
     from tests.helpers import frames_of, make_episodes
 
     cfg = get_preset("default")
@@ -170,7 +165,7 @@ def test_png_rows_use_the_up_filter_frame_by_frame():
     the others are Up-filtered, which deflates a smooth frame far smaller than plain rows."""
     import zlib
 
-    from curation.stages.compose import png_rows, stack_png
+    from schemas.frames import png_rows, stack_png
 
     ramp = np.add.outer(np.arange(32), np.arange(40)).astype(np.uint8)  # smooth, like a camera
     frames = np.stack([np.repeat(ramp[:, :, None] + k, 3, axis=2) for k in range(3)])

@@ -204,7 +204,7 @@ def test_rerun_skips_finished_work(curated, corpus):
 
 
 def test_bad_config_names_the_field(corpus, tmp_path):
-    from curation.config import ConfigError
+    from schemas.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"run: unknown field 'worker'|run\.worker"):
         job_from_dict({"sources": ["x"], "out": str(tmp_path), "run": {"worker": 3}})

@@ -18,6 +18,7 @@ from curation.config import CaptionConfig, get_preset
 from curation.episode_samples import PartCaptioner, make_part_fn, table_from_bytes
 from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.ingest import SourceSpec, discover
+from pretrain.text_encoder import captioner_from_config
 from tests.helpers import make_episodes
 from tests.test_caption import TINY
 
@@ -39,14 +40,14 @@ def test_caption_actor_fills_every_sample_of_the_part_rows(tmp_path):
     assert len({r["episode_id"] for r in before}) == 2, json.loads(row["records"])
     batch = {k: np.asarray([v], dtype=object) for k, v in row.items()}
     cfg = CaptionConfig(model="coca_curate_tiny", pretrained=None, max_tokens=4)
-    out = PartCaptioner(cfg)(batch)
+    out = PartCaptioner(cfg, captioner_from_config)(batch)
     assert list(out["records"]) == [row["records"]] and list(out["sketches"]) == [row["sketches"]]
     after = table_from_bytes(out["table"][0]).to_pylist()
     assert [r["sample_id"] for r in after] == [r["sample_id"] for r in before]
     for r in after:
         assert isinstance(r["caption"], str) and "clip_score" in r["quality"]
         assert len(r["text_embedding"]) == TINY["embed_dim"]
-    written = PartCaptioner(cfg, work=str(tmp_path / "work"))(batch)
+    written = PartCaptioner(cfg, captioner_from_config, work=str(tmp_path / "work"))(batch)
     assert written["table"][0] == b""
     table, records = read_part(part_path(tmp_path / "work", 3))
     assert table.column("sample_id").to_pylist() == [r["sample_id"] for r in before]
@@ -103,7 +104,7 @@ def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_p
                 "run": {"progress": False, "num_cpus": 2, "report": False, "episodes_per_task": 2},
             }
         )
-        m = run(job)
+        m = run(job, caption_model=captioner_from_config)
     finally:
         ray.shutdown()
     assert m.counts["episodes_with_samples"] == 3 and m.counts["samples"] > 0
@@ -112,3 +113,18 @@ def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_p
     assert all(isinstance(c, str) and c for c in table.column("caption").to_pylist())
     assert {len(e) for e in table.column("text_embedding").to_pylist()} == {TINY["embed_dim"]}
     assert all(q["clip_score"] is not None for q in table.column("quality").to_pylist())
+
+
+def test_a_job_with_captions_is_refused_without_the_model_the_driver_provides(tmp_path):
+    """Curation does not import the caption model: a job that captions gets it from its driver
+    (pipelines/curate.py) and fails at once, before writing anything, when none is given."""
+    import pytest
+
+    from curation.pipeline import job_from_dict, run
+
+    job = job_from_dict(
+        {"sources": [str(tmp_path)], "out": str(tmp_path / "out"), "caption": {"pretrained": None}}
+    )
+    with pytest.raises(ValueError, match="no caption model was given"):
+        run(job)
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ from pretrain.data import (
     LoaderConfig,
     ShardLoader,
     ShardSet,
-    decode_sample_frames,
+    decode_row_frames,
     resolve_dataset,
 )
 from schemas import DimStats, EmbodimentStats, Manifest, Sample, SchemaVersionError, ShardInfo
@@ -312,8 +312,8 @@ def test_latents_from_cache_and_from_stored_latent_rows(dataset, tmp_path):
 
 def test_frame_decode_checks_the_row():
     frames = frames_for(0)
-    np.testing.assert_array_equal(decode_sample_frames(png_bytes(frames), "png", 1 + K, H, W), frames)
+    np.testing.assert_array_equal(decode_row_frames(png_bytes(frames), "png", 1 + K, H, W), frames)
     with pytest.raises(ValueError, match=r"expected \(2, 8, 8, 3\)"):
-        decode_sample_frames(png_bytes(frames), "png", 2, H, W)
+        decode_row_frames(png_bytes(frames), "png", 2, H, W)
     with pytest.raises(ValueError, match="PNG"):
-        decode_sample_frames(b"not a png", "png", 1, H, W)
+        decode_row_frames(b"not a png", "png", 1, H, W)

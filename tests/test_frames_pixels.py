@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import ConfigError, FilterConfig
-from curation.formats.base import LoadError
+from curation.config import FilterConfig
 from curation.formats.hdf5_aloha import AlohaReader, write_aloha_hdf5
 from curation.formats.mapping import SourceMapping
 from curation.frames import decode_frames, to_rgb8
 from curation.stages.filters import check_episode
 from schemas import Episode, FrameRef, SchemaError
+from schemas.errors import ConfigError, LoadError
 from tests.helpers import make_episodes
 from tests.test_windowing import make_episode, make_frames
 

@@ -13,12 +13,12 @@ import h5py
 import numpy as np
 import pytest
 
-from curation.formats.base import LoadError
 from curation.formats.hdf5_aloha import AlohaReader, write_aloha_hdf5
 from curation.formats.hdf5_robomimic import RobomimicReader, write_robomimic_hdf5
 from curation.formats.mapping import SourceMapping
 from curation.frames import decode_frames
 from schemas import Episode, FrameRef, episode_id_for, from_table, get_embodiment, to_table
+from schemas.errors import LoadError
 
 LENGTHS = (5, 9, 13)
 

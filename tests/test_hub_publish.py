@@ -29,15 +29,15 @@ from curation.publish import CHUNK_GLOB, publish_dataset
 from curation.shards import LEDGER_PATH, REPORT_DIR, sample_table, write_manifest, write_shard
 from pipelines import publish as publish_cli
 from pretrain.data import ShardSet, resolve_dataset
-from pretrain.hub import (
+from pretrain.hub import HubMixin
+from schemas import DimStats, EmbodimentStats, Manifest, Rejection, Sample, SourceInput
+from schemas.hub.client import (
     HubAuthError,
     HubError,
-    HubMixin,
     HubRepoNotFoundError,
     HubRevisionNotFoundError,
     UploadSettings,
 )
-from schemas import DimStats, EmbodimentStats, Manifest, Rejection, Sample, SourceInput
 
 if TYPE_CHECKING:
     from tests.hub_fixture import HubEnv

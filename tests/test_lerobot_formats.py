@@ -12,11 +12,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curation.formats.base import EpisodeRef, LoadError
+from curation.formats.base import EpisodeRef
 from curation.formats.lerobot_v2 import LeRobotV2Reader, write_lerobot_v2
 from curation.formats.lerobot_v3 import LeRobotV3Reader, write_lerobot_v3
 from curation.frames import decode_frames
 from schemas import Episode, FrameRef, episode_id_for
+from schemas.errors import LoadError
 
 LENGTHS = (20, 33, 40)
 TASKS = ("push the puck to the goal", "open the drawer", "push the puck to the goal")

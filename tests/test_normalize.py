@@ -6,14 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import NormConfig, WindowConfig
-from curation.stages.normalize import (
-    denormalize_action,
-    denormalize_state,
-    normalize_action,
-    normalize_state,
-    to_training_action,
-)
+from curation.config import WindowConfig
 from curation.stages.stats import (
     StatsAccumulator,
     compute_stats,
@@ -23,6 +16,14 @@ from curation.stages.stats import (
 )
 from curation.stages.windowing import windows
 from schemas import MAX_DIM, DimStats, EmbodimentStats, get_embodiment
+from schemas.normalize import (
+    NormConfig,
+    denormalize_action,
+    denormalize_state,
+    normalize_action,
+    normalize_state,
+    to_training_action,
+)
 from tests.test_windowing import make_episode
 
 WCFG = WindowConfig(chunk=8, frame_stride=2, num_future=2, stride=3)

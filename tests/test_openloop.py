@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from curation.stages.normalize import affine_of
 from pipelines import evaluate_openloop, finetune
 from policy.heldout import HELDOUT_FILE, heldout_episodes, select_episodes, split_shards
 from policy.model import GWPPolicyModel
@@ -28,6 +27,7 @@ from policy.openloop import (
     evaluate_openloop as run_openloop,
 )
 from pretrain.data import LoaderConfig, ShardLoader, ShardSet
+from schemas.normalize import affine_of
 from tests.test_policy import build_shards
 
 LENGTHS = (20, 22, 24, 26, 28, 30)

@@ -10,8 +10,8 @@ import torch
 
 from policy import Policy
 from policy.model import GWPPolicyModel
-from pretrain.hub import HubRepoNotFoundError, HubRevisionNotFoundError
 from schemas import get_embodiment
+from schemas.hub.client import HubRepoNotFoundError, HubRevisionNotFoundError
 from tests.test_policy import _obs, small_policy  # noqa: F401  (fixture)
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def test_pushing_a_model_again_keeps_the_card_fields_set_on_the_hub(small_policy
     """A license and tags set by hand on the Hub survive the next push; what the push sets wins."""
     from huggingface_hub import HfApi
 
-    from pretrain.hub_card import card_body, card_header, with_header
+    from schemas.hub.card import card_body, card_header, with_header
 
     repo_id = hub_env.new_repo_id("gwp-card")
     small_policy.model.push_to_hub(repo_id, card_data={"dataset_repo": "tester/curated"})

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.formats.base import LoadError
 from curation.formats.mapping import SIDECAR_NAME, SourceMapping
 from curation.formats.raw_video import RawVideoReader, write_raw_video
 from curation.frames import decode_frames
 from curation.video import encode_video, probe_video
 from schemas import SchemaError
+from schemas.errors import LoadError
 from tests.test_hdf5_formats import assert_same_episode, load_all, make_episode, make_episodes, make_frames
 
 

@@ -702,7 +702,7 @@ def test_every_command_rejects_a_bad_config_naming_field_and_choices(tmp_path, c
 
 
 def test_hub_5xx_is_retried_with_backoff_and_4xx_fails_at_once(hub_env, monkeypatch):  # noqa: F811
-    import pretrain.hub_client as hub
+    import schemas.hub.client as hub
 
     sleeps: list[float] = []
     monkeypatch.setattr(hub.time, "sleep", lambda s: sleeps.append(s))

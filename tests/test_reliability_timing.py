@@ -17,8 +17,9 @@ import pytest
 
 from curation.frames import decode_frames
 from curation.ingest import iter_episodes
-from curation.video import close_cursors, decode_video_bytes, probe_video, read_video
+from curation.video import close_cursors, probe_video, read_video
 from schemas import Episode, Rejection
+from schemas.video import decode_video_bytes
 from tests.faults import Recorder
 from tests.faults_timing import VFR_PTS, build_timing_corpus, marker_numbers
 

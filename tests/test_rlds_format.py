@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from curation.formats import detect_format, open_source
-from curation.formats.base import LoadError
 from curation.formats.rlds import RLDSReader
 from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features
 from curation.formats.rlds_write import write_rlds
@@ -40,6 +39,7 @@ from curation.formats.tfrecord import (
 )
 from curation.frames import decode_frames
 from schemas import Episode, FrameRef, episode_id_for
+from schemas.errors import LoadError
 
 # ---------------------------------------------------------------------------- crc32c
 

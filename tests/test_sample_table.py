@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.config import NormConfig, WindowConfig
+from curation.config import WindowConfig
 from curation.episode_samples import RAW_SCHEMA
-from curation.stages.normalize import normalize_action, normalize_state
 from curation.stages.sample import normalise_raw_table, row_nbytes
 from curation.stages.stats import compute_stats
 from curation.stages.windowing import windows
 from schemas import SCHEMA_VERSION, Sample, SchemaError, get_embodiment, validate_sample_table
+from schemas.normalize import NormConfig, normalize_action, normalize_state
 from schemas.sample import QUALITY_KEYS
 from tests.test_schemas import make_sample
 from tests.test_windowing import make_episode

@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.formats.base import LoadError
 from curation.frames import decode_frames
-from curation.video import (
-    decode_video_bytes,
-    encode_video,
-    encode_video_bytes,
-    probe_video,
-    read_video,
-)
+from curation.video import encode_video, probe_video, read_video
 from schemas import FrameRef
+from schemas.errors import LoadError
+from schemas.video import decode_video_bytes, encode_video_bytes
 
 
 def smooth_frames(t: int, h: int = 64, w: int = 64, phase: float = 0.0) -> np.ndarray:

@@ -6,14 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.formats.base import LoadError
 from curation.frames import decode_frames
 from curation.video import (
-    TOLERANCE_S,
     check_frame_times,
     check_timestamps,
     compact_times,
-    decode_video_bytes,
     encode_video,
     frame_times,
     match_times,
@@ -21,6 +18,8 @@ from curation.video import (
 )
 from schemas import FrameRef, SchemaError
 from schemas.episode import FRAME_REF_TYPE
+from schemas.errors import LoadError
+from schemas.video import TOLERANCE_S, decode_video_bytes
 from tests.faults_timing import marker_frames, marker_numbers, write_mp4
 
 

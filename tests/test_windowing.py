@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 
 from curation.config import (
-    ConfigError,
     CurationConfig,
     WindowConfig,
     config_from_dict,
@@ -27,6 +26,7 @@ from curation.stages.windowing import (
     windows,
 )
 from schemas import Episode, FrameRef, episode_id_for, get_embodiment, sample_id_for, window_geometry
+from schemas.errors import ConfigError
 
 
 def make_frames(t: int, seed: int = 0, h: int = 48, w: int = 64, shift: int = 2) -> np.ndarray:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader, UnknownLayoutError
+from curation.formats.base import EpisodeRef, SourceReader, UnknownLayoutError
 from curation.formats.mapping import SourceMapping
+from schemas.errors import LoadError
 
 # format -> (reader "module:Class", writer "module:function")
 FORMATS: dict[str, tuple[str, str]] = {

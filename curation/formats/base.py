@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 from curation.formats.fingerprint import dataset_files, dataset_fingerprint
 from curation.formats.mapping import SourceMapping
-from schemas import Episode, Rejection, episode_id_for
+from schemas import Episode, episode_id_for
+from schemas.errors import LoadError
 
 
 def file_version(path: str | Path) -> tuple[str, int, int]:
@@ -36,27 +37,6 @@ def file_version(path: str | Path) -> tuple[str, int, int]:
     path = Path(path)
     st = path.stat()
     return str(path.resolve()), st.st_size, st.st_mtime_ns
-
-
-class LoadError(Exception):
-    """An episode (or a whole file) could not be read. ``reason`` is a short code."""
-
-    def __init__(self, reason: str, detail: str, path: str | Path, episode: str = ""):
-        self.reason = reason
-        self.detail = detail
-        self.path = str(path)
-        self.episode = episode
-        super().__init__(f"{path}{'#' + episode if episode else ''}: {reason}: {detail}")
-
-    def to_rejection(self, stage: str = "load", source: str = "") -> Rejection:
-        return Rejection(
-            stage=stage,
-            reason=self.reason,
-            path=self.path,
-            episode=self.episode or f"{Path(self.path).name}#?",
-            detail=self.detail,
-            source=source,
-        )
 
 
 class UnknownLayoutError(LoadError):

@@ -36,9 +36,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from curation.formats.base import LoadError
 from curation.formats.mapping import FORMAT_KEYS, SourceMapping
 from schemas import CAMERA_ROLES, EmbodimentSpec, SchemaError, get_embodiment, list_embodiments
+from schemas.errors import LoadError
 
 LEROBOT_FORMATS = ("lerobot_v3", "lerobot_v2")
 LEROBOT_CAMERA_PREFIX = "observation.images."

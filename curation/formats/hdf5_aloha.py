@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, SourceReader
 from curation.formats.hdf5_robomimic import (
     attr_str,
     common_embodiment,
@@ -65,6 +65,7 @@ from curation.formats.hdf5_robomimic import (
 )
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, get_embodiment
+from schemas.errors import LoadError
 
 FORMAT = "hdf5_aloha"
 EPISODE_FILE = "episode_{index}.hdf5"

@@ -58,9 +58,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, SourceReader
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
+from schemas.errors import LoadError
 
 FORMAT = "hdf5_robomimic"
 DATA_GROUP = "data"

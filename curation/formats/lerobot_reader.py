@@ -23,11 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader, file_version
+from curation.formats.base import EpisodeRef, SourceReader, file_version
 from curation.formats.lerobot_meta import INFO_PATH, read_info
 from curation.formats.mapping import SourceMapping
 from curation.video import check_timestamps, probe_video
 from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
+from schemas.errors import LoadError
 
 
 def mapped_cameras(info: dict[str, Any], mapping: SourceMapping, where: Path) -> dict[str, str]:

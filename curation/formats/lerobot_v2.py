@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError
+from curation.formats.base import EpisodeRef
 from curation.formats.lerobot_meta import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_REPO_ID,
@@ -43,6 +43,7 @@ from curation.formats.lerobot_reader import LeRobotReader, check_video_span, mar
 from curation.formats.lerobot_write import start_write
 from curation.video import check_frame_times, compact_times, encode_video
 from schemas import FrameRef
+from schemas.errors import LoadError
 
 FORMAT = "lerobot_v2"
 

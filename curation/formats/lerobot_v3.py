@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.formats.base import EpisodeRef, LoadError
+from curation.formats.base import EpisodeRef
 from curation.formats.lerobot_meta import (
     DEFAULT_REPO_ID,
     V3_CODEBASE_VERSION,
@@ -49,8 +49,10 @@ from curation.formats.lerobot_meta import (
 from curation.formats.lerobot_reader import LeRobotReader, check_video_span, mark_duplicates
 from curation.formats.lerobot_stats import RunningStats
 from curation.formats.lerobot_write import start_write
-from curation.video import TOLERANCE_S, VideoWriter, check_frame_times, compact_times
+from curation.video import check_frame_times, compact_times
 from schemas import FrameRef
+from schemas.errors import LoadError
+from schemas.video import TOLERANCE_S, VideoWriter
 
 FORMAT = "lerobot_v3"
 _MB = 1024 * 1024

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.formats.base import EpisodeRef, LoadError, SourceReader
+from curation.formats.base import EpisodeRef, SourceReader
 from curation.formats.mapping import SourceMapping
 from curation.formats.rlds_layout import (
     DATASET_INFO,
@@ -55,6 +55,7 @@ from curation.formats.tfrecord import (
     scan_records,
 )
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
+from schemas.errors import LoadError
 
 
 def _float32_to_decimal(value: float) -> float:

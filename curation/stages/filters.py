@@ -68,8 +68,8 @@ import numpy as np
 from PIL import Image
 
 from curation.config import FilterConfig
-from curation.stages.compose import TOP_ROLES
 from schemas import Episode, FrameRef, Rejection
+from schemas.compose import TOP_ROLES
 
 FrameDecoder = Callable[[FrameRef, Sequence[int]], np.ndarray]
 HASH_BITS = 64

@@ -1,7 +1,7 @@
 """Build a validated :class:`schemas.Sample` from a window and its encoded frames (1:1).
 
 The last per-row step before shard writing: normalise the window's raw action chunk and
-state with the embodiment's statistics (:mod:`curation.stages.normalize`), attach the
+state with the embodiment's statistics (:mod:`schemas.normalize`), attach the
 encoded frames from :mod:`curation.stages.compose`, the episode's quality scores and,
 when the caption stage ran, the caption and text embedding. The result is validated, so a
 bad row fails here naming the field rather than in the shard writer.
@@ -20,11 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.config import NormConfig
 from curation.episode_samples import RAW_SCHEMA
-from curation.stages.normalize import normalize_action, normalize_state
 from curation.stages.windowing import Window
 from schemas import MAX_DIM, EmbodimentStats, Sample, get_embodiment
+from schemas.normalize import NormConfig, normalize_action, normalize_state
 from schemas.sample import QUALITY_KEYS
 
 _NORM = NormConfig()

@@ -3,7 +3,7 @@
 Statistics are taken over exactly what the model trains on:
 
 * actions in the *training representation* of each window: the chunk ``a[t : t+p]`` with
-  delta dims made relative to ``s[t]`` (:func:`curation.stages.normalize.to_training_action`),
+  delta dims made relative to ``s[t]`` (:func:`schemas.normalize.to_training_action`),
   real steps only (padding from ``tail="pad"`` would bias the tails);
 * states ``s[t]`` at the window starts.
 
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.config import NormConfig, WindowConfig
-from curation.stages.normalize import to_training_action
+from curation.config import WindowConfig
 from curation.stages.sketch import QuantileSketch
 from curation.stages.windowing import Window, plan_windows
 from schemas import DimStats, EmbodimentStats, Episode, get_embodiment
+from schemas.normalize import NormConfig, to_training_action
 
 _NORM = NormConfig()
 

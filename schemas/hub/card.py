@@ -89,7 +89,7 @@ def published_card_header(
         RevisionNotFoundError,
     )
 
-    from pretrain.hub_client import REPO_ID_PATTERN, hub_errors
+    from schemas.hub.client import REPO_ID_PATTERN, hub_errors
 
     if not REPO_ID_PATTERN.match(repo_id):  # the upload refuses it, with its own message
         return {}
