@@ -34,7 +34,6 @@ Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the en
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -50,6 +49,7 @@ from pipelines.usage import ArgumentParser, UsageError, command, known, local_or
 from pretrain.config import ModelConfig, get_model_config, list_model_configs
 from pretrain.run_config import train_config_names
 from schemas import MAX_DIM
+from schemas.registry import closest
 
 if TYPE_CHECKING:  # torch and the model code load after the arguments are checked
     from pretrain.codec import LatentCodec
@@ -186,7 +186,7 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or key not in types or key == "name":
-            close = difflib.get_close_matches(key, list(types), n=1)
+            close = closest(key, types, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"--model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}")
         kind = types[key]
