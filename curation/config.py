@@ -188,8 +188,11 @@ class ShardConfig:
 class CaptionConfig:
     """CoCa captions / CLIP scores / text embeddings (curation/stages/caption.py)."""
 
-    model: str = "coca_ViT-B-32"
-    pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"
+    model: str = field(default="coca_ViT-B-32", metadata={"help": "open_clip CoCa model name"})
+    pretrained: str | None = field(
+        default="mscoco_finetuned_laion2b_s13b_b90k",
+        metadata={"help": "open_clip tag, local checkpoint, or 'none' (random init)"},
+    )
     captions: bool = True  # write CoCa captions (the costly part on CPU)
     max_tokens: int = 24
     min_tokens: int = 3
@@ -222,13 +225,13 @@ class CurationConfig:
 
 # ---- presets --------------------------------------------------------------------------
 
-_PRESETS: Registry[CurationConfig] = Registry("curation preset")
+PRESETS: Registry[CurationConfig] = Registry("curation preset")
 
 
 def register_preset(cfg: CurationConfig) -> CurationConfig:
-    if cfg.name in _PRESETS and _PRESETS.get(cfg.name) != cfg:
+    if cfg.name in PRESETS and PRESETS.get(cfg.name) != cfg:
         raise ConfigError("presets", cfg.name, "a different preset with this name is already registered")
-    return _PRESETS.register(cfg.name, cfg, replace=True)  # the same preset twice is harmless
+    return PRESETS.register(cfg.name, cfg, replace=True)  # the same preset twice is harmless
 
 
 register_preset(CurationConfig(name="default"))
@@ -253,14 +256,14 @@ register_preset(
 
 
 def list_presets() -> list[str]:
-    return _PRESETS.names()
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> CurationConfig:
     """The preset ``name``; an unknown one is a :class:`ConfigError` (it comes from a config file)
     carrying the registry's "did you mean" and the known names."""
     try:
-        return _PRESETS.get(name)
+        return PRESETS.get(name)
     except UnknownNameError as err:
         raise ConfigError("presets", "", str(err)) from None
 
