@@ -56,6 +56,7 @@ from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sig
 from pretrain.hub import HubMixin, download_snapshot
 from pretrain.model import ActionVideoTransformer, ModelOutput
 from schemas import EmbodimentSpec
+from schemas.config import from_dict
 
 TEXT_KINDS = ("fallback", "clip")
 BACKBONE_FILES = ("model.safetensors", "config.json")
@@ -162,20 +163,9 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"PolicyConfig.from_dict: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(
-            model=ModelConfig.from_dict(d["model"]),
-            flow=FlowConfig(**d.get("flow", {})),
-            codec=d.get("codec", "pixel"),
-            codec_kwargs=dict(d.get("codec_kwargs", {})),
-            image=ImageConfig(**d.get("image", {})),
-            text=TextConfig(**d.get("text", {})),
-            embodiments=tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", [])),
-            norm=NormConfig(**d.get("norm", {})),
-        )
+        # embodiment specs have their own reader (action dims as names or records); the rest is plain
+        specs = tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", []))
+        return from_dict(cls, {**d, "embodiments": specs}, "PolicyConfig")
 
 
 # ---------------------------------------------------------------- the backbone

@@ -3,7 +3,7 @@
 :func:`from_dict` builds ``cls`` from ``data`` field by field, following the dataclass's type hints:
 
 * a nested dataclass is a nested table, built over the base's value (so a file overrides only the
-  fields it names);
+  fields it names), or an instance already built;
 * ``tuple[X, ...]`` / ``tuple[X, Y]`` / ``list[X]`` accept a JSON list (a fixed-length tuple checks
   its length), ``dict[K, V]`` a table;
 * ``typing.Literal[...]`` is a closed set of choices: a value outside it is an error that lists them;
@@ -130,6 +130,8 @@ def coerce(tp: Any, value: Any, path: str, base: Any = None) -> Any:
             raise _bad(path, _not_a_choice(value, args))
         return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # built already (by a record's own reader, e.g. EmbodimentSpec.from_dict)
+            return value
         if not isinstance(value, Mapping):
             raise _bad(path, f"expected a table/object, got {type(value).__name__}")
         return from_dict(tp, value, path, base)  # type: ignore[arg-type]

@@ -267,3 +267,24 @@ def test_demo_presets_are_typed_and_checked():
         DemoTraining(model="debgu")
     with pytest.raises(ConfigError, match=r"codec: must be one of \['h264', 'av1', 'mpeg4'\]"):
         DemoConfig(name="x", tasks=("drawer-open-v3",), episodes_per_task=1, image_size=64, codec="vp9")
+
+
+def test_checkpoint_configs_read_back_through_the_loader():
+    import json
+
+    from policy.model import PolicyConfig
+    from pretrain.config import get_model_config
+    from pretrain.objective import ObjectiveConfig
+    from schemas import get_embodiment
+
+    cfg = PolicyConfig(model=get_model_config("debug"), embodiments=(get_embodiment("aloha"),))
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert PolicyConfig.from_dict(data) == cfg
+    with pytest.raises(
+        ConfigError, match=r"^PolicyConfig\.image\.fitt: unknown field \(did you mean 'fit'\?\)"
+    ):
+        PolicyConfig.from_dict({**data, "image": {"fitt": "pad"}})
+    obj = ObjectiveConfig(action_dropout=0.25)
+    assert ObjectiveConfig.from_dict(json.loads(json.dumps(obj.to_dict()))) == obj
+    with pytest.raises(ConfigError, match=r"^ObjectiveConfig\.flow\.num_steps: expected an integer"):
+        ObjectiveConfig.from_dict({"flow": {"num_steps": 2.5}})
