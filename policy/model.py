@@ -41,9 +41,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -58,7 +59,8 @@ from pretrain.model import ActionVideoTransformer, ModelOutput
 from schemas import EmbodimentSpec
 from schemas.config import from_dict
 
-TEXT_KINDS = ("fallback", "clip")
+TextKind = Literal["fallback", "clip"]
+TEXT_KINDS: tuple[str, ...] = typing.get_args(TextKind)
 BACKBONE_FILES = ("model.safetensors", "config.json")
 _ANCHOR = "video_in.weight"  # a parameter every ActionVideoTransformer has, to find the name prefix
 
@@ -88,7 +90,7 @@ class TextConfig:
     ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
     """
 
-    kind: str = "fallback"
+    kind: TextKind = "fallback"
     dim: int = 64  # E, the stored embedding width
     model: str | None = None
     pretrained: str | None = None
