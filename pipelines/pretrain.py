@@ -45,10 +45,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import train_cli
-from pipelines.config_flags import parse_field_value
-from pipelines.usage import ArgumentParser, UsageError, command, known, local_or_repo_id, reading
-from pretrain.config import ModelConfig, get_model_config, list_model_configs
-from pretrain.run_config import train_config_names
+from pipelines.config_flags import name_flag, parse_field_value
+from pipelines.usage import ArgumentParser, UsageError, command, local_or_repo_id, reading
+from pretrain.config import MODEL_PRESETS, ModelConfig, get_model_config
+from pretrain.run_config import TRAIN_PRESETS
 from schemas import MAX_DIM
 from schemas.config import ConfigError
 from schemas.registry import did_you_mean
@@ -142,17 +142,9 @@ def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVi
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp pretrain", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--preset",
-        default="debug",
-        type=known("model config", list_model_configs()),
-        help=f"model preset ({', '.join(list_model_configs())})",
-    )
-    p.add_argument(
-        "--train-preset",
-        default=None,
-        type=known("train config preset", train_config_names()),
-        help=f"train config preset ({', '.join(train_config_names())}); default: the model preset's name",
+    name_flag(p, "--preset", MODEL_PRESETS, default="debug", help="model preset")
+    name_flag(
+        p, "--train-preset", TRAIN_PRESETS, help="train config preset; default: the model preset's name"
     )
     train_cli.add_data_args(p)
     p.add_argument(

@@ -115,19 +115,19 @@ class ModelConfig:
         return from_dict(cls, d, "ModelConfig")
 
 
-_REGISTRY: Registry[ModelConfig] = Registry("model config")
+MODEL_PRESETS: Registry[ModelConfig] = Registry("model config")
 
 
 def register_model_config(cfg: ModelConfig) -> ModelConfig:
-    return _REGISTRY.register(cfg.name, cfg)
+    return MODEL_PRESETS.register(cfg.name, cfg)
 
 
 def get_model_config(name: str) -> ModelConfig:
-    return _REGISTRY.get(name)
+    return MODEL_PRESETS.get(name)
 
 
 def list_model_configs() -> list[str]:
-    return _REGISTRY.names()
+    return MODEL_PRESETS.names()
 
 
 register_model_config(

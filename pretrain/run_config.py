@@ -139,19 +139,19 @@ class TrainConfig:
         return from_dict(cls, d, "TrainConfig")
 
 
-_PRESETS: Registry[TrainConfig] = Registry("train config preset")
+TRAIN_PRESETS: Registry[TrainConfig] = Registry("train config preset")
 
 
 def register_train_config(cfg: TrainConfig) -> TrainConfig:
-    return _PRESETS.register(cfg.name, cfg)
+    return TRAIN_PRESETS.register(cfg.name, cfg)
 
 
 def get_train_config(name: str) -> TrainConfig:
-    return _PRESETS.get(name)
+    return TRAIN_PRESETS.get(name)
 
 
 def train_config_names() -> list[str]:
-    return _PRESETS.names()
+    return TRAIN_PRESETS.names()
 
 
 register_train_config(
