@@ -9,27 +9,28 @@ One :class:`CurationConfig` holds everything a curation run decides; its section
 * :class:`NormConfig`   — quantile sketch size and normalisation guards (stages 7–8),
 * :class:`ShardConfig`  — shard size and compression (stage 9).
 
-Presets are plain functions' results kept in one registry (openpi style): ``default``
+Presets are plain functions' results kept in one :class:`schemas.registry.Registry` (openpi style): ``default``
 (CPU-sized, 128×128 images), ``debug`` (tiny, for tests) and ``paper`` (the GWP geometry
 p = 48, Δ = 12, K = 4 at 384×320). :func:`load_config` reads a JSON or TOML file whose
 top level may name a ``preset`` to start from and override any section field; an unknown
-key anywhere is an error naming the key and the allowed ones, never silently ignored.
+key anywhere is an error naming the key and the allowed ones, never silently ignored (the
+project's one loader, :func:`schemas.config.from_dict`). String choices are ``Literal`` types,
+checked by that loader and by :func:`schemas.config.check_choices` when built in Python.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from schemas.compose import FIT_MODES
-from schemas.errors import ConfigError
+from schemas.compose import FitMode
+from schemas.config import ConfigError, check_choices, from_dict
 from schemas.normalize import NormConfig
+from schemas.registry import Registry, UnknownNameError
 
 FILTER_NAMES = (
     "length",
@@ -42,9 +43,13 @@ FILTER_NAMES = (
     "blurred_video",
     "duplicate",
 )
-TAIL_MODES = ("drop", "pad")
-FRAME_FORMATS = ("png", "mp4")
-VIDEO_CODECS = ("h264", "av1", "mpeg4")
+TailMode = Literal["drop", "pad"]
+FrameFormat = Literal["png", "mp4"]
+VideoCodec = Literal["h264", "av1", "mpeg4"]
+Compression = Literal["zstd", "snappy", "gzip", "lz4", "none"]
+TAIL_MODES: tuple[str, ...] = typing.get_args(TailMode)
+FRAME_FORMATS: tuple[str, ...] = typing.get_args(FrameFormat)
+VIDEO_CODECS: tuple[str, ...] = typing.get_args(VideoCodec)
 
 
 def _check(ok: bool, where: str, name: str, problem: str) -> None:
@@ -117,14 +122,14 @@ class WindowConfig:
     # "drop": a window needing steps past the end is not made (counted as dropped);
     # "pad": it is made, the action chunk repeats the last action and frames past the end
     # repeat the last frame.
-    tail: str = "drop"
+    tail: TailMode = "drop"
 
     def __post_init__(self) -> None:
         w = "WindowConfig"
+        check_choices(self, w)
         for name in ("chunk", "frame_stride", "stride"):
             _check(getattr(self, name) >= 1, w, name, "must be >= 1")
         _check(self.num_future >= 0, w, "num_future", "must be >= 0")
-        _check(self.tail in TAIL_MODES, w, "tail", f"must be one of {list(TAIL_MODES)}, got {self.tail!r}")
 
     @property
     def span(self) -> int:
@@ -136,26 +141,17 @@ class WindowConfig:
 class VideoConfig:
     width: int = 128
     height: int = 128
-    fit: str = "stretch"  # each view resized to its slot; "pad" keeps the aspect ratio (black bars)
-    format: str = "png"  # how a sample's 1+K composed frames are stored
-    codec: str = "h264"  # for format "mp4"
+    fit: FitMode = "stretch"  # each view resized to its slot; "pad" keeps the aspect ratio (black bars)
+    format: FrameFormat = "png"  # how a sample's 1+K composed frames are stored
+    codec: VideoCodec = "h264"  # for format "mp4"
     crf: int | None = None
 
     def __post_init__(self) -> None:
         w = "VideoConfig"
+        check_choices(self, w)
         for name in ("width", "height"):
             v = getattr(self, name)
             _check(v >= 4 and v % 2 == 0, w, name, f"must be even and >= 4 (halves + yuv420p), got {v}")
-        _check(self.fit in FIT_MODES, w, "fit", f"must be one of {list(FIT_MODES)}, got {self.fit!r}")
-        _check(
-            self.format in FRAME_FORMATS,
-            w,
-            "format",
-            f"must be one of {list(FRAME_FORMATS)}, got {self.format!r}",
-        )
-        _check(
-            self.codec in VIDEO_CODECS, w, "codec", f"must be one of {list(VIDEO_CODECS)}, got {self.codec!r}"
-        )
 
 
 @dataclass(frozen=True)
@@ -163,22 +159,24 @@ class ShardConfig:
     target_bytes: int = 256 * 2**20
     max_rows: int = 50_000
     row_group_rows: int = 256
-    compression: str = "zstd"
+    compression: Compression = "zstd"
 
     def __post_init__(self) -> None:
         w = "ShardConfig"
+        check_choices(self, w)
         for name in ("target_bytes", "max_rows", "row_group_rows"):
             _check(getattr(self, name) >= 1, w, name, "must be >= 1")
-        allowed = ("zstd", "snappy", "gzip", "lz4", "none")
-        _check(self.compression in allowed, w, "compression", f"must be one of {list(allowed)}")
 
 
 @dataclass(frozen=True)
 class CaptionConfig:
     """CoCa captions / CLIP scores / text embeddings (the model: pretrain/text_encoder.py)."""
 
-    model: str = "coca_ViT-B-32"
-    pretrained: str | None = "mscoco_finetuned_laion2b_s13b_b90k"
+    model: str = field(default="coca_ViT-B-32", metadata={"help": "open_clip CoCa model name"})
+    pretrained: str | None = field(
+        default="mscoco_finetuned_laion2b_s13b_b90k",
+        metadata={"help": "open_clip tag, local checkpoint, or 'none' (random init)"},
+    )
     captions: bool = True  # write CoCa captions (the costly part on CPU)
     max_tokens: int = 24
     min_tokens: int = 3
@@ -203,7 +201,7 @@ class CurationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "CurationConfig") -> CurationConfig:
-        return _build(cls, data, where)
+        return from_dict(cls, data, where)
 
     def replace(self, **sections: Any) -> CurationConfig:
         return dataclasses.replace(self, **sections)
@@ -211,14 +209,13 @@ class CurationConfig:
 
 # ---- presets --------------------------------------------------------------------------
 
-_PRESETS: dict[str, CurationConfig] = {}
+PRESETS: Registry[CurationConfig] = Registry("curation preset")
 
 
 def register_preset(cfg: CurationConfig) -> CurationConfig:
-    if cfg.name in _PRESETS and _PRESETS[cfg.name] != cfg:
+    if cfg.name in PRESETS and PRESETS.get(cfg.name) != cfg:
         raise ConfigError("presets", cfg.name, "a different preset with this name is already registered")
-    _PRESETS[cfg.name] = cfg
-    return cfg
+    return PRESETS.register(cfg.name, cfg, replace=True)  # the same preset twice is harmless
 
 
 register_preset(CurationConfig(name="default"))
@@ -243,77 +240,19 @@ register_preset(
 
 
 def list_presets() -> list[str]:
-    return sorted(_PRESETS)
+    return PRESETS.names()
 
 
 def get_preset(name: str) -> CurationConfig:
-    if name in _PRESETS:
-        return _PRESETS[name]
-    close = difflib.get_close_matches(name, list(_PRESETS), n=3)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise ConfigError("presets", name, f"unknown curation preset{hint} (known: {list_presets()})")
+    """The preset ``name``; an unknown one is a :class:`ConfigError` (it comes from a config file)
+    carrying the registry's "did you mean" and the known names."""
+    try:
+        return PRESETS.get(name)
+    except UnknownNameError as err:
+        raise ConfigError("presets", "", str(err)) from None
 
 
 # ---- strict loading -------------------------------------------------------------------
-
-
-def _coerce(tp: Any, value: Any, where: str, name: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(inner, value, where, name)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(where, name, f"expected a table/object, got {type(value).__name__}")
-        return value  # merged by the caller
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(where, name, f"expected a list, got {type(value).__name__}")
-        (inner, _) = typing.get_args(tp)
-        return tuple(_coerce(inner, v, where, name) for v in value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(where, name, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, name, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(where, name, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(where, name, f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"config field type {tp!r} not supported")  # a bug in this module, not in the file
-
-
-def _build(cls: type, data: dict[str, Any], where: str, base: Any = None) -> Any:
-    """``cls`` from ``data`` over ``base`` (or the defaults); unknown keys are errors."""
-    hints = typing.get_type_hints(cls)
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(where, unknown[0], f"unknown field{hint}; allowed: {allowed}")
-    base = base if base is not None else cls()
-    changes = {}
-    for key, value in data.items():
-        tp = hints[key]
-        value = _coerce(tp, value, where, key)
-        if dataclasses.is_dataclass(tp):
-            value = _build(tp, value, f"{where}.{key}", getattr(base, key))
-        changes[key] = value
-    try:
-        return dataclasses.replace(base, **changes)
-    except ConfigError as err:
-        raise ConfigError(where, err.field, err.problem) from None
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationConfig:
@@ -323,7 +262,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationCon
     base = get_preset(preset if preset is not None else "default")
     if preset is not None and "name" not in data:
         data["name"] = preset
-    return _build(CurationConfig, data, where, base)
+    return from_dict(CurationConfig, data, where, base)
 
 
 def load_config(path: str | Path) -> CurationConfig:

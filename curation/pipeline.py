@@ -139,7 +139,7 @@ class CurateJob:
 def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
     """``{"sources": [...], "out": ..., "curation": {preset, sections…}, "caption": {...}|null,
     "run": {...}}``; unknown keys are errors naming the key and the allowed ones."""
-    from curation.config import _build
+    from schemas.config import from_dict
     from schemas.errors import ConfigError
 
     allowed = {"sources", "out", "curation", "caption", "run"}
@@ -156,8 +156,8 @@ def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
         sources=tuple(SourceSpec.coerce(s) for s in data["sources"]),
         out=str(data["out"]),
         curation=config_from_dict(data.get("curation") or {}, f"{where}.curation"),
-        caption=None if caption is None else _build(CaptionConfig, caption, f"{where}.caption"),
-        run=_build(RunConfig, data.get("run") or {}, f"{where}.run"),
+        caption=None if caption is None else from_dict(CaptionConfig, caption, f"{where}.caption"),
+        run=from_dict(RunConfig, data.get("run") or {}, f"{where}.run"),
     )
 
 

@@ -23,9 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from curation.config import read_config_file
+from curation.config import PRESETS, CaptionConfig, read_config_file
+from pipelines.config_flags import add_field_flags, field_overrides, name_flag
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, lookup
 from schemas import get_embodiment
+
+CAPTION_FLAGS = ("model", "pretrained")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--embodiment",
         help="the robot of sources without a mapping (LeRobot/RLDS conventions); a source entry's own wins",
     )
-    p.add_argument("--preset", help="curation preset (default, debug, paper)")
-    p.add_argument("--caption-model", help="open_clip CoCa model name, e.g. coca_ViT-B-32")
-    p.add_argument("--caption-pretrained", help="open_clip tag, local checkpoint, or 'none' (random init)")
+    name_flag(p, "--preset", PRESETS, help="curation preset")
+    add_field_flags(
+        p, CaptionConfig, CAPTION_FLAGS, prefix="caption"
+    )  # --caption-model, --caption-pretrained
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -97,13 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
     if args.preset:
         data.setdefault("curation", {})["preset"] = args.preset
-    if args.caption_model or args.caption_pretrained:
-        cap = dict(data.get("caption") or {})
-        if args.caption_model:
-            cap["model"] = args.caption_model
-        if args.caption_pretrained:
-            cap["pretrained"] = None if args.caption_pretrained.lower() == "none" else args.caption_pretrained
-        data["caption"] = cap
+    caption = field_overrides(args, CaptionConfig, CAPTION_FLAGS, prefix="caption")
+    if caption:
+        data["caption"] = {**(data.get("caption") or {}), **caption}
     if args.no_progress:
         data.setdefault("run", {})["progress"] = False
     from curation.pipeline import job_from_dict, run  # Ray and the stages: only for a job that can run

@@ -34,10 +34,46 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, known, lookup
+from curation.config import CurationConfig, VideoCodec, get_preset
+from pipelines.config_flags import add_field_flags, field_overrides, name_flag
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command
+from pretrain.config import get_model_config
+from pretrain.run_config import get_train_config
+from schemas.config import ConfigError, check_choices
+from schemas.registry import Registry
 from schemas.version import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class DemoTraining:
+    """Both trainings of the demo: the pretraining, then the two fine-tunes (λ_v = 1 and 0)."""
+
+    model: str = "debug"  # model preset (pretrain/config.py)
+    train_preset: str = "demo"  # train preset (pretrain/run_config.py), both trainings
+    pretrain_steps: int = 200
+    finetune_steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    heldout_fraction: float = 0.1  # of the fine-tune's episodes, for its held-out loss and open-loop eval
+    eval_every: int | None = 500  # fine-tune steps between held-out evaluations (None: only at the end)
+
+    def __post_init__(self) -> None:
+        # a misspelt preset fails when the demo starts, with the registry's "did you mean", not an hour in
+        get_model_config(self.model)
+        get_train_config(self.train_preset)
+        for name in ("pretrain_steps", "finetune_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError("DemoTraining", name, f"must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ConfigError(
+                "DemoTraining", "heldout_fraction", f"must be in [0, 1), got {self.heldout_fraction}"
+            )
+
+    def finetune_args(self) -> list[str]:
+        every = [] if self.eval_every is None else ["--eval-every", str(self.eval_every)]
+        return ["--heldout-fraction", str(self.heldout_fraction), *every]
 
 
 @dataclass(frozen=True)
@@ -46,61 +82,68 @@ class DemoConfig:
     tasks: tuple[str, ...]
     episodes_per_task: int  # per source format (two formats → twice as many demonstrations)
     image_size: int
-    codec: str = "h264"  # of the LeRobot v3.0 half: the codec the RLDS half was converted from, too
-    curation: dict = field(default_factory=dict)  # curation job "curation" section (preset + overrides)
-    model: str = "debug"  # model preset (pretrain/config.py)
-    train_preset: str = "demo"  # train preset (pretrain/run_config.py), both trainings
-    pretrain_steps: int = 200
-    finetune_steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    eval_episodes: int = 50
+    codec: VideoCodec = "h264"  # of the LeRobot v3.0 half: the codec the RLDS half was converted from, too
+    curation: CurationConfig = field(default_factory=lambda: get_preset("debug"))  # the job's "curation"
+    train: DemoTraining = field(default_factory=DemoTraining)
+    eval_episodes: int = field(default=50, metadata={"help": "closed-loop episodes per task and policy"})
     replan_every: int = 4
     eval_max_steps: int = 200
     workers: int = 2
-    finetune_args: tuple[str, ...] = ("--heldout-fraction", "0.1", "--eval-every", "500")
-    pretrain_args: tuple[str, ...] = ()
     threads: int = 1  # torch threads per training process: more spin against other work on 2 cores
     openloop_samples: int = 256  # held-out samples in the open-loop evaluation
+
+    def __post_init__(self) -> None:
+        check_choices(self, f"demo preset {self.name!r}")
 
 
 # The default recipe; its wall time and held-out success rates are in BENCHMARKS.md, "The demo".
 # Fine-tunes of a fifth of its steps left the policy undertrained.
-PRESETS: dict[str, DemoConfig] = {
-    "default": DemoConfig(
+PRESETS: Registry[DemoConfig] = Registry("demo preset")
+_DEBUG = get_preset("debug")
+PRESETS.register(
+    "default",
+    DemoConfig(
         name="default",
         tasks=("drawer-open-v3", "button-press-topdown-v3"),
         episodes_per_task=30,
         image_size=64,
-        curation={
-            "preset": "debug",
-            "windows": {"chunk": 8, "frame_stride": 4, "num_future": 2, "stride": 2},
-            "video": {"width": 64, "height": 64},
-        },
+        curation=replace(
+            _DEBUG,
+            windows=replace(_DEBUG.windows, chunk=8, frame_stride=4, num_future=2, stride=2),
+            video=replace(_DEBUG.video, width=64, height=64),
+        ),
     ),
-    "smoke": DemoConfig(
+)
+PRESETS.register(
+    "smoke",
+    DemoConfig(
         name="smoke",
         tasks=("drawer-open-v3", "button-press-topdown-v3"),
         episodes_per_task=2,
         image_size=64,
-        curation={"preset": "debug"},
-        train_preset="debug",
-        pretrain_steps=4,
-        finetune_steps=4,
-        batch_size=4,
-        lr=3e-4,
+        train=DemoTraining(
+            train_preset="debug",
+            pretrain_steps=4,
+            finetune_steps=4,
+            batch_size=4,
+            lr=3e-4,
+            heldout_fraction=0.25,
+            eval_every=None,
+        ),
         eval_episodes=2,
         eval_max_steps=40,
         workers=1,
-        finetune_args=("--heldout-fraction", "0.25"),
         openloop_samples=16,
     ),
-}
+)
+
+
+DEMO_FLAGS = ("eval_episodes",)  # DemoConfig fields a flag may override
 
 
 def get_demo_config(name: str) -> DemoConfig:
     """The preset called ``name``; an unknown one is the registries' ``UnknownNameError``."""
-    return PRESETS[lookup("demo preset", list(PRESETS), name)]
+    return PRESETS.get(name)
 
 
 def log(msg: str) -> None:
@@ -175,16 +218,11 @@ def py(module: str, *args: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp demo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="demo folder (rerun to resume)")
-    p.add_argument(
-        "--preset",
-        default="default",
-        type=known("demo preset", list(PRESETS)),
-        help=f"demo size ({', '.join(sorted(PRESETS))})",
-    )
+    name_flag(p, "--preset", PRESETS, default="default", help="demo size")
     p.add_argument(
         "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
     )
-    p.add_argument("--eval-episodes", type=int, default=None, help="override episodes per task")
+    add_field_flags(p, DemoConfig, DEMO_FLAGS)  # --eval-episodes
     return p
 
 
@@ -194,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repo_prefix and not os.environ.get("HF_TOKEN"):  # refused before 20 minutes of work, not after
         raise UsageError("--repo-prefix needs a Hub token in HF_TOKEN")
     cfg = get_demo_config(args.preset)
-    if args.eval_episodes is not None:
-        cfg = replace(cfg, eval_episodes=args.eval_episodes)
+    cfg = replace(cfg, **field_overrides(args, DemoConfig, DEMO_FLAGS))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -237,36 +274,37 @@ def main(argv: list[str] | None = None) -> int:
     job = {
         "sources": [str(src_a), str(src_b)],
         "out": str(shards),
-        "curation": cfg.curation,
+        "curation": cfg.curation.to_dict(),
         "run": {"progress": False},
     }
     (out / "curate_job.json").write_text(json.dumps(job, indent=2))
     st.run("curate", [py("pipelines.curate", "--config", str(out / "curate_job.json"))], env, (shards,), job)
 
-    train = ["--data", str(shards), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr), "--no-progress",
+    tr = cfg.train
+    train = ["--data", str(shards), "--batch-size", str(tr.batch_size), "--lr", str(tr.lr), "--no-progress",
              "--threads", str(cfg.threads)]  # fmt: skip
     pre = out / "pretrain"
     st.run(
         "pretrain",
-        [py("pipelines.pretrain", "--preset", cfg.model, "--train-preset", cfg.train_preset, "--out", str(pre),
-            "--steps", str(cfg.pretrain_steps), *train, *cfg.pretrain_args)],
+        [py("pipelines.pretrain", "--preset", tr.model, "--train-preset", tr.train_preset, "--out", str(pre),
+            "--steps", str(tr.pretrain_steps), *train)],
         env,
         outputs=(pre,),
     )  # fmt: skip
     ft = [
         "--preset",
-        cfg.train_preset,
+        tr.train_preset,
         "--init",
         str(pre / "final"),
         "--steps",
-        str(cfg.finetune_steps),
+        str(tr.finetune_steps),
         *train,
     ]
     pol, pol_nv = out / "policy", out / "policy_no_video"
-    st.run("finetune", [py("pipelines.finetune", *ft, "--out", str(pol), *cfg.finetune_args)], env, (pol,))
+    st.run("finetune", [py("pipelines.finetune", *ft, "--out", str(pol), *tr.finetune_args())], env, (pol,))
     st.run(
         "finetune_no_video",
-        [py("pipelines.finetune", *ft, "--out", str(pol_nv), "--video-weight", "0", *cfg.finetune_args)],
+        [py("pipelines.finetune", *ft, "--out", str(pol_nv), "--video-weight", "0", *tr.finetune_args())],
         env,
         outputs=(pol_nv,),
     )
@@ -339,7 +377,7 @@ def write_demo_report(out: Path, cfg: DemoConfig, times: dict[str, float], total
         "# GigaWorld-Policy demo",
         "",
         f"Preset `{cfg.name}`: tasks {', '.join(cfg.tasks)}; {cfg.episodes_per_task} demonstrations per task "
-        f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.model}`.",
+        f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.train.model}`.",
         "",
         "## Stages",
         "",

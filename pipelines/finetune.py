@@ -44,9 +44,10 @@ import pyarrow.parquet as pq
 
 from curation.config import VideoConfig
 from pipelines import train_cli
-from pipelines.usage import ArgumentParser, command, known, local_or_repo_id, reading
-from pretrain.config import get_model_config, list_model_configs
-from pretrain.run_config import train_config_names
+from pipelines.config_flags import name_flag
+from pipelines.usage import ArgumentParser, command, local_or_repo_id, reading
+from pretrain.config import MODEL_PRESETS, get_model_config
+from pretrain.run_config import TRAIN_PRESETS
 from schemas import get_embodiment
 from schemas.normalize import NormConfig
 
@@ -186,22 +187,12 @@ def export_policy(final_dir: Path, policy_cfg: PolicyConfig, stats: dict, card: 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp finetune", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--preset",
-        default="debug",
-        type=known("train config preset", train_config_names()),
-        help=f"train config preset ({', '.join(train_config_names())})",
-    )
+    name_flag(p, "--preset", TRAIN_PRESETS, default="debug", help="train config preset")
     p.add_argument(
         "--init", required=True, help="pretrained checkpoint folder or model repo id; 'none' = random"
     )
     p.add_argument("--init-revision", default=None)
-    p.add_argument(
-        "--model",
-        default=None,
-        type=known("model config", list_model_configs()),
-        help=f"model preset for --init none ({', '.join(list_model_configs())})",
-    )
+    name_flag(p, "--model", MODEL_PRESETS, help="model preset for --init none")
     train_cli.add_data_args(p)
     train_cli.add_codec_args(p)
     train_cli.add_train_args(p, [n for n in train_cli.TRAIN_OVERRIDES if n != "warmup_steps"])

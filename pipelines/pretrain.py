@@ -34,7 +34,6 @@ Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the en
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import os
 import sys
@@ -46,10 +45,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import train_cli
-from pipelines.usage import ArgumentParser, UsageError, command, known, local_or_repo_id, reading
-from pretrain.config import ModelConfig, get_model_config, list_model_configs
-from pretrain.run_config import train_config_names
+from pipelines.config_flags import name_flag, parse_field_value
+from pipelines.usage import ArgumentParser, UsageError, command, local_or_repo_id, reading
+from pretrain.config import MODEL_PRESETS, ModelConfig, get_model_config
+from pretrain.run_config import TRAIN_PRESETS
 from schemas import MAX_DIM
+from schemas.config import ConfigError
+from schemas.registry import did_you_mean
 
 if TYPE_CHECKING:  # torch and the model code load after the arguments are checked
     from pretrain.codec import LatentCodec
@@ -140,17 +142,9 @@ def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVi
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp pretrain", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--preset",
-        default="debug",
-        type=known("model config", list_model_configs()),
-        help=f"model preset ({', '.join(list_model_configs())})",
-    )
-    p.add_argument(
-        "--train-preset",
-        default=None,
-        type=known("train config preset", train_config_names()),
-        help=f"train config preset ({', '.join(train_config_names())}); default: the model preset's name",
+    name_flag(p, "--preset", MODEL_PRESETS, default="debug", help="model preset")
+    name_flag(
+        p, "--train-preset", TRAIN_PRESETS, help="train config preset; default: the model preset's name"
     )
     train_cli.add_data_args(p)
     p.add_argument(
@@ -169,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--action-dropout", type=float, default=None, help="default: ObjectiveConfig's action_dropout"
     )
     p.add_argument("--video-shift", type=float, default=None, help="default: FlowConfig's video_shift")
-    train_cli.add_train_args(p, list(train_cli.TRAIN_OVERRIDES), choices={"zero_stage": [0, 1, 2, 3]})
+    train_cli.add_train_args(p, train_cli.TRAIN_OVERRIDES)
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload: optimizer on the CPU")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument(
@@ -181,26 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def model_overrides(items: list[str]) -> dict[str, Any]:
     """``["heads=2", "head_dim=32"]`` → typed ModelConfig field values (unknown fields named)."""
-    types = {f.name: str(f.type) for f in fields(ModelConfig)}
+    names = [f.name for f in fields(ModelConfig) if f.name != "name"]
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or key not in types or key == "name":
-            close = difflib.get_close_matches(key, list(types), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+        if not sep or key not in names:
+            hint = did_you_mean(key, names, n=1)
             raise UsageError(f"--model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}")
-        kind = types[key]
         try:
-            if "tuple" in kind:
-                out[key] = tuple(int(v) for v in raw.split(","))
-            elif "bool" in kind:
-                out[key] = {"true": True, "false": False}[raw.lower()]
-            elif "float" in kind:
-                out[key] = float(raw)
-            else:
-                out[key] = int(raw)
-        except (ValueError, KeyError):
-            raise UsageError(f"--model-override {item!r}: {raw!r} is not a {kind}") from None
+            out[key] = parse_field_value(ModelConfig, key, raw)
+        except ConfigError as err:
+            raise UsageError(f"--model-override {item!r}: {err}") from None
     return out
 
 

@@ -2,7 +2,8 @@
 
 Both read curated shards (``--data`` at ``--data-revision``) into a run folder (``--out``),
 see video through one codec (``--codec`` …), start from a named train preset whose fields the
-flags in :data:`TRAIN_OVERRIDES` replace one by one, and answer a bad preset or value with one
+flags in :data:`TRAIN_OVERRIDES` replace one by one (flags generated from the TrainConfig fields by
+:mod:`pipelines.config_flags`: type, Literal choices and help come from the dataclass), and answer a bad preset or value with one
 line on stderr and exit code 2. What differs (model presets, init, held-out split) stays in
 each driver. Nothing here imports torch at module level: a usage error, or ``--help``, is
 answered before torch is loaded.
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from pipelines.config_flags import add_field_flags, field_overrides
 from pipelines.usage import UsageError, local_or_repo_id
 from pretrain.run_config import TrainConfig, get_train_config
 
@@ -23,18 +25,18 @@ if TYPE_CHECKING:
     from pretrain.codec import LatentCache
     from pretrain.data import ShardLoader, ShardSet
 
-# TrainConfig fields a flag may override (``--batch-size`` → ``batch_size``), and their types
-TRAIN_OVERRIDES: dict[str, type] = {
-    "steps": int,
-    "batch_size": int,
-    "grad_accum": int,
-    "lr": float,
-    "warmup_steps": int,
-    "zero_stage": int,
-    "ema_decay": float,
-    "ckpt_every": int,
-    "seed": int,
-}
+# TrainConfig fields a flag may override (``--batch-size`` → ``batch_size``)
+TRAIN_OVERRIDES: tuple[str, ...] = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "warmup_steps",
+    "zero_stage",
+    "ema_decay",
+    "ckpt_every",
+    "seed",
+)
 
 
 def open_shards(args: argparse.Namespace) -> ShardSet:
@@ -63,14 +65,9 @@ def add_codec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
 
 
-def add_train_args(
-    p: argparse.ArgumentParser, overrides: Sequence[str], choices: dict[str, list[Any]] | None = None
-) -> None:
-    """One flag per overridden TrainConfig field (``choices`` where argparse should check them)."""
-    for name in overrides:
-        p.add_argument(
-            "--" + name.replace("_", "-"), type=TRAIN_OVERRIDES[name], choices=(choices or {}).get(name)
-        )
+def add_train_args(p: argparse.ArgumentParser, overrides: Sequence[str]) -> None:
+    """One flag per overridden TrainConfig field (a ``Literal`` field's choices checked by argparse)."""
+    add_field_flags(p, TrainConfig, overrides)
     p.add_argument("--num-workers", type=int, default=0)
 
 
@@ -97,8 +94,8 @@ def apply_threads(args: argparse.Namespace) -> None:
 def train_config(args: argparse.Namespace, preset: str, **fixed: Any) -> TrainConfig:
     """The ``preset`` with every override flag given (and ``fixed`` fields) replaced; writes to ``--out``.
     A warm-up longer than the run is cut to the run."""
-    over = {name: getattr(args, name, None) for name in TRAIN_OVERRIDES}
-    over = {k: v for k, v in {**over, **fixed}.items() if v is not None}
+    given = field_overrides(args, TrainConfig, TRAIN_OVERRIDES)  # finetune has no --warmup-steps: absent
+    over = {**given, **{k: v for k, v in fixed.items() if v is not None}}
     base = get_train_config(preset)
     steps = over.get("steps", base.steps)
     if "warmup_steps" not in over and base.warmup_steps > steps:  # cut in the same replace:

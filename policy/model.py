@@ -41,9 +41,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -57,10 +58,12 @@ from pretrain.model import ActionVideoTransformer, ModelOutput
 from pretrain.pixels import tensor_to_unit_range
 from schemas import EmbodimentSpec
 from schemas.compose import FIT_MODES
+from schemas.config import from_dict
 from schemas.hub.client import download_snapshot
 from schemas.normalize import NormConfig
 
-TEXT_KINDS = ("fallback", "clip")
+TextKind = Literal["fallback", "clip"]
+TEXT_KINDS: tuple[str, ...] = typing.get_args(TextKind)
 BACKBONE_FILES = ("model.safetensors", "config.json")
 _ANCHOR = "video_in.weight"  # a parameter every ActionVideoTransformer has, to find the name prefix
 
@@ -90,7 +93,7 @@ class TextConfig:
     ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
     """
 
-    kind: str = "fallback"
+    kind: TextKind = "fallback"
     dim: int = 64  # E, the stored embedding width
     model: str | None = None
     pretrained: str | None = None
@@ -165,20 +168,9 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"PolicyConfig.from_dict: unknown keys {unknown} (known: {sorted(known)})")
-        return cls(
-            model=ModelConfig.from_dict(d["model"]),
-            flow=FlowConfig(**d.get("flow", {})),
-            codec=d.get("codec", "pixel"),
-            codec_kwargs=dict(d.get("codec_kwargs", {})),
-            image=ImageConfig(**d.get("image", {})),
-            text=TextConfig(**d.get("text", {})),
-            embodiments=tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", [])),
-            norm=NormConfig(**d.get("norm", {})),
-        )
+        # embodiment specs have their own reader (action dims as names or records); the rest is plain
+        specs = tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", []))
+        return from_dict(cls, {**d, "embodiments": specs}, "PolicyConfig")
 
 
 # ---------------------------------------------------------------- the backbone

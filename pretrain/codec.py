@@ -35,7 +35,6 @@ Shape legend: B batch, C channels, F frames, H/W pixel height/width, h/w latent 
 from __future__ import annotations
 
 import abc
-import difflib
 import hashlib
 import json
 import os
@@ -46,6 +45,8 @@ from typing import Any
 
 import torch
 from einops import rearrange
+
+from schemas.registry import Registry
 
 # ---- interface ---------------------------------------------------------------------------
 
@@ -334,26 +335,20 @@ class WanVAECodec(LatentCodec):
 
 # ---- registry ------------------------------------------------------------------------------------
 
-_CODECS: dict[str, Callable[..., LatentCodec]] = {}
+_CODECS: Registry[Callable[..., LatentCodec]] = Registry("codec")
 
 
 def register_codec(name: str, factory: Callable[..., LatentCodec]) -> None:
-    if name in _CODECS:
-        raise ValueError(f"codec {name!r} is already registered")
-    _CODECS[name] = factory
+    _CODECS.register(name, factory)
 
 
 def list_codecs() -> list[str]:
-    return sorted(_CODECS)
+    return _CODECS.names()
 
 
 def make_codec(name: str, **kw: Any) -> LatentCodec:
     """Build a codec by name: ``"pixel"`` (``patch=``) or ``"wan-vae"`` (``path_or_repo=`` or ``config=``)."""
-    if name not in _CODECS:
-        close = difflib.get_close_matches(name, list(_CODECS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise KeyError(f"unknown codec {name!r}{hint} (known: {', '.join(list_codecs())})")
-    return _CODECS[name](**kw)
+    return _CODECS.get(name)(**kw)
 
 
 def _make_wan(config: dict[str, Any] | None = None, **kw: Any) -> WanVAECodec:

@@ -20,9 +20,10 @@ duplicate names and ``get_model_config`` answers a misspelt name with "did you m
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from schemas.config import from_dict
 from schemas.registry import Registry
 
 
@@ -111,29 +112,22 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig.from_dict: unknown keys {unknown}")
-        d = dict(d)
-        if "patch" in d:
-            d["patch"] = tuple(d["patch"])
-        return cls(**d)
+        return from_dict(cls, d, "ModelConfig")
 
 
-_REGISTRY: Registry[ModelConfig] = Registry("model config")
+MODEL_PRESETS: Registry[ModelConfig] = Registry("model config")
 
 
 def register_model_config(cfg: ModelConfig) -> ModelConfig:
-    return _REGISTRY.register(cfg.name, cfg)
+    return MODEL_PRESETS.register(cfg.name, cfg)
 
 
 def get_model_config(name: str) -> ModelConfig:
-    return _REGISTRY.get(name)
+    return MODEL_PRESETS.get(name)
 
 
 def list_model_configs() -> list[str]:
-    return _REGISTRY.names()
+    return MODEL_PRESETS.names()
 
 
 register_model_config(

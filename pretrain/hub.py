@@ -32,8 +32,6 @@ import importlib.metadata
 import json
 import os
 import tempfile
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +41,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 
 from schemas import SCHEMA_VERSION, EmbodimentStats, check_schema_version
+from schemas.config import from_dict
 from schemas.hub.card import (
     CARD_NAME,
     card_body,
@@ -97,37 +96,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    """JSON value → the annotated type: tuples from lists, nested dataclasses from dicts."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return config_from_dict(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(hint):
-            if arm is not type(None) and (dataclasses.is_dataclass(arm) or typing.get_origin(arm)):
-                return _convert(arm, value, where) if value is not None else None
-        return value
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        return (
-            tuple(_convert(a, v, where) for a, v in zip(args, value, strict=False)) if args else tuple(value)
-        )
-    return value
-
-
 def config_from_dict(cls: type, data: Mapping[str, Any], where: str = "config") -> Any:
+    """``cls.from_dict`` where the class has its own reader, else the project's strict loader."""
     if hasattr(cls, "from_dict"):
         return cls.from_dict(dict(data))
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{where}: config_class {cls.__name__} is not a dataclass")
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown} for {cls.__name__} (known: {sorted(known)})")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+    return from_dict(cls, data, where)
 
 
 def _qualname(obj: type) -> str:

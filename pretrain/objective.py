@@ -48,6 +48,7 @@ from pretrain.codec import LatentCodec
 from pretrain.flow import FlowConfig, add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
 from pretrain.model import ModelOutput
 from pretrain.pixels import tensor_to_unit_range
+from schemas.config import from_dict
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ObjectiveConfig:
-        d = dict(d)
-        return cls(flow=FlowConfig(**d.pop("flow", {})), **d)
+        return from_dict(cls, d, "ObjectiveConfig")
 
 
 def text_states(batch: dict[str, Any], B: int, text_dim: int, device: torch.device) -> Tensor:

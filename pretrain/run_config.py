@@ -21,44 +21,48 @@ Derive variants with :func:`dataclasses.replace` (validation runs again).
 
 from __future__ import annotations
 
-import difflib
 import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
+from schemas.config import from_dict
 from schemas.registry import Registry
 
-OPTIMIZERS = ("adamw", "adam")
-PRECISIONS = ("auto", "bf16", "fp32")
-ZERO_STAGES = (0, 1, 2, 3)
-LR_SCHEDULES = ("cosine", "constant")
-EXPORT_WEIGHTS = ("ema", "raw")
+Optimizer = Literal["adamw", "adam"]
+Precision = Literal["auto", "bf16", "fp32"]
+ZeroStage = Literal[0, 1, 2, 3]
+LrSchedule = Literal["cosine", "constant"]
+ExportWeights = Literal["ema", "raw"]
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+ZERO_STAGES: tuple[int, ...] = typing.get_args(ZeroStage)
+LR_SCHEDULES: tuple[str, ...] = typing.get_args(LrSchedule)
+EXPORT_WEIGHTS: tuple[str, ...] = typing.get_args(ExportWeights)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     name: str = "custom"
     # optimiser
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     weight_decay: float = 0.01
     # schedule
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     # DeepSpeed
-    zero_stage: int = 2
+    zero_stage: ZeroStage = 2
     offload_optimizer: bool = False  # ZeRO-Offload: optimizer states + step on the CPU (DeepSpeedCPUAdam)
-    precision: str = "auto"  # auto → bf16 where the device has it, fp32 otherwise (always fp32 on CPU)
+    precision: Precision = "auto"  # auto → bf16 where the device has it, fp32 otherwise (always fp32 on CPU)
     activation_checkpointing: bool = False
     # weights kept by us
     ema_decay: float = 0.0  # 0 disables EMA; otherwise in (0, 1)
-    export_weights: str = (
-        "ema"  # which weights go into model.safetensors ("ema" falls back to raw without EMA)
-    )
+    export_weights: ExportWeights = "ema"  # in model.safetensors ("ema" falls back to raw without EMA)
     # length and batch
     steps: int = 1000
     batch_size: int = 8  # micro-batch per rank
@@ -132,33 +136,22 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            hints = [
-                f"{u!r} (did you mean {m[0]!r}?)"
-                for u in unknown
-                if (m := difflib.get_close_matches(u, known, 1))
-            ]
-            raise ValueError(
-                f"TrainConfig: unknown fields {unknown}" + (f"; {', '.join(hints)}" if hints else "")
-            )
-        return cls(**d)
+        return from_dict(cls, d, "TrainConfig")
 
 
-_PRESETS: Registry[TrainConfig] = Registry("train config preset")
+TRAIN_PRESETS: Registry[TrainConfig] = Registry("train config preset")
 
 
 def register_train_config(cfg: TrainConfig) -> TrainConfig:
-    return _PRESETS.register(cfg.name, cfg)
+    return TRAIN_PRESETS.register(cfg.name, cfg)
 
 
 def get_train_config(name: str) -> TrainConfig:
-    return _PRESETS.get(name)
+    return TRAIN_PRESETS.get(name)
 
 
 def train_config_names() -> list[str]:
-    return _PRESETS.names()
+    return TRAIN_PRESETS.names()
 
 
 register_train_config(

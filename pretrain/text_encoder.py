@@ -38,10 +38,9 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu", seed
     import open_clip
 
     if model not in open_clip.list_models():
-        import difflib
+        from schemas.registry import did_you_mean
 
-        close = difflib.get_close_matches(model, open_clip.list_models(), n=3)
-        raise ValueError(f"unknown open_clip model {model!r}; did you mean {close}?")
+        raise ValueError(f"unknown open_clip model {model!r}{did_you_mean(model, open_clip.list_models())}")
     if pretrained is not None and not Path(pretrained).is_file():
         tags = open_clip.list_pretrained_tags_by_model(model)
         if pretrained not in tags:

@@ -21,12 +21,15 @@ function at the dataset's size and fit, so the model sees at inference what it s
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
-FIT_MODES = ("stretch", "pad")  # how a view fills its slot: fill it, or keep the aspect ratio on black
+FitMode = Literal["stretch", "pad"]  # how a view fills its slot: fill it, or keep the aspect ratio on black
+FIT_MODES: tuple[str, ...] = typing.get_args(FitMode)
 TOP_ROLES = ("high", "side", "low")
 LEFT_ROLES = ("left_wrist", "wrist")
 RIGHT_ROLES = ("right_wrist",)

@@ -17,7 +17,6 @@ All action and state vectors are padded to ``MAX_DIM`` = 32 for the model.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import pyarrow as pa
 
 from schemas.checks import require_choice, require_int, require_positive, require_str
 from schemas.errors import SchemaError
-from schemas.registry import UnknownNameError
+from schemas.registry import Registry
 
 MAX_DIM = 32
 ACTION_MODES = ("delta", "absolute")
@@ -163,20 +162,19 @@ class EmbodimentSpec:
 
 # ---- registry -----------------------------------------------------------------------
 _BUILTIN_DIR = Path(__file__).with_name("embodiments")
-_REGISTRY: dict[str, EmbodimentSpec] = {}
+_REGISTRY: Registry[EmbodimentSpec] = Registry("embodiment")
 
 
 def register_embodiment(spec: EmbodimentSpec, *, replace: bool = False) -> EmbodimentSpec:
     """Add ``spec``; a second spec with the same name or id is an error unless identical."""
     spec.validate()
-    old = _REGISTRY.get(spec.name)
+    old = _REGISTRY.get(spec.name) if spec.name in _REGISTRY else None
     if old is not None and old != spec and not replace:
         raise SchemaError(_RECORD, "name", f"{spec.name!r} is already registered differently")
     for other in _REGISTRY.values():
         if other.id == spec.id and other.name != spec.name:
             raise SchemaError(_RECORD, "id", f"id {spec.id} is already used by {other.name!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return _REGISTRY.register(spec.name, spec, replace=True)  # conflicts were checked above
 
 
 def load_embodiment_file(path: str | os.PathLike) -> EmbodimentSpec:
@@ -228,11 +226,7 @@ def get_embodiment(name: str) -> EmbodimentSpec:
     _ensure_loaded()
     if name not in _REGISTRY:
         _load_new(name)
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-    raise UnknownNameError(f"unknown embodiment {name!r}{hint} (registered: {sorted(_REGISTRY)})")
+    return _REGISTRY.get(name)
 
 
 def embodiment_by_id(embodiment_id: int) -> EmbodimentSpec:
@@ -245,4 +239,4 @@ def embodiment_by_id(embodiment_id: int) -> EmbodimentSpec:
 
 def list_embodiments() -> list[str]:
     _ensure_loaded()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()

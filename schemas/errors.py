@@ -41,8 +41,9 @@ class ConfigError(ValueError):
 
     def __init__(self, where: str, field: str, problem: str):
         self.where, self.field, self.problem = where, field, problem
-        # "<file>": the problem is the file as a whole (missing, unparseable), not one of its fields
-        super().__init__(f"{where}: {problem}" if field == "<file>" else f"{where}.{field}: {problem}")
+        # "<file>" (or ""): the problem is the whole table or file (missing, unparseable), not one field
+        whole = field in ("<file>", "")
+        super().__init__(f"{where}: {problem}" if whole else f"{where}.{field}: {problem}")
 
 
 class LoadError(Exception):

@@ -140,9 +140,9 @@ class MetaWorldConfig:
 
 
 def _did_you_mean(task: str) -> str:
-    import difflib
+    from schemas.registry import closest
 
-    close = difflib.get_close_matches(task, list(TASK_INSTRUCTIONS), n=1)
+    close = closest(task, TASK_INSTRUCTIONS, n=1)
     return f"did you mean {close[0]!r}?" if close else f"known tasks: {', '.join(sorted(TASK_INSTRUCTIONS))}"
 
 
