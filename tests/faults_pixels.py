@@ -97,24 +97,25 @@ def _hdf5_pixel_cases(root: Path) -> list[Case]:
     base = smooth_frames(T, 3.0, SIZE, SIZE)  # uint8 [T, H, W, 3]: what every good variant must give
     gray = base[..., 1]  # uint8 [T, H, W]
 
-    def good(
-        name: str, injected: str, stored: np.ndarray, want: np.ndarray, extra: dict | None = None
-    ) -> None:
+    def written(name: str, stored: np.ndarray, extra: dict | None) -> Path:
+        """A robomimic file whose camera holds ``stored`` (and the mapping's ``extra``)."""
         path = root / f"{name}.hdf5"
         _robomimic(path, seed=5)
         _replace_dataset(path, IMAGE_KEY, stored)
         if extra:
             _set_extra(path, extra)
+        return path
+
+    def good(
+        name: str, injected: str, stored: np.ndarray, want: np.ndarray, extra: dict | None = None
+    ) -> None:
+        path = written(name, stored, extra)
         cases.append(Case("pixels", injected.split(":")[0], injected, str(path), 1, frames=[want]))
 
     def bad(
         name: str, injected: str, stored: np.ndarray, reason: str, detail: str, extra: dict | None = None
     ) -> None:
-        path = root / f"{name}.hdf5"
-        _robomimic(path, seed=5)
-        _replace_dataset(path, IMAGE_KEY, stored)
-        if extra:
-            _set_extra(path, extra)
+        path = written(name, stored, extra)
         fault = Fault(injected.split(":")[0], injected, str(path), (reason,), detail)
         cases.append(Case("pixels", fault.name, injected, str(path), 1, faults=[fault]))
 
