@@ -1,7 +1,7 @@
 """Curate validated episodes in one process, without Ray or filters: a shard folder for tests,
 benchmarks and small experiments.
 
-The same pure functions as the Ray job (:mod:`curation.pipeline`), in the same order: each
+The same pure functions as the Ray job (:mod:`curation.pipeline`, :mod:`curation.phases`), in the same order: each
 episode's windows → composed, encoded frames → hashed text embedding (no captions); one
 statistics sketch per episode merged in order; normalised shards; a manifest. Deterministic
 for deterministic episodes (PNG frames). The filters do not run: every episode must give at
@@ -16,7 +16,8 @@ from pathlib import Path
 from curation.config import get_preset
 from curation.episode_samples import assemble_part, episode_sample_rows
 from curation.parts import part_path, write_part
-from curation.pipeline import compute_stats, write_shards
+from curation.phases.pack import write_shards
+from curation.phases.statistics import merge_sketches
 from curation.shards import WORK_DIR, write_manifest
 from schemas import Episode, Manifest
 
@@ -30,7 +31,7 @@ def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debu
     table, records, sketches = assemble_part((_rows(ep, cfg, preset) for ep in episodes), cfg.norm.sketch_k)
     part = part_path(out / WORK_DIR, 0)
     write_part(part, table, records, sketches)
-    stats = compute_stats([part], cfg.norm)
+    stats = merge_sketches([part], cfg.norm)
     shards = write_shards(out, [part], stats, cfg, use_ray=False)
     n = table.num_rows
     manifest = Manifest(

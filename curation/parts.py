@@ -6,8 +6,8 @@ windows by start frame) and, in the file's metadata, one record per episode (its
 for the driver's accounting and dedup, and ``samples``, its number of rows, in discovery
 order), beside each record the episode's statistics sketch (a serialised
 :class:`curation.stages.stats.StatsAccumulator` of its emitted windows, or null), and the
-size estimate of every row (:func:`curation.stages.sample.row_nbytes`), so the shards can be
-planned from the metadata alone. The Ray task that finishes a part writes it, atomically:
+size estimate of every row (:func:`row_nbytes`), so the shards can be planned from the
+metadata alone (:func:`curation.phases.pack.plan_shards`). The Ray task that finishes a part writes it, atomically:
 a part that exists is complete, and a rerun skips it.
 
 Because rows, records and sketches are all in discovery order, how the episodes were cut
@@ -27,11 +27,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.shards import atomic_write_table
-from curation.stages.sample import row_nbytes
+from schemas import MAX_DIM
 
 LEDGER_KEY = b"gwp_ledger"
 SKETCHES_KEY = b"gwp_sketches"
@@ -90,3 +92,17 @@ def encode_sketches(sketches: list[bytes | None]) -> str:
 
 def decode_sketches(text: str | bytes) -> list[bytes | None]:
     return [None if s is None else base64.b64decode(s) for s in json.loads(text)]
+
+
+def row_nbytes(table: pa.Table) -> np.ndarray:
+    """int64 [N]: the shard packer's size estimate of each row, ``len(video) + 4 · (steps · 32
+    action values + 2·32 mask values + text_embedding values)``; the same for a raw table
+    (``raw_action``) and for its normalised Sample table (``action``), so the parts can
+    record it before normalisation."""
+    video_N = pc.fill_null(pc.binary_length(table["video"]), 0).to_numpy().astype(np.int64)
+    action = table["action"] if "action" in table.column_names else table["raw_action"]
+    if isinstance(action, pa.ChunkedArray):
+        action = action.combine_chunks()
+    steps_N = pc.fill_null(pc.list_value_length(action), 0).to_numpy().astype(np.int64)
+    text_N = pc.fill_null(pc.list_value_length(table["text_embedding"]), 0).to_numpy(zero_copy_only=False)
+    return video_N + 4 * (steps_N * MAX_DIM + 2 * MAX_DIM + text_N.astype(np.int64))

@@ -131,7 +131,7 @@ def test_inputs_are_counted_under_the_configured_source_path(tmp_path):
     """An RLDS reader resolves to ``<name>/<version>`` inside the configured folder; the
     manifest's lineage must still count its episodes under the configured path."""
     from curation.formats.rlds_write import write_rlds
-    from curation.pipeline import discover_all
+    from curation.phases.discover import discover_all
     from tests.helpers import make_episodes
 
     version = write_rlds(make_episodes([12, 14, 16]), tmp_path / "rlds")
@@ -246,7 +246,7 @@ def test_quantiles_merged_across_ray_tasks_are_within_half_a_percent(ray_local):
 
 
 def test_task_size_gives_every_cpu_a_run_of_consecutive_episodes():
-    from curation.pipeline import task_size
+    from curation.phases.discover import task_size
 
     assert task_size(16, 64, 2) == 16  # long runs: one decoder reads a packed file front to back
     assert task_size(16, 16, 2) == 8  # but every CPU gets work

@@ -11,7 +11,8 @@ import pytest
 
 from curation.config import WindowConfig
 from curation.episode_samples import RAW_SCHEMA
-from curation.stages.sample import normalise_raw_table, row_nbytes
+from curation.parts import row_nbytes
+from curation.phases.pack import normalise_raw_table
 from curation.stages.stats import compute_stats
 from curation.stages.windowing import windows
 from schemas import SCHEMA_VERSION, Sample, SchemaError, get_embodiment, validate_sample_table

@@ -1,4 +1,4 @@
-"""Shard planning from the work parts' metadata alone (``curation.pipeline.plan_shards``)."""
+"""Shard planning from the work parts' metadata alone (``curation.phases.pack.plan_shards``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from curation.config import ShardConfig
 from curation.episode_samples import RAW_SCHEMA
 from curation.parts import part_path, read_layout, write_part
-from curation.pipeline import ShardPlan, plan_shards
+from curation.phases.pack import ShardPlan, plan_shards
 
 ROW_BYTES = 100 + 4 * (1 * 32 + 2 * 32)  # 100 bytes of video, a 1-step chunk, no text embedding
 
@@ -80,9 +80,10 @@ def test_a_shard_reads_each_row_group_once_across_a_gap(tmp_path, monkeypatch):
     in order."""
     import pyarrow.parquet as pq
 
-    import curation.pipeline as pipeline
+    import curation.phases.pack as pack
     from curation.config import get_preset
     from curation.in_memory import curate_in_memory
+    from curation.phases.statistics import merge_sketches
     from tests.helpers import make_episodes
 
     ds = curate_in_memory(make_episodes([24, 26, 28], size=64), tmp_path / "ds")
@@ -94,10 +95,10 @@ def test_a_shard_reads_each_row_group_once_across_a_gap(tmp_path, monkeypatch):
     reads = []
     real_read = pq.ParquetFile.read_row_group
     monkeypatch.setattr(
-        pipeline.pq.ParquetFile, "read_row_group", lambda f, i, **kw: reads.append(i) or real_read(f, i, **kw)
+        pack.pq.ParquetFile, "read_row_group", lambda f, i, **kw: reads.append(i) or real_read(f, i, **kw)
     )
-    stats = pipeline.compute_stats([part], get_preset("debug").norm, frozenset({middle}))
-    info = pipeline.write_planned_shard(str(tmp_path / "out"), plan, stats, get_preset("debug"))
+    stats = merge_sketches([part], get_preset("debug").norm, frozenset({middle}))
+    info = pack.write_planned_shard(str(tmp_path / "out"), plan, stats, get_preset("debug"))
     assert reads == sorted(set(reads)) and reads
     ids = pq.read_table(tmp_path / "out" / info.name, columns=["episode_id"]).column("episode_id").to_pylist()
     assert info.rows == plan.rows == len(ids) and middle not in ids
@@ -114,7 +115,7 @@ def test_part_rows_chunks_match_a_slice(tmp_path, start, stop, rows):
     groups (here 5 rows each), as a slice of the whole table would."""
     import pyarrow.parquet as pq
 
-    from curation.pipeline import PartRows
+    from curation.phases.pack import PartRows
 
     table = pa.table({"i": list(range(23))})
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=5)
