@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import time
 
 import numpy as np
 import open_clip
+import pyarrow as pa
 import pytest
 import torch
-from PIL import Image
 
 from curation.config import CaptionConfig
-from curation.stages.caption import CaptionStage
 from pretrain.text_encoder import WeightsUnavailableError, captioner_from_config
 from schemas.text import text_embedding_fallback
 
@@ -103,21 +101,13 @@ def test_local_checkpoint_loads_the_same_weights(captioner, tiny_coca, tmp_path)
     assert other.score_and_caption(images(1), texts)[1] == captioner.score_and_caption(images(1), texts)[1]
 
 
-def test_stage_adds_columns(tiny_coca):
-    stage = CaptionStage(CaptionConfig(model=tiny_coca, pretrained=None, max_tokens=4), captioner_from_config)
-    frames = []
-    for img in images(2):
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        frames.append(buf.getvalue())
-    out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["x", "y"])})
-    assert set(out) >= {"caption", "clip_score", "text_embedding", "obs_frame"}
-    assert len(out["caption"]) == 2 and out["text_embedding"][0].shape == (64,)
-
-
-def test_the_stage_runs_whatever_model_the_factory_builds():
+def test_the_caption_actor_runs_whatever_model_the_factory_builds():
     """Curation knows the caption model only through schemas.text.CaptionModel: any object with
-    its two methods, built by the factory from the stage's config, is what the stage uses."""
+    its two methods, built by the factory from the job's caption config, is what the job's
+    caption actor (:class:`curation.episode_samples.PartCaptioner`) uses: its score and caption
+    of each sample's observation frame, and its embedding of the instruction."""
+    from curation.episode_samples import RAW_SCHEMA, PartCaptioner, table_from_bytes, table_to_bytes
+    from schemas.frames import encode_sample_frames
 
     class Fixed:
         def embed_text(self, texts):
@@ -128,18 +118,28 @@ def test_the_stage_runs_whatever_model_the_factory_builds():
 
     built = []
     cfg = CaptionConfig(model="any", pretrained=None)
-    stage = CaptionStage(cfg, lambda c: built.append(c) or Fixed())
     imgs = images(2)
-    frames = []
-    for img in imgs:
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        frames.append(buf.getvalue())
-    out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["ab", "cde"])})
+    rows = [
+        {"sample_id": f"s{i}", "instruction": text, "video": encode_sample_frames(img[None], "png")}
+        | {"video_format": "png", "quality": {"motion": 1.0}}
+        for i, (img, text) in enumerate(zip(imgs, ["ab", "cde"], strict=True))
+    ]
+    part = {
+        "part": 0,
+        "records": json.dumps([{"episode_id": "e", "samples": 2}]),
+        "sketches": json.dumps([None]),
+        "table": table_to_bytes(pa.Table.from_pylist(rows, schema=RAW_SCHEMA)),
+    }
+    batch = {k: np.asarray([v], dtype=object) for k, v in part.items()}
+    out = PartCaptioner(cfg, lambda c: built.append(c) or Fixed())(batch)
     assert built == [cfg]
-    assert out["caption"].tolist() == ["AB", "CDE"]
-    np.testing.assert_allclose(out["clip_score"], imgs.mean(axis=(1, 2, 3)), rtol=1e-6)
-    np.testing.assert_allclose(np.stack(out["text_embedding"]), [[1.0, 0, 0], [1.0, 0, 0]])  # unit norm
+    got = table_from_bytes(out["table"][0]).to_pylist()
+    assert [r["caption"] for r in got] == ["AB", "CDE"]
+    np.testing.assert_allclose(
+        [r["quality"]["clip_score"] for r in got], imgs.mean(axis=(1, 2, 3)), rtol=1e-6
+    )
+    assert [r["quality"]["motion"] for r in got] == [1.0, 1.0]  # the filters' scores are kept
+    np.testing.assert_allclose([r["text_embedding"] for r in got], [[2.0, 0, 0], [3.0, 0, 0]])
 
 
 def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):

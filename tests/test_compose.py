@@ -9,13 +9,14 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curation.config import FilterConfig, VideoConfig, WindowConfig
-from curation.stages.compose import make_compose_fn
-from curation.stages.filters import make_filter_fn
-from curation.stages.sample import make_sample_fn
+from curation.config import CurationConfig, FilterConfig, VideoConfig, WindowConfig
+from curation.episode_samples import RAW_SCHEMA, episode_sample_rows
+from curation.phases.pack import normalise_raw_table
+from curation.shards import SAMPLE_METADATA
+from curation.stages.filters import check_episode
 from curation.stages.stats import compute_stats
-from curation.stages.windowing import Window, make_window_fn
-from schemas import Episode, Sample, from_table, to_table
+from curation.stages.windowing import window_episode
+from schemas import Sample, from_table, to_table, validate_sample_table
 from schemas.compose import compose_views, resize_frames, slot_roles
 from schemas.frames import decode_sample_frames, encode_sample_frames
 from tests.test_windowing import make_episode
@@ -85,23 +86,27 @@ def test_mp4_round_trip_is_close():
 
 
 @pytest.mark.parametrize("fmt", ["png", "mp4"])
-def test_one_episode_row_through_every_stage(fmt):
-    fcfg = FilterConfig(min_steps=8)
-    wcfg = WindowConfig(chunk=8, frame_stride=2, num_future=2, stride=8)
-    vcfg = VideoConfig(width=64, height=64, format=fmt)
+def test_one_episode_through_every_stage(fmt):
+    """The job's path for one episode, in one process: filters → windows → composed, encoded
+    frames (raw rows, as a work part holds them) → normalised, validated Sample rows (as the
+    shard phase writes them)."""
+    cfg = CurationConfig(
+        filters=FilterConfig(min_steps=8),
+        windows=WindowConfig(chunk=8, frame_stride=2, num_future=2, stride=8),
+        video=VideoConfig(width=64, height=64, format=fmt),
+    )
     eps = [make_episode(40, "agilex_dual_arm", seed=s) for s in range(2)]
-    stats = compute_stats(eps, wcfg)
+    stats = compute_stats(eps, cfg.windows)
+    ep = eps[0]
 
-    row = make_filter_fn(fcfg)(eps[0].to_row())
-    assert row["rejection"] is None
-    window_rows = make_window_fn(wcfg)(row)
-    assert len(window_rows) == 5
-    composed = [make_compose_fn(vcfg)(r) for r in window_rows]
-    samples = [Sample.from_row(make_sample_fn(stats)(r)) for r in composed]
+    verdict = check_episode(ep, cfg.filters)
+    assert verdict.rejection is None
+    rows, rejections, candidates = episode_sample_rows(ep, cfg, verdict.quality)
+    assert len(rows) == 5 and candidates == 5 and rejections == []
+    table = validate_sample_table(normalise_raw_table(pa.Table.from_pylist(rows, schema=RAW_SCHEMA), stats))
+    samples = from_table(Sample, table.replace_schema_metadata(SAMPLE_METADATA))
 
-    ep = Episode.from_row(row)
-    for s, wr in zip(samples, window_rows, strict=True):
-        w = Window.from_row(wr)
+    for s, w in zip(samples, window_episode(ep, cfg.windows).windows, strict=True):
         assert s.sample_id == w.sample_id and s.embodiment_id == 1 and (s.height, s.width) == (64, 64)
         assert set(s.quality) == {"motion", "brightness", "sharpness"}
         frames = decode_sample_frames(s.video, s.video_format)
@@ -112,8 +117,7 @@ def test_one_episode_row_through_every_stage(fmt):
             np.testing.assert_array_equal(frames, want)
         else:
             assert np.abs(frames.astype(int) - want.astype(int)).mean() < 12
-    table = to_table(samples)  # validated and written through the shard schema
-    assert isinstance(table, pa.Table) and from_table(Sample, table) == samples
+    assert to_table(samples).equals(table)  # the rows round-trip through the Sample record
 
 
 def test_stacked_png_from_cached_rows_equals_encoding_the_window():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from curation.config import WindowConfig
@@ -11,8 +10,6 @@ from curation.stages.stats import (
     StatsAccumulator,
     compute_stats,
     episode_training_values,
-    make_stats_batch_fn,
-    merge_stats_rows,
 )
 from curation.stages.windowing import windows
 from schemas import MAX_DIM, DimStats, EmbodimentStats, get_embodiment
@@ -80,23 +77,22 @@ def test_stats_match_exact_numbers():
         np.testing.assert_array_equal(got.q99, s[int(np.ceil(0.99 * n)) - 1])
 
 
-def test_distributed_stats_equal_in_process_stats():
+def test_per_episode_sketches_merged_equal_in_process_stats():
+    """As the job makes them: one serialised accumulator per episode (in its Ray task), merged
+    per embodiment on the driver, give the statistics of one pass over every episode."""
     eps = _episodes("agilex_dual_arm", 4) + _episodes("metaworld_sawyer", 3)
-    fn = make_stats_batch_fn(WCFG)
-    parts = [fn(pa.Table.from_pylist([e.to_row() for e in eps[i : i + 2]])) for i in range(0, len(eps), 2)]
-    rows = [r for t in parts for r in t.to_pylist()]
-    assert {r["embodiment"] for r in rows} == {"agilex_dual_arm", "metaworld_sawyer"}
-    merged = merge_stats_rows(reversed(rows))
+    blobs = [StatsAccumulator(e.embodiment).add_episode(e, WCFG).to_bytes() for e in eps]
+    accs: dict[str, StatsAccumulator] = {}
+    for acc in map(StatsAccumulator.from_bytes, blobs):
+        accs[acc.embodiment] = accs[acc.embodiment].merge(acc) if acc.embodiment in accs else acc
+    merged = {name: acc.finalize() for name, acc in accs.items()}
     direct = compute_stats(eps, WCFG)
-    assert merged.keys() == direct.keys()
+    assert merged.keys() == direct.keys() == {"agilex_dual_arm", "metaworld_sawyer"}
     for name in direct:
         for part in ("action", "state"):
             a, b = getattr(merged[name], part), getattr(direct[name], part)
             np.testing.assert_allclose(a.mean, b.mean, rtol=1e-9)
             assert (a.q01, a.q99, a.min, a.max, a.count) == (b.q01, b.q99, b.min, b.max, b.count)
-    assert merge_stats_rows(rows) == merged  # merge order does not matter
-    with pytest.raises(TypeError, match="batch_format='pyarrow'"):
-        fn({"episode_id": np.array(["x"])})
 
 
 def test_window_and_episode_accumulation_agree():

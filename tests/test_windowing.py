@@ -1,11 +1,10 @@
-"""Windowing (1:N) with its accounting, Window rows through Arrow, and the curation config."""
+"""Windowing (1:N) with its accounting, and the curation config."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from curation.config import (
@@ -16,11 +15,7 @@ from curation.config import (
     list_presets,
     load_config,
 )
-from curation.frames import decode_frames
 from curation.stages.windowing import (
-    Window,
-    make_window_fn,
-    make_window_ledger_fn,
     plan_windows,
     window_episode,
     windows,
@@ -148,39 +143,6 @@ def test_too_short_episode_is_rejected_as_a_whole():
     assert result.windows == [] and result.dropped == (0, 4)
     reasons = [(r.reason, r.window) for r in result.rejections]
     assert reasons == [("past_end", 0), ("past_end", 4), ("too_short_for_window", -1)]
-
-
-# ---- rows for Ray Data ---------------------------------------------------------------
-
-
-def test_window_rows_survive_arrow_and_carry_only_their_frames():
-    ep = make_episode(30)
-    row = ep.to_row()
-    row["quality"] = {"motion": 3.0, "brightness": 100.0, "sharpness": 50.0}
-    rows = make_window_fn(CFG)(row)
-    assert len(rows) == 6
-    table = pa.Table.from_pylist(rows)  # what Ray does with the rows: infer the types
-    assert pa.Table.from_pylist(rows, schema=Window.arrow_schema()).num_rows == 6
-    back = [Window.from_row(r) for r in table.to_pylist()]
-    for w, r in zip(back, window_episode(ep, CFG).windows, strict=True):
-        assert w.sample_id == r.sample_id and w.frame_indices == r.frame_indices
-        np.testing.assert_array_equal(w.action, r.action)
-        np.testing.assert_array_equal(w.state, r.state)
-        assert w.quality == {"motion": 3.0, "brightness": 100.0, "sharpness": 50.0}  # no clip_score yet
-        for role, ref in w.cameras.items():
-            assert ref.num_frames == 3  # inline refs cut to the 1+K frames used
-            got = decode_frames(ref, list(w.camera_indices))
-            np.testing.assert_array_equal(got, ep.cameras[role].array[list(w.frame_indices)])
-
-
-def test_ledger_fn_matches_window_episode():
-    for t in (6, 30):
-        ep = make_episode(t)
-        ledger = make_window_ledger_fn(CFG)(ep.to_row())
-        result = window_episode(ep, CFG)
-        assert ledger["windows_made"] == len(result.windows)
-        assert ledger["windows_dropped"] == len(result.dropped)
-        assert ledger["rejections"] == [r.to_row() for r in result.rejections]
 
 
 # ---- config ---------------------------------------------------------------------------

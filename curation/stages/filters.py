@@ -441,28 +441,6 @@ def check_episode(ep: Episode, cfg: FilterConfig, decode: FrameDecoder | None = 
     return FilterVerdict(None, quality, fp)
 
 
-def make_filter_fn(
-    cfg: FilterConfig, decode: FrameDecoder | None = None
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Per-row (1:1) function for ``Dataset.map`` over episode rows.
-
-    Adds ``rejection`` (a Rejection row, or None when the episode passes), ``quality``
-    (motion/brightness/sharpness) and ``fingerprint`` (hex strings, for
-    :func:`make_dedup_rejections`). Follow it with ``filter(lambda r: r["rejection"] is None)``.
-    """
-
-    def filter_row(row: dict[str, Any]) -> dict[str, Any]:
-        verdict = check_episode(Episode.from_row(row), cfg, decode)
-        return {
-            **row,
-            "rejection": None if verdict.rejection is None else verdict.rejection.to_row(),
-            "quality": {k: verdict.quality.get(k) for k in ("motion", "brightness", "sharpness")},
-            "fingerprint": fingerprint_to_hex(verdict.fingerprint),
-        }
-
-    return filter_row
-
-
 def make_dedup_rejections(rows: Iterable[dict[str, Any]], cfg: FilterConfig) -> list[Rejection]:
     """N:1 duplicate stage over passing episode rows (``episode_id``, ``fingerprint``,
     ``source_path``, ``source``): the rejections of every near-duplicate, sorted by id.

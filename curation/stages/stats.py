@@ -14,16 +14,15 @@ count). The ``q01``/``q99`` fields hold ``NormConfig.low_quantile``/``high_quant
 (0.01/0.99 unless configured otherwise). Quantiles carry the sketch's rank error, about
 1.7 / ``NormConfig.sketch_k``; mean/std/min/max are exact up to float64 rounding.
 
-Driver pattern (Ray Data): ``ds.map_batches(make_stats_batch_fn(wcfg, ncfg),
-batch_format="pyarrow")`` gives one small row per (batch, embodiment); collect them and
-call :func:`merge_stats_rows`.
+In the job each episode's accumulator is built from its raw sample rows in its Ray task
+(:func:`raw_rows_accumulator`) and saved beside its part; the driver merges them in
+discovery order (:mod:`curation.phases.statistics`). :func:`compute_stats` is the same
+arithmetic over whole episodes, in one process.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -176,49 +175,3 @@ def compute_stats(
 ) -> dict[str, EmbodimentStats]:
     """In-process convenience: ``embodiment -> EmbodimentStats`` over ``episodes``."""
     return {name: acc.finalize(cfg) for name, acc in accumulate(episodes, wcfg, cfg.sketch_k).items()}
-
-
-def _rows_of(batch: Any) -> list[dict[str, Any]]:
-    if isinstance(batch, pa.Table):
-        return batch.to_pylist()
-    if isinstance(batch, list):
-        return batch
-    raise TypeError(
-        f"stats batch must be a pyarrow.Table (map_batches(..., batch_format='pyarrow')) or a list of rows, "
-        f"got {type(batch).__name__}"
-    )
-
-
-def make_stats_batch_fn(wcfg: WindowConfig, cfg: NormConfig = _NORM) -> Callable[[Any], pa.Table]:
-    """Batch function for ``Dataset.map_batches`` over episode rows: one row per embodiment
-    in the batch, ``{"embodiment": str, "sketch": bytes}`` (a serialised accumulator)."""
-
-    def stats_batch(batch: Any) -> pa.Table:
-        accs = accumulate((Episode.from_row(r) for r in _rows_of(batch)), wcfg, cfg.sketch_k)
-        names = sorted(accs)
-        return pa.table(
-            {
-                "embodiment": pa.array(names, pa.string()),
-                "sketch": pa.array([accs[n].to_bytes() for n in names], pa.binary()),
-            }
-        )
-
-    return stats_batch
-
-
-def merge_stats_rows(rows: Iterable[dict[str, Any]], cfg: NormConfig = _NORM) -> dict[str, EmbodimentStats]:
-    """Merge the rows of :func:`make_stats_batch_fn` into final statistics.
-
-    Rows are merged in the order of their content hash, so the result does not depend on
-    the order in which Ray hands them back.
-    """
-    merged: dict[str, StatsAccumulator] = {}
-    for row in sorted(rows, key=lambda r: hashlib.sha256(r["sketch"]).digest()):
-        acc = StatsAccumulator.from_bytes(row["sketch"])
-        if acc.embodiment != row["embodiment"]:
-            raise ValueError(f"stats row says {row['embodiment']!r} but its sketch is {acc.embodiment!r}")
-        if acc.embodiment in merged:
-            merged[acc.embodiment].merge(acc)
-        else:
-            merged[acc.embodiment] = acc
-    return {name: acc.finalize(cfg) for name, acc in sorted(merged.items())}

@@ -18,25 +18,19 @@ increase; ``camera_indices`` are the clamped ones actually decoded). An episode 
 no window at all also gets an episode-level rejection (``too_short_for_window``).
 
 Every window has a deterministic ``sample_id`` = uuid5(episode id, t, geometry). A
-:class:`Window` carries its episode's frame references; in its Arrow row, inline and
-encoded references are cut down to the 1+K frames it uses, so rows stay small.
+:class:`Window` carries its episode's frame references; the episode pass
+(:mod:`curation.episode_samples`) decodes each camera once and picks the frames at
+``camera_indices``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from curation.config import WindowConfig
 from schemas import Episode, FrameRef, Rejection, sample_id_for, window_geometry
-from schemas.episode import FRAME_REF_TYPE
-from schemas.sample import QUALITY_KEYS
-
-QUALITY_COLUMN = "quality"  # episode-row column written by the filter stage, copied to windows
 
 
 def geometry_of(cfg: WindowConfig) -> str:
@@ -86,100 +80,6 @@ class Window:
         """Rate of the 1+K frames of this window (they are Δ steps apart)."""
         step = self.frame_indices[1] - self.frame_indices[0] if len(self.frame_indices) > 1 else 1
         return self.fps / step
-
-    def to_row(self) -> dict[str, Any]:
-        idx = list(self.camera_indices)
-        # Cut inline/encoded refs down to the frames used; only when every ref can be cut,
-        # because all refs share ``camera_indices`` (a mix keeps full refs: correct, larger).
-        compact = bool(self.cameras) and all(
-            ref.kind in ("inline", "encoded") for ref in self.cameras.values()
-        )
-        cams = []
-        for role, ref in self.cameras.items():
-            if compact and ref.kind == "inline" and ref.array is not None:
-                ref = FrameRef(
-                    kind="inline", path=ref.path, fps=ref.fps, array=np.ascontiguousarray(ref.array[idx])
-                )
-            elif compact and ref.kind == "encoded":
-                ref = FrameRef(
-                    kind="encoded",
-                    path=ref.path,
-                    fps=ref.fps,
-                    encoded=tuple(ref.encoded[i] for i in idx),
-                    channel_order=ref.channel_order,
-                    pixel_range=ref.pixel_range,
-                )
-            cams.append({"role": role, **ref.to_row()})
-        return {
-            "sample_id": self.sample_id,
-            "episode_id": self.episode_id,
-            "source": self.source,
-            "source_path": self.source_path,
-            "embodiment": self.embodiment,
-            "instruction": self.instruction,
-            "fps": float(self.fps),
-            "geometry": self.geometry,
-            "start_frame": int(self.start_frame),
-            "frame_indices": list(self.frame_indices),
-            "camera_indices": list(range(len(idx))) if compact else idx,
-            "action": self.action.tolist(),
-            "state": self.state.tolist(),
-            "valid_steps": int(self.valid_steps),
-            "cameras": cams,
-            "quality": {k: (float(self.quality[k]) if k in self.quality else None) for k in QUALITY_KEYS},
-        }
-
-    @staticmethod
-    def arrow_schema() -> pa.Schema:
-        """Explicit Arrow schema of :meth:`to_row` (rows also infer to it without one)."""
-        return pa.schema(
-            [
-                ("sample_id", pa.string()),
-                ("episode_id", pa.string()),
-                ("source", pa.string()),
-                ("source_path", pa.string()),
-                ("embodiment", pa.string()),
-                ("instruction", pa.string()),
-                ("fps", pa.float64()),
-                ("geometry", pa.string()),
-                ("start_frame", pa.int64()),
-                ("frame_indices", pa.list_(pa.int64())),
-                ("camera_indices", pa.list_(pa.int64())),
-                ("action", pa.list_(pa.list_(pa.float32()))),
-                ("state", pa.list_(pa.float32())),
-                ("valid_steps", pa.int64()),
-                ("cameras", pa.list_(pa.struct([("role", pa.string()), *FRAME_REF_TYPE]))),
-                ("quality", pa.struct([(k, pa.float64()) for k in QUALITY_KEYS])),
-            ]
-        )
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Window:
-        cams = row["cameras"]
-        if isinstance(cams, dict):
-            cams = cams.items()
-        cams = [(c["role"], c) if isinstance(c, dict) else c for c in cams]
-        state = np.asarray(row["state"], dtype=np.float32).reshape(-1)
-        action = np.asarray(row["action"], dtype=np.float32)
-        quality = row.get("quality") or {}
-        return cls(
-            sample_id=row["sample_id"],
-            episode_id=row["episode_id"],
-            source=row["source"],
-            source_path=row.get("source_path") or "",
-            embodiment=row["embodiment"],
-            instruction=row["instruction"],
-            fps=float(row["fps"]),
-            geometry=row["geometry"],
-            start_frame=int(row["start_frame"]),
-            frame_indices=tuple(int(i) for i in row["frame_indices"]),
-            camera_indices=tuple(int(i) for i in row["camera_indices"]),
-            action=action.reshape(action.shape[0], -1) if action.ndim != 2 else action,
-            state=state,
-            valid_steps=int(row["valid_steps"]),
-            cameras={k: FrameRef.from_row(v) for k, v in cams},
-            quality={k: float(v) for k, v in quality.items() if v is not None},
-        )
 
 
 @dataclass(frozen=True)
@@ -270,42 +170,3 @@ def window_episode(
 def windows(episode: Episode, cfg: WindowConfig) -> list[Window]:
     """The windows of ``episode`` (see :func:`window_episode` for the dropped ones)."""
     return window_episode(episode, cfg).windows
-
-
-def make_window_fn(cfg: WindowConfig) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
-    """Per-row (1:N) function for ``Dataset.flat_map``: episode row → window rows.
-
-    The episode row's ``quality`` column (written by the filter stage), when present, is
-    copied into every window. Rejections are not emitted here (one schema per dataset);
-    get them from :func:`make_window_ledger_fn` on the same episode rows.
-    """
-
-    def window_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
-        ep = Episode.from_row(row)
-        quality = {k: v for k, v in (row.get(QUALITY_COLUMN) or {}).items() if v is not None}
-        return [w.to_row() for w in window_episode(ep, cfg, quality).windows]
-
-    return window_rows
-
-
-def make_window_ledger_fn(cfg: WindowConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Per-row (1:1) accounting for windowing: counts and rejection rows of one episode.
-
-    Needs only the episode's id, length, source and path, so it is cheap to run beside
-    :func:`make_window_fn` on the same dataset.
-    """
-
-    def ledger_row(row: dict[str, Any]) -> dict[str, Any]:
-        length = int(row["length"]) if "length" in row else len(row["action"])
-        plan = plan_windows(length, cfg)
-        rej = _window_rejections(
-            row["episode_id"], row["source"], row.get("source_path") or "", length, plan, cfg
-        )
-        return {
-            "episode_id": row["episode_id"],
-            "windows_made": len(plan.made),
-            "windows_dropped": len(plan.dropped),
-            "rejections": [r.to_row() for r in rej],
-        }
-
-    return ledger_row
