@@ -255,7 +255,7 @@ def get_preset(name: str) -> CurationConfig:
 # ---- strict loading -------------------------------------------------------------------
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationConfig:
+def preset_with_overrides(data: dict[str, Any], where: str = "config") -> CurationConfig:
     """Start from ``data["preset"]`` (default ``"default"``) and override the given fields."""
     data = dict(data)
     preset = data.pop("preset", None)
@@ -266,8 +266,8 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> CurationCon
 
 
 def load_config(path: str | Path) -> CurationConfig:
-    """A config from a ``.json`` or ``.toml`` file (see :func:`config_from_dict`)."""
-    return config_from_dict(read_config_file(path), where=str(Path(path)))
+    """A config from a ``.json`` or ``.toml`` file (see :func:`preset_with_overrides`)."""
+    return preset_with_overrides(read_config_file(path), where=str(Path(path)))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

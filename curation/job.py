@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from curation.config import CaptionConfig, CurationConfig, config_from_dict, get_preset
+from curation.config import CaptionConfig, CurationConfig, get_preset, preset_with_overrides
 from curation.ingest import SourceSpec
 from schemas import SCHEMA_VERSION
 
@@ -80,7 +80,7 @@ def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
     return CurateJob(
         sources=tuple(SourceSpec.coerce(s) for s in data["sources"]),
         out=str(data["out"]),
-        curation=config_from_dict(data.get("curation") or {}, f"{where}.curation"),
+        curation=preset_with_overrides(data.get("curation") or {}, f"{where}.curation"),
         caption=None if caption is None else from_dict(CaptionConfig, caption, f"{where}.caption"),
         run=from_dict(RunConfig, data.get("run") or {}, f"{where}.run"),
     )

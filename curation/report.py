@@ -24,12 +24,7 @@ import pyarrow.parquet as pq
 
 from curation.shards import REPORT_DIR, read_manifest
 from schemas import get_embodiment
-
-
-def _decode_frames(video: bytes, fmt: str) -> np.ndarray:
-    from schemas.frames import decode_sample_frames
-
-    return decode_sample_frames(video, fmt)
+from schemas.frames import decode_sample_frames
 
 
 def _load_rows(out: Path, max_rows: int) -> list[dict]:
@@ -99,7 +94,7 @@ def plot_sample_grid(rows: list[dict], path: Path, n: int = 6) -> bool:
         return False
     step = max(1, len(rows) // n)
     picked = rows[::step][:n]
-    strips = [_decode_frames(r["video"], r["video_format"]) for r in picked]
+    strips = [decode_sample_frames(r["video"], r["video_format"]) for r in picked]
     k = max(s.shape[0] for s in strips)
     fig, axes = plt.subplots(len(picked), k, figsize=(1.9 * k, 2.2 * len(picked)), squeeze=False)
     for i, (r, frames) in enumerate(zip(picked, strips, strict=True)):

@@ -11,7 +11,7 @@ from typing import Literal
 
 import pytest
 
-from curation.config import ConfigError, WindowConfig, config_from_dict, get_preset
+from curation.config import ConfigError, WindowConfig, get_preset, preset_with_overrides
 from pipelines.config_flags import add_field_flags, field_overrides, parse_field_value
 from pipelines.usage import ArgumentParser
 from pretrain.run_config import ZERO_STAGES, TrainConfig, get_train_config
@@ -161,9 +161,9 @@ def test_project_configs_load_through_the_one_loader():
     with pytest.raises(
         ConfigError, match=r"^c\.toml\.windows\.tail: must be one of \['drop', 'pad'\], got 'wrap'$"
     ):
-        config_from_dict({"preset": "debug", "windows": {"tail": "wrap"}}, "c.toml")
+        preset_with_overrides({"preset": "debug", "windows": {"tail": "wrap"}}, "c.toml")
     with pytest.raises(ConfigError, match=r"^c\.toml\.filters\.enabled\[0\]: expected a string"):
-        config_from_dict({"filters": {"enabled": [3]}}, "c.toml")
+        preset_with_overrides({"filters": {"enabled": [3]}}, "c.toml")
     with pytest.raises(
         ValueError, match=r"TrainConfig\.optimizer: must be one of \['adamw', 'adam'\], got 'sgd'"
     ):
@@ -261,7 +261,7 @@ def test_demo_presets_are_typed_and_checked():
         cfg = PRESETS.get(name)
         assert isinstance(cfg.curation, CurationConfig) and isinstance(cfg.train, DemoTraining)
         # the job file the demo writes reads back to the very same curation config
-        assert config_from_dict(cfg.curation.to_dict(), "job") == cfg.curation
+        assert preset_with_overrides(cfg.curation.to_dict(), "job") == cfg.curation
     assert PRESETS.get("smoke").train.finetune_args() == ["--heldout-fraction", "0.25"]
     with pytest.raises(KeyError, match="did you mean 'debug'"):
         DemoTraining(model="debgu")

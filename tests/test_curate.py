@@ -284,9 +284,9 @@ def test_statistics_are_the_episodes_sketches_merged_in_order(curated):
 
 
 def _norm(m: Manifest):
-    from curation.config import config_from_dict
+    from curation.config import preset_with_overrides
 
-    return config_from_dict(m.config["curation"]).norm
+    return preset_with_overrides(m.config["curation"]).norm
 
 
 def test_how_the_job_runs_does_not_change_what_it_writes(curated, corpus, ray_local, tmp_path):

@@ -10,10 +10,10 @@ import pytest
 from curation.config import (
     CurationConfig,
     WindowConfig,
-    config_from_dict,
     get_preset,
     list_presets,
     load_config,
+    preset_with_overrides,
 )
 from curation.stages.windowing import (
     plan_windows,
@@ -192,4 +192,4 @@ def test_bad_config_names_the_field(data, message, tmp_path):
     if "preset" not in data:
         assert str(path) in str(info.value)
     with pytest.raises(ConfigError, match=message):
-        config_from_dict(data)
+        preset_with_overrides(data)
