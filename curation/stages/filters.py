@@ -202,12 +202,17 @@ def video_scores(frames_NHWC: np.ndarray, cfg: FilterConfig) -> VideoScores:
     )
 
 
-def check_static_video(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
-    if scores.motion < cfg.min_motion:
-        return _reject(
-            ep, "static_video", "static_video", f"motion {scores.motion:.3g} < min_motion {cfg.min_motion:g}"
-        )
+def _below(
+    ep: Episode, name: str, score: str, value: float, floor_name: str, floor: float
+) -> Rejection | None:
+    """Filter ``name`` (also its reason) rejects ``ep`` when the video ``score`` is below its floor."""
+    if value < floor:
+        return _reject(ep, name, name, f"{score} {value:.3g} < {floor_name} {floor:g}")
     return None
+
+
+def check_static_video(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
+    return _below(ep, "static_video", "motion", scores.motion, "min_motion", cfg.min_motion)
 
 
 def check_exposure(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
@@ -231,25 +236,12 @@ def check_exposure(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejec
 
 
 def check_dark_video(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
-    if scores.brightness < cfg.min_brightness:
-        return _reject(
-            ep,
-            "dark_video",
-            "dark_video",
-            f"brightness {scores.brightness:.3g} < min_brightness {cfg.min_brightness:g}",
-        )
-    return None
+    return _below(ep, "dark_video", "brightness", scores.brightness, "min_brightness", cfg.min_brightness)
 
 
 def check_blurred_video(ep: Episode, scores: VideoScores, cfg: FilterConfig) -> Rejection | None:
-    if scores.sharpness < cfg.min_sharpness:
-        return _reject(
-            ep,
-            "blurred_video",
-            "blurred_video",
-            f"sharpness (Laplacian variance) {scores.sharpness:.3g} < min_sharpness {cfg.min_sharpness:g}",
-        )
-    return None
+    sharpness = "sharpness (Laplacian variance)"
+    return _below(ep, "blurred_video", sharpness, scores.sharpness, "min_sharpness", cfg.min_sharpness)
 
 
 # ---- fingerprints -------------------------------------------------------------------

@@ -127,30 +127,24 @@ def _window_rejections(
     episode_id: str, source: str, path: str, length: int, plan: WindowPlan, cfg: WindowConfig
 ) -> list[Rejection]:
     geometry = geometry_of(cfg)
-    path = path or source
-    out = [
-        Rejection(
+
+    def reject(reason: str, detail: str, window: int = -1) -> Rejection:
+        return Rejection(
             stage="window",
-            reason="past_end",
-            path=path,
+            reason=reason,
+            path=path or source,
             episode=episode_id,
-            detail=f"window at step {t} needs {cfg.span} steps ({geometry}), episode has {length}",
+            detail=detail,
             source=source,
-            window=t,
+            window=window,
         )
+
+    out = [
+        reject("past_end", f"window at step {t} needs {cfg.span} steps ({geometry}), episode has {length}", t)
         for t in plan.dropped
     ]
     if not plan.made:
-        out.append(
-            Rejection(
-                stage="window",
-                reason="too_short_for_window",
-                path=path,
-                episode=episode_id,
-                detail=f"{length} steps, a {geometry} window needs {cfg.span}",
-                source=source,
-            )
-        )
+        out.append(reject("too_short_for_window", f"{length} steps, a {geometry} window needs {cfg.span}"))
     return out
 
 
