@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curation.formats.base import EpisodeRef, SourceReader
-from curation.formats.hdf5_robomimic import (
+from curation.formats.hdf5_common import (
     attr_str,
     common_embodiment,
     episode_frames,
