@@ -58,19 +58,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from curation.formats import hdf5_common as common
 from curation.formats.base import EpisodeRef, SourceReader
-from curation.formats.hdf5_common import (
-    attr_str,
-    common_embodiment,
-    episode_frames,
-    finish_episode,
-    image_shape_ok,
-    link_problem,
-    open_hdf5,
-    raise_if_unexpected,
-    read_dataset,
-    unexpected_ref,
-)
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
 from schemas.errors import LoadError
@@ -111,7 +100,7 @@ def _data_members(data: Any) -> tuple[list[tuple[int, str]], list[tuple[str, str
     demos, unexpected = [], []
     for name in data:
         member = f"{DATA_GROUP}/{name}"
-        problem = link_problem(data, name)
+        problem = common.link_problem(data, name)
         if problem is None:
             obj = data.get(name)
             n = _demo_number(name)
@@ -152,7 +141,7 @@ class RobomimicReader(SourceReader):
         if FPS_ATTR in demo.attrs:
             return float(demo.attrs[FPS_ATTR])
         try:
-            env_args = json.loads(attr_str(data, "env_args") or "{}")
+            env_args = json.loads(common.attr_str(data, "env_args") or "{}")
             freq = env_args.get("env_kwargs", {}).get("control_freq")
             if freq:
                 return float(freq)
@@ -161,7 +150,7 @@ class RobomimicReader(SourceReader):
         return float(get_embodiment(self.mapping.embodiment).control_hz)
 
     def list_episodes(self) -> list[EpisodeRef]:
-        with open_hdf5(self.root) as f:
+        with common.open_hdf5(self.root) as f:
             data = f.get(DATA_GROUP)
             if data is None:
                 raise LoadError("bad_file", f"no {DATA_GROUP!r} group: not a robomimic file", self.root)
@@ -173,10 +162,10 @@ class RobomimicReader(SourceReader):
                     raise LoadError("missing_key", f"no filter key {MASK_GROUP}/{filter_key}", self.root)
                 keep = {m.decode() if isinstance(m, bytes) else str(m) for m in mask[()]}
                 demos = [(n, k) for n, k in demos if k in keep]
-            instruction = attr_str(data, INSTRUCTION_ATTR)
+            instruction = common.attr_str(data, INSTRUCTION_ATTR)
         first_free = max((n for n, _ in demos), default=-1) + 1
         odd = [
-            unexpected_ref(FORMAT, self.root, self.root, first_free + i, self.source, member, problem)
+            common.unexpected_ref(FORMAT, self.root, self.root, first_free + i, self.source, member, problem)
             for i, (member, problem) in enumerate(unexpected)
         ]
         return [
@@ -194,21 +183,21 @@ class RobomimicReader(SourceReader):
     def load(self, ref: EpisodeRef) -> Episode:
         import h5py
 
-        raise_if_unexpected(ref)
+        common.raise_if_unexpected(ref)
         path = Path(ref.path)
         demo = ref.locator["demo"]
-        with open_hdf5(path) as f:
+        with common.open_hdf5(path) as f:
             group = f.get(f"{DATA_GROUP}/{demo}")
             if group is None:
                 raise LoadError("missing_key", f"no group {DATA_GROUP}/{demo}", path, demo)
-            action = read_dataset(group, self.mapping.action_key, path, demo)
+            action = common.read_dataset(group, self.mapping.action_key, path, demo)
             fps = self._fps(f[DATA_GROUP], group)
             obs = group.get("obs")
             if obs is None:
                 raise LoadError("missing_key", f"no group {DATA_GROUP}/{demo}/obs", path, demo)
             parts = []
             for key in _state_keys(self.mapping):
-                part = read_dataset(obs, key, path, demo)
+                part = common.read_dataset(obs, key, path, demo)
                 # explicit width: reshape(0, -1) is ambiguous and fails on a zero-length demo
                 parts.append(part.reshape(part.shape[0], int(np.prod(part.shape[1:]))))
             lengths = {p.shape[0] for p in parts}
@@ -222,7 +211,7 @@ class RobomimicReader(SourceReader):
                 ds = obs.get(key)
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset obs/{key}", path, demo)
-                if not image_shape_ok(ds.shape):
+                if not common.image_shape_ok(ds.shape):
                     raise LoadError(
                         "bad_shape",
                         f"obs/{key} has shape {ds.shape} ({ds.dtype}), want [T, H, W] or [T, H, W, 1|3|4]",
@@ -248,9 +237,11 @@ class RobomimicReader(SourceReader):
                     demo,
                 )
             instruction = (
-                attr_str(group, INSTRUCTION_ATTR) or ref.locator["instruction"] or self.mapping.instruction
+                common.attr_str(group, INSTRUCTION_ATTR)
+                or ref.locator["instruction"]
+                or self.mapping.instruction
             )
-        return finish_episode(
+        return common.finish_episode(
             path=path,
             label=demo,
             source=ref.source,
@@ -298,7 +289,7 @@ def write_robomimic_hdf5(
     """
     import h5py
 
-    embodiment = common_embodiment(episodes, FORMAT)
+    embodiment = common.common_embodiment(episodes, FORMAT)
     spec = get_embodiment(embodiment)
     state_keys = dict(state_keys) if state_keys is not None else _default_state_keys(embodiment)
     if sum(state_keys.values()) != spec.state_dim:
@@ -344,7 +335,7 @@ def write_robomimic_hdf5(
                     raise ValueError(
                         f"episode {ep.episode_id} has no {role!r} camera; every demo needs {list(keys)}"
                     )
-                frames_THWC = episode_frames(ep, role)
+                frames_THWC = common.episode_frames(ep, role)
                 obs.create_dataset(
                     key, data=frames_THWC, chunks=(1, *frames_THWC.shape[1:]), compression=compression
                 )
