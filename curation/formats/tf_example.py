@@ -18,7 +18,7 @@ are :class:`ExampleDecodeError` with the byte position; the records themselves c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +149,15 @@ class _Cursor:
         s = self.sub()
         return bytes(self.buf[s.pos : s.end])
 
+    def messages(self, number: int) -> Iterator[_Cursor]:
+        """Each length-delimited field ``number`` of this message as its own cursor; other fields skipped."""
+        while self.more():
+            num, wire = self.tag()
+            if num == number and wire == 2:
+                yield self.sub()
+            else:
+                self.skip(wire)
+
     def skip(self, wire: int) -> None:
         if wire == 0:
             self.varint()
@@ -224,20 +233,9 @@ def _decode_feature(c: _Cursor) -> Feature:
 
 def decode_example(data: bytes | memoryview) -> dict[str, Feature]:
     """The features of a serialised ``tf.train.Example``; raises :class:`ExampleDecodeError`."""
-    c = _Cursor(memoryview(data).cast("B"))
     out: dict[str, Feature] = {}
-    while c.more():
-        num, wire = c.tag()
-        if num != 1 or wire != 2:
-            c.skip(wire)
-            continue
-        features = c.sub()
-        while features.more():
-            num, wire = features.tag()
-            if num != 1 or wire != 2:
-                features.skip(wire)
-                continue
-            entry = features.sub()
+    for features in _Cursor(memoryview(data).cast("B")).messages(1):  # Example.features
+        for entry in features.messages(1):  # Features.feature map entries
             key, feat = "", Feature("bytes", ())
             while entry.more():
                 num, wire = entry.tag()
