@@ -60,6 +60,7 @@ import numpy as np
 
 from curation.formats import hdf5_common as common
 from curation.formats.base import EpisodeRef, SourceReader
+from curation.formats.episodes import common_embodiment, episode_frames, finish_episode
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
 from schemas.errors import LoadError
@@ -241,7 +242,7 @@ class RobomimicReader(SourceReader):
                 or ref.locator["instruction"]
                 or self.mapping.instruction
             )
-        return common.finish_episode(
+        return finish_episode(
             path=path,
             label=demo,
             source=ref.source,
@@ -289,7 +290,7 @@ def write_robomimic_hdf5(
     """
     import h5py
 
-    embodiment = common.common_embodiment(episodes, FORMAT)
+    embodiment = common_embodiment(episodes, FORMAT)
     spec = get_embodiment(embodiment)
     state_keys = dict(state_keys) if state_keys is not None else _default_state_keys(embodiment)
     if sum(state_keys.values()) != spec.state_dim:
@@ -335,7 +336,7 @@ def write_robomimic_hdf5(
                     raise ValueError(
                         f"episode {ep.episode_id} has no {role!r} camera; every demo needs {list(keys)}"
                     )
-                frames_THWC = common.episode_frames(ep, role)
+                frames_THWC = episode_frames(ep, role)
                 obs.create_dataset(
                     key, data=frames_THWC, chunks=(1, *frames_THWC.shape[1:]), compression=compression
                 )
