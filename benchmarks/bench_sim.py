@@ -26,6 +26,7 @@ import os
 import platform
 import time
 import warnings
+from collections.abc import Callable
 
 
 def _pin(cores: int) -> str:
@@ -61,19 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     cam_ids = [slow.model.camera(name).id for name in cfg.cameras.values()]
 
-    def run_fast(n: int, seed: int) -> None:
-        obs = fast.reset(seed)
-        for _ in range(n):
-            obs, _, _, done = fast.step(policy.get_action(obs.full_obs))
-            if done:
-                obs = fast.reset(seed)
+    def stepper(sim: MetaWorldSim) -> Callable[[int, int], None]:
+        """``n`` expert steps in ``sim`` from ``seed``, resetting at the end of an episode."""
 
-    def run_physics(n: int, seed: int) -> None:
-        obs = physics.reset(seed)
-        for _ in range(n):
-            obs, _, _, done = physics.step(policy.get_action(obs.full_obs))
-            if done:
-                obs = physics.reset(seed)
+        def run(n: int, seed: int) -> None:
+            obs = sim.reset(seed)
+            for _ in range(n):
+                obs, _, _, done = sim.step(policy.get_action(obs.full_obs))
+                if done:
+                    obs = sim.reset(seed)
+
+        return run
+
+    run_fast, run_physics = stepper(fast), stepper(physics)
 
     def run_env_render(n: int, seed: int) -> None:
         # gymnasium's viewer never makes its own GL context current; after the fast loop the

@@ -1,9 +1,9 @@
 """Warm the job's Ray workers while the driver is busy with its own start.
 
-A fresh worker (every job gets its own, on a cluster too) spends about 1.4 CPU-s on its
-first Ray Data task before any episode work: importing Ray Data's map operator (~1.0 s)
-and the per-episode stack (curation, numpy, pyarrow, PyAV, decord, ISA-L: ~0.4 s). The
-driver meanwhile imports Ray Data itself and discovers the episodes, on one core, while
+A fresh worker (every job gets its own, on a cluster too) spends CPU time on its first Ray
+Data task before any episode work: importing Ray Data's map operator and the per-episode
+stack (curation, numpy, pyarrow, PyAV, decord, ISA-L; the figures are in BENCHMARKS.md,
+"Measurements behind the code"). The driver meanwhile imports Ray Data itself and discovers the episodes, on one core, while
 the workers sit idle. :func:`warm_workers`, called as soon as Ray is up, runs one import
 task per CPU so that both happen at once; the phase-2 tasks then find the modules loaded
 (Ray reuses a job's worker processes for its tasks of the same resource shape).

@@ -15,7 +15,8 @@ A flag that overrides a config field is derived from the field itself::
   dataclass default.
 
 :func:`name_flag` is the same for a registry: the flag's value must be one of the registry's names,
-and a misspelt one is answered with the registry's "did you mean". :func:`parse_field_value` turns a
+and a misspelt one is answered with the registry's "did you mean" (:func:`names_flag` for a plain
+table of names, e.g. the source formats). :func:`parse_field_value` turns a
 ``FIELD=VALUE`` text into the field's typed value (``--model-override``).
 """
 
@@ -141,12 +142,28 @@ def name_flag(
     *,
     default: str | None = None,
     help: str = "",
+    **kwargs: Any,
 ) -> None:
     """``flag`` whose value is one of ``registry``'s names (the registry's "did you mean" otherwise)."""
-    names = registry.names()
+    names_flag(parser, flag, registry.kind, registry.names(), default=default, help=help, **kwargs)
+
+
+def names_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    kind: str,
+    names: Sequence[str],
+    *,
+    default: str | None = None,
+    help: str = "",
+    **kwargs: Any,
+) -> None:
+    """:func:`name_flag` over a table that is not a :class:`Registry` (``kind``: what an error calls a name)."""
+    names = list(names)
     parser.add_argument(
         flag,
         default=default,
-        type=known(registry.kind, names),
-        help=f"{help or registry.kind} ({', '.join(names)})" + (f"; default {default}" if default else ""),
+        type=known(kind, names),
+        help=f"{help or kind} ({', '.join(names)})" + (f"; default {default}" if default else ""),
+        **kwargs,
     )

@@ -15,19 +15,15 @@ from pathlib import Path
 
 from curation.formats import FORMATS, writer
 from curation.ingest import SourceSpec, iter_episodes
-from pipelines.usage import ArgumentParser, JobFailed, command, existing_path, known
+from pipelines.config_flags import names_flag
+from pipelines.usage import ArgumentParser, JobFailed, command, existing_path
 from schemas import Episode, Rejection
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp convert", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
-    p.add_argument(
-        "--to",
-        required=True,
-        type=known("output format", sorted(FORMATS)),
-        help=f"output format ({', '.join(sorted(FORMATS))})",
-    )
+    names_flag(p, "--to", "output format", sorted(FORMATS), required=True)
     p.add_argument("--out", required=True, type=Path, help="output folder (or .hdf5 file for robomimic)")
     return p
 

@@ -89,7 +89,7 @@ class DemoConfig:
     replan_every: int = 4
     eval_max_steps: int = 200
     workers: int = 2
-    threads: int = 1  # torch threads per training process: more spin against other work on 2 cores
+    threads: int = 1  # torch threads per training process: more spin against other work (BENCHMARKS.md)
     openloop_samples: int = 256  # held-out samples in the open-loop evaluation
 
     def __post_init__(self) -> None:
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 @command("gwp demo")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.repo_prefix and not os.environ.get("HF_TOKEN"):  # refused before 20 minutes of work, not after
+    if args.repo_prefix and not os.environ.get("HF_TOKEN"):  # refused before the long run, not after
         raise UsageError("--repo-prefix needs a Hub token in HF_TOKEN")
     cfg = get_demo_config(args.preset)
     cfg = replace(cfg, **field_overrides(args, DemoConfig, DEMO_FLAGS))

@@ -151,18 +151,6 @@ def loss_fn_with_check(check: Callable[[Any], None]) -> Callable[[Any, dict[str,
     return fn
 
 
-def flow_config(args: argparse.Namespace) -> FlowConfig:
-    from pretrain.flow import FlowConfig
-
-    over = {
-        "action_weight": args.action_weight,
-        "video_weight": args.video_weight,
-        "action_shift": args.action_shift,
-        "video_shift": args.video_shift,
-    }
-    return replace(FlowConfig(), **{k: v for k, v in over.items() if v is not None})
-
-
 def export_policy(final_dir: Path, policy_cfg: PolicyConfig, stats: dict, card: dict[str, Any]) -> Path:
     """Turn the trainer's export (weights + run record) into a ``save_pretrained`` policy folder."""
     from safetensors.torch import load_file
@@ -196,11 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_cli.add_data_args(p)
     train_cli.add_codec_args(p)
     train_cli.add_train_args(p, [n for n in train_cli.TRAIN_OVERRIDES if n != "warmup_steps"])
-    # defaults: FlowConfig's (pretrain/flow.py), not repeated here so the parser needs no torch
-    p.add_argument("--action-weight", type=float, help="λ_a, action loss weight (default: FlowConfig's)")
-    p.add_argument("--video-weight", type=float, help="λ_v, video loss weight (default: FlowConfig's)")
-    p.add_argument("--action-shift", type=float, help="action timestep shift (default: FlowConfig's)")
-    p.add_argument("--video-shift", type=float, help="video timestep shift (default: FlowConfig's)")
+    train_cli.add_flow_args(p, train_cli.FLOW_OVERRIDES)
     p.add_argument(
         "--heldout-fraction", type=float, default=0.1, help="episodes held out from training (0 = none)"
     )
@@ -224,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.init.lower() != "none":
         local_or_repo_id("--init", args.init)
     kwargs = train_cli.codec_kwargs("finetune", args)  # a codec flag that does not fit, before torch loads
+    flow = train_cli.flow_config(args)
 
     import torch
 
@@ -245,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             args.codec,
             kwargs,
-            flow_config(args),
+            flow,
         )
     split = split_shards(shards, args.heldout_fraction, args.heldout_seed)
     check = None

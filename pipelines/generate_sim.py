@@ -31,10 +31,12 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from curation.config import VideoCodec
+from pipelines.config_flags import add_field_flags
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command
 from policy.envs.metaworld_env import TASK_INSTRUCTIONS, MetaWorldConfig, MetaWorldSim, rollout_expert
 from schemas import Episode
@@ -45,16 +47,25 @@ GENERATION_FILE = "generation.json"
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    tasks: tuple[str, ...] = DEFAULT_TASKS
-    episodes_per_task: int = 20
-    seed: int = 0  # first seed of every task; attempt j uses seed + j
-    image_size: int = 128
-    max_attempts: int = 0  # per task; 0 = 2 × episodes_per_task + 5
-    steps_after_success: int = 8
-    max_steps: int = 500  # per episode; the expert fails if not done by then
-    codec: str = "av1"
-    workers: int = 1
-    repo_id: str = "local/metaworld-expert"
+    tasks: tuple[str, ...] = field(
+        default=DEFAULT_TASKS, metadata={"help": "comma-separated Meta-World v3 tasks"}
+    )
+    episodes_per_task: int = field(default=20, metadata={"help": "successful expert episodes per task"})
+    seed: int = field(default=0, metadata={"help": "first seed; attempt j of a task uses seed + j"})
+    image_size: int = field(default=128, metadata={"help": "square camera images, pixels"})
+    max_attempts: int = field(default=0, metadata={"help": "per task; 0 = 2 × episodes + 5"})
+    steps_after_success: int = field(
+        default=8, metadata={"help": "frames kept after the first success, then stop"}
+    )
+    max_steps: int = field(
+        default=500,
+        metadata={"help": "per episode (the env allows 500); the expert fails if not done by then"},
+    )
+    codec: VideoCodec = field(default="av1", metadata={"help": "video codec of the dataset"})
+    workers: int = field(default=1, metadata={"help": "rollout processes"})
+    repo_id: str = field(
+        default="local/metaworld-expert", metadata={"help": "repo id written into the dataset's metadata"}
+    )
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -206,21 +217,15 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
     return record
 
 
+GENERATE_FLAGS = tuple(f.name for f in fields(GenerateConfig))  # every field is a flag
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="gwp generate-sim", description="Generate Meta-World expert demonstrations (LeRobot v3.0)."
     )
-    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated Meta-World v3 tasks")
-    p.add_argument("--episodes-per-task", type=int, default=GenerateConfig.episodes_per_task)
-    p.add_argument("--seed", type=int, default=0, help="first seed; attempt j of a task uses seed + j")
-    p.add_argument("--image-size", type=int, default=128, help="square camera images, pixels")
-    p.add_argument("--max-attempts", type=int, default=0, help="per task; 0 = 2 × episodes + 5")
-    p.add_argument("--steps-after-success", type=int, default=GenerateConfig.steps_after_success)
-    p.add_argument("--max-steps", type=int, default=500, help="per episode (the env allows 500)")
+    add_field_flags(p, GenerateConfig, GENERATE_FLAGS, defaults=GenerateConfig())
     p.add_argument("--out", required=True, help="output dataset folder")
-    p.add_argument("--codec", default="av1", choices=("av1", "h264", "mpeg4"))
-    p.add_argument("--workers", type=int, default=1, help="rollout processes")
-    p.add_argument("--repo-id", default=GenerateConfig.repo_id)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -229,18 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = GenerateConfig(
-            tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
-            episodes_per_task=args.episodes_per_task,
-            seed=args.seed,
-            image_size=args.image_size,
-            max_attempts=args.max_attempts,
-            steps_after_success=args.steps_after_success,
-            max_steps=args.max_steps,
-            codec=args.codec,
-            workers=args.workers,
-            repo_id=args.repo_id,
-        )
+        cfg = GenerateConfig(**{name: getattr(args, name) for name in GENERATE_FLAGS})
     except ValueError as err:
         raise UsageError(str(err)) from err
     try:

@@ -30,19 +30,15 @@ from curation.ingest import (
     iter_episodes,
     read_episodes,
 )
-from pipelines.usage import ArgumentParser, JobFailed, command, existing_path, known
+from pipelines.config_flags import names_flag
+from pipelines.usage import ArgumentParser, JobFailed, command, existing_path
 from schemas import Episode, Rejection, get_embodiment
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp ingest", description=__doc__.splitlines()[0])
     p.add_argument("sources", nargs="+", help="source folders or files (format auto-detected)")
-    p.add_argument(
-        "--format",
-        default=None,
-        type=known("source format", sorted(FORMATS)),
-        help=f"force one format for every source ({', '.join(sorted(FORMATS))})",
-    )
+    names_flag(p, "--format", "source format", sorted(FORMATS), help="force one format for every source")
     p.add_argument(
         "--embodiment",
         default=None,

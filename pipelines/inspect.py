@@ -106,7 +106,7 @@ def _hdf5_keys(group, prefix: str = "") -> list[dict[str, Any]]:
 
 
 def describe_robomimic(root: Path) -> dict[str, Any]:
-    from curation.formats.hdf5_robomimic import open_hdf5
+    from curation.formats.hdf5_common import open_hdf5
 
     with open_hdf5(root) as f:
         demos = sorted(k for k in f["data"] if k.startswith("demo_"))
@@ -118,7 +118,7 @@ def describe_robomimic(root: Path) -> dict[str, Any]:
 
 def describe_aloha(root: Path) -> dict[str, Any]:
     from curation.formats.hdf5_aloha import _episode_files
-    from curation.formats.hdf5_robomimic import open_hdf5
+    from curation.formats.hdf5_common import open_hdf5
 
     files = [p for _, p in _episode_files(root)] if root.is_dir() else [root]
     with open_hdf5(files[0]) as f:

@@ -45,9 +45,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines import train_cli
-from pipelines.config_flags import name_flag, parse_field_value
+from pipelines.config_flags import add_field_flags, field_overrides, name_flag, parse_field_value
 from pipelines.usage import ArgumentParser, UsageError, command, local_or_repo_id, reading
 from pretrain.config import MODEL_PRESETS, ModelConfig, get_model_config
+from pretrain.objective_config import ObjectiveConfig
 from pretrain.run_config import TRAIN_PRESETS
 from schemas import MAX_DIM
 from schemas.config import ConfigError
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # torch and the model code load after the arguments are check
     from pretrain.model import ActionVideoTransformer
 
 log = logging.getLogger("pretrain")
+OBJECTIVE_OVERRIDES: tuple[str, ...] = ("action_dropout",)  # ObjectiveConfig fields a flag may override
 
 
 # ---- what the data decides ----------------------------------------------------------------------
@@ -159,10 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_cli.add_codec_args(p)
     p.add_argument("--latent-cache", default=None, help="folder for per-shard cached latents")
-    p.add_argument(
-        "--action-dropout", type=float, default=None, help="default: ObjectiveConfig's action_dropout"
-    )
-    p.add_argument("--video-shift", type=float, default=None, help="default: FlowConfig's video_shift")
+    add_field_flags(p, ObjectiveConfig, OBJECTIVE_OVERRIDES)
+    train_cli.add_flow_args(p, ["video_shift"])  # no action target in pretraining: no action weight or shift
     train_cli.add_train_args(p, train_cli.TRAIN_OVERRIDES)
     p.add_argument("--offload-optimizer", action="store_true", help="ZeRO-Offload: optimizer on the CPU")
     p.add_argument("--activation-checkpointing", action="store_true")
@@ -189,6 +189,17 @@ def model_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def objective_config(args: argparse.Namespace) -> ObjectiveConfig:
+    """The objective with the flow and objective flags given; a value it refuses is the user's mistake."""
+    try:
+        return replace(
+            ObjectiveConfig(flow=train_cli.flow_config(args)),
+            **field_overrides(args, ObjectiveConfig, OBJECTIVE_OVERRIDES),
+        )
+    except ValueError as err:
+        raise UsageError(f"bad objective config: {err}") from None
+
+
 @command("gwp pretrain")
 def main(argv: list[str] | None = None) -> int:
     # DeepSpeed compiles its C++ ops on first use, slowly: keep them in the project, once
@@ -211,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_wan:
         local_or_repo_id("--init-wan", args.init_wan)
     train_cli.codec_kwargs("pretrain", args)  # a codec flag that does not fit, before torch loads
+    ocfg = objective_config(args)
 
     import torch
 
     from pretrain import distributed as dd
     from pretrain.codec import LatentCache
-    from pretrain.flow import FlowConfig
     from pretrain.model import param_count
-    from pretrain.objective import ObjectiveConfig, PretrainObjective
+    from pretrain.objective import PretrainObjective
     from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
 
     train_cli.apply_threads(args)
@@ -241,10 +252,6 @@ def main(argv: list[str] | None = None) -> int:
         ) from err
     with reading("--data", args.data):
         h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
-    flow = FlowConfig() if args.video_shift is None else replace(FlowConfig(), video_shift=args.video_shift)
-    ocfg = ObjectiveConfig(flow=flow)
-    if args.action_dropout is not None:
-        ocfg = replace(ocfg, action_dropout=args.action_dropout)
     objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     model, init = build_transformer(mcfg, args.init_wan)

@@ -1,10 +1,12 @@
 """Command-line pieces the two training drivers share (``pipelines.pretrain``, ``pipelines.finetune``).
 
 Both read curated shards (``--data`` at ``--data-revision``) into a run folder (``--out``),
-see video through one codec (``--codec`` …), start from a named train preset whose fields the
-flags in :data:`TRAIN_OVERRIDES` replace one by one (flags generated from the TrainConfig fields by
-:mod:`pipelines.config_flags`: type, Literal choices and help come from the dataclass), and answer a bad preset or value with one
-line on stderr and exit code 2. What differs (model presets, init, held-out split) stays in
+see video through one codec (``--codec`` …: the :class:`~pretrain.codec_choice.CodecChoice` fields),
+start from a named train preset whose fields the flags in :data:`TRAIN_OVERRIDES` replace one by
+one, take the flow settings of :data:`FLOW_OVERRIDES` (``FlowConfig``) the same way, and answer a
+bad preset or value with one line on stderr and exit code 2. Every such flag is generated from its
+dataclass field by :mod:`pipelines.config_flags` (type, Literal choices and help come from the
+field). What differs (model presets, init, held-out split) stays in
 each driver. Nothing here imports torch at module level: a usage error, or ``--help``, is
 answered before torch is loaded.
 """
@@ -19,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.config_flags import add_field_flags, field_overrides
 from pipelines.usage import UsageError, local_or_repo_id
+from pretrain.codec_choice import LATENT_CODECS, CodecChoice
+from pretrain.objective_config import FlowConfig
 from pretrain.run_config import TrainConfig, get_train_config
 
 if TYPE_CHECKING:
@@ -37,6 +41,9 @@ TRAIN_OVERRIDES: tuple[str, ...] = (
     "ckpt_every",
     "seed",
 )
+CODEC_FLAGS: tuple[str, ...] = ("codec", "codec_patch", "vae")
+# FlowConfig fields a flag may override (each driver adds the ones that apply to it)
+FLOW_OVERRIDES: tuple[str, ...] = ("action_weight", "video_weight", "action_shift", "video_shift")
 
 
 def open_shards(args: argparse.Namespace) -> ShardSet:
@@ -60,15 +67,27 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_codec_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codec", default="pixel", choices=["pixel", "wan-vae"])
-    p.add_argument("--codec-patch", type=int, default=4, help="pixel codec patch size")
-    p.add_argument("--vae", default=None, help="wan-vae codec: local folder or repo id of the VAE")
+    """``--codec`` (one of the codec registry's names), ``--codec-patch``, ``--vae``: the CodecChoice fields."""
+    add_field_flags(p, CodecChoice, CODEC_FLAGS, defaults=CodecChoice())
 
 
 def add_train_args(p: argparse.ArgumentParser, overrides: Sequence[str]) -> None:
     """One flag per overridden TrainConfig field (a ``Literal`` field's choices checked by argparse)."""
     add_field_flags(p, TrainConfig, overrides)
     p.add_argument("--num-workers", type=int, default=0)
+
+
+def add_flow_args(p: argparse.ArgumentParser, overrides: Sequence[str]) -> None:
+    """One flag per overridden FlowConfig field (unset: FlowConfig's default)."""
+    add_field_flags(p, FlowConfig, overrides)
+
+
+def flow_config(args: argparse.Namespace) -> FlowConfig:
+    """FlowConfig with every flow flag given replaced; a value it refuses is the user's mistake."""
+    try:
+        return replace(FlowConfig(), **field_overrides(args, FlowConfig, FLOW_OVERRIDES))
+    except ValueError as err:
+        raise UsageError(f"bad flow config: {err}") from None
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +141,7 @@ def codec_kwargs(prog: str, args: argparse.Namespace) -> dict[str, Any]:
         if not args.vae:
             raise UsageError("--codec wan-vae needs --vae <folder or repo id of the Wan VAE>")
         return {"path_or_repo": local_or_repo_id("--vae", args.vae)}
-    raise UsageError(f"unknown codec {args.codec!r} (pixel, wan-vae)")
+    raise UsageError(f"unknown codec {args.codec!r} ({', '.join(LATENT_CODECS)})")
 
 
 def loss_span(history: list[dict[str, Any]]) -> str:

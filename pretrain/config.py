@@ -3,8 +3,7 @@
 ``ModelConfig`` fixes the geometry of the action-centred video transformer
 (``pretrain/model.py``, ARCHITECTURE.md "The model"). Every preset runs the same code:
 
-* ``debug``    — CPU, tiny (2 layers, 64 wide); a training step on a small latent grid takes
-                 milliseconds. Used by the tests and the CPU embedded default.
+* ``debug``    — CPU, tiny (2 layers, 64 wide). Used by the tests and the CPU embedded default.
 * ``small``    — ~130 M parameters, one GPU.
 * ``wan22-5b`` — the paper's backbone geometry (Wan2.2-TI2V-5B): 30 layers, 24 heads × 128 =
                  3072 hidden, FFN 14336, 48 latent channels, patch (1, 2, 2), text dim 4096.

@@ -22,24 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class FlowConfig:
-    action_shift: float = 5.0
-    video_shift: float = 2.0
-    action_weight: float = 5.0  # λ_a
-    video_weight: float = 1.0  # λ_v
-    num_steps: int = 10  # Euler steps at inference
-
-    def __post_init__(self) -> None:
-        for f in ("action_shift", "video_shift"):
-            if not getattr(self, f) > 0:
-                raise ValueError(f"FlowConfig: {f} must be > 0, got {getattr(self, f)}")
-        for f in ("action_weight", "video_weight"):
-            if not getattr(self, f) >= 0:
-                raise ValueError(f"FlowConfig: {f} must be ≥ 0, got {getattr(self, f)}")
-        if self.num_steps < 1:
-            raise ValueError(f"FlowConfig: num_steps must be ≥ 1, got {self.num_steps}")
+from pretrain.objective_config import FlowConfig
 
 
 def shift_sigma(sigma: Tensor, shift: float) -> Tensor:

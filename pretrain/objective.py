@@ -37,36 +37,16 @@ latents for a batch, with or without its actions — what the pretraining report
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pretrain.codec import LatentCodec
-from pretrain.flow import FlowConfig, add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
+from pretrain.flow import add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
 from pretrain.model import ModelOutput
+from pretrain.objective_config import ObjectiveConfig
 from pretrain.pixels import tensor_to_unit_range
-from schemas.config import from_dict
-
-
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    flow: FlowConfig = field(default_factory=FlowConfig)
-    action_dropout: float = 0.1  # probability of hiding the actions of a sample that has them
-    use_state: bool = True  # put the (masked) state token into C
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.action_dropout <= 1.0:
-            raise ValueError(f"ObjectiveConfig: action_dropout must be in [0, 1], got {self.action_dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ObjectiveConfig:
-        return from_dict(cls, d, "ObjectiveConfig")
 
 
 def text_states(batch: dict[str, Any], B: int, text_dim: int, device: torch.device) -> Tensor:

@@ -11,7 +11,7 @@ after warm-up). A *step* is one optimizer step = ``grad_accum`` micro-batches of
 
 Presets (``get_train_config(name)``, misspelt names answer "did you mean …"):
 
-* ``debug``    — CPU seconds: fp32, ZeRO-2 with a torch AdamW (no compiled ops), 20 steps.
+* ``debug``    — CPU, tiny runs: fp32, ZeRO-2 with a torch AdamW (no compiled ops), 20 steps.
 * ``demo``     — the CPU demo: ``debug`` settings, 400 steps of 32, lr 1e-3, EMA 0.99, no checkpoints.
 * ``small``    — one GPU: bf16, ZeRO-2, 20 k steps, EMA 0.999.
 * ``wan22-5b`` — the paper's scale: bf16, ZeRO-3, activation checkpointing, EMA 0.9999.
@@ -209,7 +209,7 @@ register_train_config(
 )
 register_train_config(
     TrainConfig(
-        name="demo",  # the CPU demo's fine-tunes (pipelines/demo.py): minutes on 2 cores
+        name="demo",  # the CPU demo's fine-tunes (pipelines/demo.py)
         lr=1e-3,
         warmup_steps=20,
         zero_stage=2,

@@ -110,6 +110,15 @@ def _pad(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
+def _unpad(name: str, y_32: np.ndarray, dims: int, stats: DimStats, cfg: NormConfig) -> np.ndarray:
+    """The first ``dims`` of normalised, padded ``[..., 32]`` values mapped back to raw units (float64)."""
+    y = np.asarray(y_32, dtype=np.float64)
+    if y.shape[-1] != MAX_DIM:
+        raise ValueError(f"normalised {name} must have {MAX_DIM} dims, got shape {y.shape}")
+    centre, half = affine_of(stats, cfg)
+    return y[..., :dims] * half + centre
+
+
 def _stats_dims(stats: EmbodimentStats, spec: EmbodimentSpec) -> None:
     if stats.embodiment != spec.name:
         raise ValueError(f"stats are for embodiment {stats.embodiment!r}, spec is {spec.name!r}")
@@ -142,11 +151,7 @@ def denormalize_action(
 ) -> np.ndarray:
     """Raw ``[..., T, Da]`` float32 actions from normalised, padded ones and the current state."""
     _stats_dims(stats, spec)
-    y = np.asarray(action_T32, dtype=np.float64)
-    if y.shape[-1] != MAX_DIM:
-        raise ValueError(f"normalised actions must have {MAX_DIM} dims, got shape {y.shape}")
-    centre, half = affine_of(stats.action, cfg)
-    x = y[..., : spec.action_dim] * half + centre
+    x = _unpad("actions", action_T32, spec.action_dim, stats.action, cfg)
     return from_training_action(x, state_Ds, spec).astype(np.float32)
 
 
@@ -166,8 +171,4 @@ def denormalize_state(
 ) -> np.ndarray:
     """Raw ``[..., Ds]`` float32 state from a normalised, padded one."""
     _stats_dims(stats, spec)
-    y = np.asarray(state_32, dtype=np.float64)
-    if y.shape[-1] != MAX_DIM:
-        raise ValueError(f"normalised state must have {MAX_DIM} dims, got shape {y.shape}")
-    centre, half = affine_of(stats.state, cfg)
-    return (y[..., : spec.state_dim] * half + centre).astype(np.float32)
+    return _unpad("state", state_32, spec.state_dim, stats.state, cfg).astype(np.float32)

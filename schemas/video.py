@@ -35,7 +35,7 @@ os.environ.setdefault("SVT_LOG", "1")
 
 CODECS = {"h264": "libx264", "av1": "libsvtav1", "mpeg4": "mpeg4"}
 DEFAULT_CRF = {"h264": 20, "av1": 30}
-_SVT_PRESET = "8"  # speed/quality middle ground; 64–256 px frames encode in milliseconds
+_SVT_PRESET = "8"  # SVT-AV1's speed/quality middle ground
 # How far a frame's pts may be from the time asked for: LeRobot's default ``tolerance_s``.
 # Data timestamps are often float32, whose rounding grows with t: :func:`tolerance_at` adds it.
 TOLERANCE_S = 1e-4

@@ -6,7 +6,7 @@
 #   scripts/launch_pretrain.sh RECIPE [extra pipelines.pretrain flags…]
 #
 # Recipes:
-#   cpu-debug     one process, debug model, pixel codec (seconds per step on a laptop)
+#   cpu-debug     one process, debug model, pixel codec (runs on a laptop)
 #   cpu-2proc     `deepspeed --num_gpus 2` on a CPU-only machine: 2 processes over gloo, ZeRO-2
 #   cpu-torchrun  the same with torchrun
 #   learning      Meta-World rollouts → shards → debug pretraining → PNG strip (benchmarks/pretrain_learning.py)
@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 BIN=$(dirname "$PY")
-# DeepSpeed compiles its C++ ops on first use (~30 s each): keep them in the project, once.
+# DeepSpeed compiles its C++ ops on first use, slowly (BENCHMARKS.md): keep them in the project, once.
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.torch_extensions}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 

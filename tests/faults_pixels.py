@@ -40,7 +40,8 @@ from curation.formats.hdf5_aloha import write_aloha_hdf5
 from curation.formats.hdf5_robomimic import write_robomimic_hdf5
 from curation.formats.mapping import SIDECAR_NAME
 from curation.formats.rlds_write import write_rlds
-from curation.formats.tfrecord import Feature, decode_example, encode_example, iter_records, write_records
+from curation.formats.tf_example import Feature, decode_example, encode_example
+from curation.formats.tfrecord import iter_records, write_records
 from tests.faults import Fault
 from tests.helpers import make_episodes, smooth_frames
 

@@ -17,26 +17,20 @@ import numpy as np
 import pytest
 
 from curation.formats import detect_format, open_source
+from curation.formats.crc32c import _raw_update, crc32c, masked_crc32c
 from curation.formats.rlds import RLDSReader
 from curation.formats.rlds_layout import DATASET_INFO, FEATURES_JSON, parse_features
 from curation.formats.rlds_write import write_rlds
-from curation.formats.tfrecord import (
+from curation.formats.tf_example import (
     ExampleDecodeError,
     Feature,
-    TFRecordError,
-    _raw_update,
     bytes_feature,
-    crc32c,
     decode_example,
     encode_example,
     float_feature,
-    frame_record,
     int64_feature,
-    iter_records,
-    masked_crc32c,
-    scan_records,
-    write_records,
 )
+from curation.formats.tfrecord import TFRecordError, frame_record, iter_records, scan_records, write_records
 from curation.frames import decode_frames
 from schemas import Episode, FrameRef, episode_id_for
 from schemas.errors import LoadError

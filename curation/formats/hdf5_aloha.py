@@ -51,11 +51,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curation.formats.base import EpisodeRef, SourceReader
-from curation.formats.hdf5_robomimic import (
+from curation.formats.episodes import common_embodiment, episode_frames, finish_episode
+from curation.formats.hdf5_common import (
     attr_str,
-    common_embodiment,
-    episode_frames,
-    finish_episode,
     image_shape_ok,
     link_problem,
     open_hdf5,

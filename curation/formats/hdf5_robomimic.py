@@ -58,7 +58,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from curation.formats import hdf5_common as common
 from curation.formats.base import EpisodeRef, SourceReader
+from curation.formats.episodes import common_embodiment, episode_frames, finish_episode
 from curation.formats.mapping import SourceMapping
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
 from schemas.errors import LoadError
@@ -75,164 +77,6 @@ _DEMO_RE = re.compile(r"^demo_(\d+)$")
 DEFAULT_CAMERA_KEYS = {"high": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
 # The franka_robomimic state split into robosuite's obs keys.
 FRANKA_STATE_KEYS = {"robot0_eef_pos": 3, "robot0_eef_quat": 4, "robot0_gripper_qpos": 2}
-
-
-# ---- helpers shared with the other formats (ALOHA, raw video) ------------------------------------------
-
-
-def open_hdf5(path: str | Path):
-    """``h5py.File`` opened read-only, or ``LoadError`` (missing_file / bad_file) naming ``path``."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise LoadError("missing_file", "file does not exist", path)
-    if not h5py.is_hdf5(str(path)):
-        raise LoadError("bad_file", "not an HDF5 file (no HDF5 signature)", path)
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise LoadError("bad_file", f"cannot open as HDF5: {err}", path) from err
-
-
-def image_shape_ok(shape: tuple[int, ...]) -> bool:
-    """Frames [T, H, W] (gray) or [T, H, W, C] with C = 1, 3 or 4 (:func:`curation.frames.to_rgb8`)."""
-    return len(shape) == 3 or (len(shape) == 4 and shape[-1] in (1, 3, 4))
-
-
-def read_dataset(group: Any, key: str, path: Path, episode: str) -> np.ndarray:
-    """The whole dataset ``key`` under ``group``, or ``LoadError("missing_key")``."""
-    import h5py
-
-    obj = group.get(key)  # h5py: "/a/b" is from the file root, "a/b" from the group
-    if not isinstance(obj, h5py.Dataset):
-        raise LoadError("missing_key", f"no dataset {key!r} under {group.name}", path, episode)
-    return np.asarray(obj[()])
-
-
-def finish_episode(
-    *,
-    path: Path,
-    label: str,
-    source: str,
-    episode_id: str,
-    index: int,
-    embodiment: str,
-    instruction: str,
-    fps: float,
-    state: np.ndarray,
-    action: np.ndarray,
-    cameras: dict[str, FrameRef],
-    timestamps: np.ndarray | None = None,
-) -> Episode:
-    """Check lengths and finiteness with format-level reasons, then build and validate the Episode."""
-    spec = get_embodiment(embodiment)
-    state = np.asarray(state, dtype=np.float32)
-    action = np.asarray(action, dtype=np.float32)
-    if state.ndim == 1:
-        state = state[:, None]
-    if action.ndim == 1:
-        action = action[:, None]
-    t = action.shape[0]
-    lengths = {"action": t, "state": state.shape[0]}
-    lengths.update({f"camera {role}": ref.num_frames for role, ref in cameras.items()})
-    if timestamps is not None:
-        lengths["timestamps"] = len(timestamps)
-    if len(set(lengths.values())) != 1:
-        raise LoadError("length_mismatch", f"lengths differ: {lengths}", path, label)
-    if t == 0:
-        raise LoadError("empty_episode", "episode has zero steps", path, label)
-    if not np.isfinite(action).all():
-        bad = int((~np.isfinite(action)).sum())
-        raise LoadError("nan_action", f"{bad} NaN/inf action value(s)", path, label)
-    if not np.isfinite(state).all():
-        bad = int((~np.isfinite(state)).sum())
-        raise LoadError("nan_state", f"{bad} NaN/inf state value(s)", path, label)
-    if action.shape[1] != spec.action_dim or state.shape[1] != spec.state_dim:
-        raise LoadError(
-            "bad_shape",
-            f"state {state.shape} / action {action.shape} do not match {spec.name} "
-            f"(state {spec.state_dim}, action {spec.action_dim})",
-            path,
-            label,
-        )
-    if timestamps is None:
-        timestamps = np.arange(t, dtype=np.float64) / float(fps)
-    episode = Episode(
-        episode_id=episode_id,
-        source=source,
-        embodiment=spec.name,
-        instruction=instruction,
-        fps=float(fps),
-        state=state,
-        action=action,
-        timestamps=np.asarray(timestamps, dtype=np.float64),
-        cameras=cameras,
-        source_path=str(path),
-        source_index=index,
-    )
-    try:
-        return episode.validate()
-    except SchemaError as err:
-        raise LoadError("invalid_episode", str(err), path, label) from err
-
-
-def link_problem(group: Any, name: str) -> str | None:
-    """Why member ``name`` of ``group`` must not be followed: a soft or external link; None for a hard link."""
-    import h5py
-
-    link = group.get(name, getlink=True)
-    where = f"{group.name.rstrip('/')}/{name}"
-    if isinstance(link, h5py.SoftLink):
-        return f"{where} is a soft link to {link.path} (not followed)"
-    if isinstance(link, h5py.ExternalLink):
-        return f"{where} is an external link to {link.filename}:{link.path} (not followed)"
-    return None
-
-
-def unexpected_ref(fmt: str, root: Path, path: Path, index: int, source: str, member: str, problem: str):
-    """A ref that fails to load with ``unexpected_member``: puts one odd HDF5 member in the ledger."""
-    return EpisodeRef(
-        format=fmt,
-        root=str(root),
-        path=str(path),
-        index=index,
-        source=source,
-        locator={"unexpected": member, "problem": problem},
-    )
-
-
-def raise_if_unexpected(ref: EpisodeRef) -> None:
-    if "unexpected" in ref.locator:
-        raise LoadError("unexpected_member", ref.locator["problem"], ref.path, ref.locator["unexpected"])
-
-
-def attr_str(obj: Any, name: str) -> str:
-    value = obj.attrs.get(name)
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def episode_frames(ep: Episode, role: str) -> np.ndarray:
-    """All frames of one camera of ``ep``, uint8 [T, H, W, 3], checked against the episode length."""
-    from curation.frames import decode_frames
-
-    frames_THWC = decode_frames(ep.cameras[role])
-    if frames_THWC.shape[0] != ep.length:
-        raise ValueError(
-            f"episode {ep.episode_id} camera {role}: {frames_THWC.shape[0]} frames, {ep.length} steps"
-        )
-    return frames_THWC
-
-
-def common_embodiment(episodes: Sequence[Episode], fmt: str) -> str:
-    if not episodes:
-        raise ValueError(f"{fmt}: no episodes to write")
-    names = sorted({ep.embodiment for ep in episodes})
-    if len(names) != 1:
-        raise ValueError(f"{fmt}: one embodiment per source, got {names}")
-    return names[0]
 
 
 # ---- reader ------------------------------------------------------------------------------
@@ -257,7 +101,7 @@ def _data_members(data: Any) -> tuple[list[tuple[int, str]], list[tuple[str, str
     demos, unexpected = [], []
     for name in data:
         member = f"{DATA_GROUP}/{name}"
-        problem = link_problem(data, name)
+        problem = common.link_problem(data, name)
         if problem is None:
             obj = data.get(name)
             n = _demo_number(name)
@@ -298,7 +142,7 @@ class RobomimicReader(SourceReader):
         if FPS_ATTR in demo.attrs:
             return float(demo.attrs[FPS_ATTR])
         try:
-            env_args = json.loads(attr_str(data, "env_args") or "{}")
+            env_args = json.loads(common.attr_str(data, "env_args") or "{}")
             freq = env_args.get("env_kwargs", {}).get("control_freq")
             if freq:
                 return float(freq)
@@ -307,7 +151,7 @@ class RobomimicReader(SourceReader):
         return float(get_embodiment(self.mapping.embodiment).control_hz)
 
     def list_episodes(self) -> list[EpisodeRef]:
-        with open_hdf5(self.root) as f:
+        with common.open_hdf5(self.root) as f:
             data = f.get(DATA_GROUP)
             if data is None:
                 raise LoadError("bad_file", f"no {DATA_GROUP!r} group: not a robomimic file", self.root)
@@ -319,10 +163,10 @@ class RobomimicReader(SourceReader):
                     raise LoadError("missing_key", f"no filter key {MASK_GROUP}/{filter_key}", self.root)
                 keep = {m.decode() if isinstance(m, bytes) else str(m) for m in mask[()]}
                 demos = [(n, k) for n, k in demos if k in keep]
-            instruction = attr_str(data, INSTRUCTION_ATTR)
+            instruction = common.attr_str(data, INSTRUCTION_ATTR)
         first_free = max((n for n, _ in demos), default=-1) + 1
         odd = [
-            unexpected_ref(FORMAT, self.root, self.root, first_free + i, self.source, member, problem)
+            common.unexpected_ref(FORMAT, self.root, self.root, first_free + i, self.source, member, problem)
             for i, (member, problem) in enumerate(unexpected)
         ]
         return [
@@ -340,21 +184,21 @@ class RobomimicReader(SourceReader):
     def load(self, ref: EpisodeRef) -> Episode:
         import h5py
 
-        raise_if_unexpected(ref)
+        common.raise_if_unexpected(ref)
         path = Path(ref.path)
         demo = ref.locator["demo"]
-        with open_hdf5(path) as f:
+        with common.open_hdf5(path) as f:
             group = f.get(f"{DATA_GROUP}/{demo}")
             if group is None:
                 raise LoadError("missing_key", f"no group {DATA_GROUP}/{demo}", path, demo)
-            action = read_dataset(group, self.mapping.action_key, path, demo)
+            action = common.read_dataset(group, self.mapping.action_key, path, demo)
             fps = self._fps(f[DATA_GROUP], group)
             obs = group.get("obs")
             if obs is None:
                 raise LoadError("missing_key", f"no group {DATA_GROUP}/{demo}/obs", path, demo)
             parts = []
             for key in _state_keys(self.mapping):
-                part = read_dataset(obs, key, path, demo)
+                part = common.read_dataset(obs, key, path, demo)
                 # explicit width: reshape(0, -1) is ambiguous and fails on a zero-length demo
                 parts.append(part.reshape(part.shape[0], int(np.prod(part.shape[1:]))))
             lengths = {p.shape[0] for p in parts}
@@ -368,7 +212,7 @@ class RobomimicReader(SourceReader):
                 ds = obs.get(key)
                 if not isinstance(ds, h5py.Dataset):
                     raise LoadError("missing_key", f"no image dataset obs/{key}", path, demo)
-                if not image_shape_ok(ds.shape):
+                if not common.image_shape_ok(ds.shape):
                     raise LoadError(
                         "bad_shape",
                         f"obs/{key} has shape {ds.shape} ({ds.dtype}), want [T, H, W] or [T, H, W, 1|3|4]",
@@ -394,7 +238,9 @@ class RobomimicReader(SourceReader):
                     demo,
                 )
             instruction = (
-                attr_str(group, INSTRUCTION_ATTR) or ref.locator["instruction"] or self.mapping.instruction
+                common.attr_str(group, INSTRUCTION_ATTR)
+                or ref.locator["instruction"]
+                or self.mapping.instruction
             )
         return finish_episode(
             path=path,

@@ -24,10 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.formats.base import EpisodeRef, SourceReader, file_version
+from curation.formats.episodes import finish_episode
 from curation.formats.lerobot_meta import INFO_PATH, read_info
 from curation.formats.mapping import SourceMapping
 from curation.video import check_timestamps, probe_video
-from schemas import EmbodimentSpec, Episode, FrameRef, SchemaError, get_embodiment
+from schemas import EmbodimentSpec, Episode, FrameRef, get_embodiment
 from schemas.errors import LoadError
 
 
@@ -182,23 +183,20 @@ def build_episode(
                 ref.path,
                 label,
             )
-    ep = Episode(
-        episode_id=episode_id,
+    return finish_episode(  # its own checks pass by now: the shared build and schema check
+        path=path,
+        label=label,
         source=source,
+        episode_id=episode_id,
+        index=int(episode_index),
         embodiment=spec.name,
         instruction=instruction,
-        fps=float(fps),
+        fps=fps,
         state=state,
         action=action,
-        timestamps=timestamps,
         cameras=cameras,
-        source_path=str(path),
-        source_index=int(episode_index),
+        timestamps=timestamps,
     )
-    try:
-        return ep.validate()
-    except SchemaError as err:
-        raise LoadError("invalid_episode", str(err), path, label) from err
 
 
 def spec_for(mapping: SourceMapping, where: Path) -> EmbodimentSpec:

@@ -64,7 +64,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curation.formats.base import EpisodeRef, SourceReader
-from curation.formats.hdf5_robomimic import episode_frames, finish_episode
+from curation.formats.episodes import episode_frames, finish_episode
 from curation.formats.mapping import SIDECAR_NAME, SourceMapping
 from curation.video import check_frame_times, check_timestamps, compact_times, encode_video, probe_video
 from schemas import Episode, FrameRef, get_embodiment

@@ -46,14 +46,8 @@ from curation.formats.rlds_layout import (
     parse_features,
     version_folder,
 )
-from curation.formats.tfrecord import (
-    ExampleDecodeError,
-    Feature,
-    TFRecordError,
-    decode_example,
-    read_record_at,
-    scan_records,
-)
+from curation.formats.tf_example import ExampleDecodeError, Feature, decode_example
+from curation.formats.tfrecord import TFRecordError, read_record_at, scan_records
 from schemas import Episode, FrameRef, SchemaError, get_embodiment
 from schemas.errors import LoadError
 

@@ -41,14 +41,8 @@ from curation.formats.rlds_layout import (
     default_camera_key,
     shard_name,
 )
-from curation.formats.tfrecord import (
-    Feature,
-    TFRecordWriter,
-    bytes_feature,
-    encode_example,
-    float_feature,
-    int64_feature,
-)
+from curation.formats.tf_example import Feature, bytes_feature, encode_example, float_feature, int64_feature
+from curation.formats.tfrecord import TFRecordWriter
 from schemas import Episode, get_embodiment
 
 _PKG = "tensorflow_datasets.core.features."
