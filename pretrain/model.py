@@ -40,9 +40,9 @@ Because C attends only to C, its keys/values never change while A and V are deno
 diffusers' ``_keep_in_fp32_modules`` does for Wan: the time embedding, the time modulation, the
 per-block and output-head modulation tables and the cross-attention LayerNorm
 (:data:`KEEP_FP32`). Under DeepSpeed bf16, which casts every parameter itself, those tensors
-hold bf16-rounded fp32 master weights; either way they are *computed* in float32 (``_time``
-upcasts its weights; modulation and norms run in float32 in ``pretrain/layers.py``), as Wan's
-reference asserts for its modulation.
+hold bf16-rounded fp32 master weights; either way they are *computed* in float32 (the time
+layers are ``FP32Linear``; modulation and norms run in float32 in ``pretrain/layers.py``), as
+Wan's reference asserts for its modulation.
 
 **No host syncs in the forward.** Value checks (embodiment ids in range, no sample without a
 text token) raise a ``ValueError`` on CPU tensors in eager mode; on an accelerator or under
@@ -70,6 +70,7 @@ from pretrain.layers import (
     KV,
     Block,
     EmbodimentMLP,
+    FP32Linear,
     OutputHead,
     Rope,
     Runs,
@@ -167,8 +168,8 @@ class ActionVideoTransformer(nn.Module):
         self.cfg = cfg
         D, E, Hm, inner = cfg.dim, cfg.max_embodiments, cfg.mlp_hidden, cfg.mlp_inner_layers
         self.video_in = nn.Conv3d(cfg.latent_channels, D, kernel_size=cfg.patch, stride=cfg.patch)
-        self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU())
-        self.time_modulation = nn.Linear(D, 6 * D)
+        self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU(), linear=FP32Linear)
+        self.time_modulation = FP32Linear(D, 6 * D)
         self.text_in = TwoLayerMLP(cfg.text_dim, D, nn.GELU(approximate="tanh"))
         self.state_in = EmbodimentMLP(cfg.state_dim, Hm, D, E, inner)
         self.action_in = EmbodimentMLP(cfg.action_dim, Hm, D, E, inner)
@@ -208,15 +209,12 @@ class ActionVideoTransformer(nn.Module):
         One small matmul per group rather than one over all B·G rows: a group's numbers then do
         not depend on how many other groups there are (bit-identical actions whatever V holds).
         """
-        te, tm = self.time_embed, self.time_modulation
         temb, mod = [], []
         for sigma_B in sigma_BG.unbind(1):
             feats = sinusoidal_embedding(sigma_B.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
-            # float32 whatever the parameters' dtype (bf16 under DeepSpeed): Wan's fp32 modulation
-            h = te.act(F.linear(feats, te.fc1.weight.float(), te.fc1.bias.float()))
-            t = F.linear(h, te.fc2.weight.float(), te.fc2.bias.float())
+            t = self.time_embed(feats)  # FP32Linear layers: float32 whatever the weights' dtype
             temb.append(t)
-            mod.append(F.linear(F.silu(t), tm.weight.float(), tm.bias.float()).unflatten(-1, (6, -1)))
+            mod.append(self.time_modulation(F.silu(t)).unflatten(-1, (6, -1)))
         return torch.stack(temb, dim=1), torch.stack(mod, dim=1)
 
     def _text(self, text_BLD: Tensor, text_mask_BL: Tensor | None) -> tuple[tuple[KV, ...], Tensor | None]:
