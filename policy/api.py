@@ -24,7 +24,16 @@ What happens to an observation (each step the inverse or the twin of what curati
    delta dims; ``with_video`` samples jointly and decodes the K future frames.
 
 Bad input fails before the model runs: a missing or unknown camera, a wrong image type or
-shape, a state of the wrong size or with NaN, an unknown embodiment, an empty instruction.
+shape, an image with a side under ``MIN_IMAGE_SIDE`` pixels (0×0, 1×1: no scene to act on), a
+state of the wrong size or with NaN, an unknown embodiment, an empty instruction. Actions that
+come out NaN or infinite (broken weights, an overflow in low precision) raise
+:class:`PredictionError` instead of reaching the robot.
+
+**Precision**: ``Policy.from_pretrained(..., dtype=torch.bfloat16)`` serves the transformer in
+bf16; its fp32-critical parts (time embedding, modulation, norms) stay float32
+(``pretrain/model.py``), noise and the Euler integration stay float32, the codec is untouched.
+Padded action dims are masked in the sampler with the embodiment's valid dims
+(:mod:`policy.inference`), as in training.
 """
 
 from __future__ import annotations
@@ -42,11 +51,19 @@ from policy.model import GWPPolicyModel, text_tokens
 from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
 from schemas import EmbodimentSpec, EmbodimentStats
 from schemas.compose import compose_views
+from schemas.embodiment import MAX_DIM
 from schemas.normalize import denormalize_action, normalize_state
+
+# smaller camera images carry no usable view (0×0 is empty, 1×1 one colour): refused, not upscaled
+MIN_IMAGE_SIDE = 8
 
 
 class ObservationError(ValueError):
     """The observation does not fit the policy; the message says which part and why."""
+
+
+class PredictionError(RuntimeError):
+    """The model produced actions that must not be sent to a robot (NaN or infinite values)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +74,11 @@ class Prediction:
 
 class Policy:
     def __init__(
-        self, model: GWPPolicyModel, device: str | torch.device = "cpu", num_steps: int | None = None
+        self,
+        model: GWPPolicyModel,
+        device: str | torch.device = "cpu",
+        num_steps: int | None = None,
+        dtype: torch.dtype | None = None,
     ):
         if not model.norm_stats:
             raise ValueError("Policy: the model carries no normalisation statistics (norm_stats.json)")
@@ -66,7 +87,11 @@ class Policy:
             raise ValueError(f"Policy: no normalisation statistics for embodiments {missing}")
         if not model.cfg.embodiments:
             raise ValueError("Policy: the model config lists no embodiments")
+        if dtype is not None and dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"Policy: dtype must be torch.float32, bfloat16 or float16, got {dtype}")
         self.model = model.to(device).eval()
+        if dtype is not None:
+            self.model.transformer.to(dtype)  # the codec keeps its own precision
         self.device = torch.device(device)
         self.num_steps = num_steps or model.cfg.flow.num_steps
         self._captioner: Any = None
@@ -81,13 +106,15 @@ class Policy:
         num_steps: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         token: str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Policy:
         """Load a folder written by ``GWPPolicyModel.save_pretrained`` (or the fine-tune export),
-        or a Hub model repo id at ``revision``."""
+        or a Hub model repo id at ``revision``; ``dtype`` (e.g. ``torch.bfloat16``) is the
+        transformer's serving precision (None: as saved, float32)."""
         model = GWPPolicyModel.from_pretrained(
             path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, device="cpu"
         )
-        return cls(model, device=device, num_steps=num_steps)
+        return cls(model, device=device, num_steps=num_steps, dtype=dtype)
 
     @property
     def embodiments(self) -> list[str]:
@@ -134,6 +161,11 @@ class Policy:
             if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
                 raise ObservationError(
                     f"observation: image {role!r} must be uint8 [H, W, 3] RGB, got {a.dtype} {list(a.shape)}"
+                )
+            if min(a.shape[:2]) < MIN_IMAGE_SIDE:
+                raise ObservationError(
+                    f"observation: image {role!r} is {a.shape[1]}×{a.shape[0]} pixels; each side must be "
+                    f"at least {MIN_IMAGE_SIDE}"
                 )
             views[role] = a[None]
         ic = self.model.cfg.image
@@ -195,6 +227,7 @@ class Policy:
             state_B32=torch.from_numpy(state32).to(dev, dtype)[None],
             embodiment_id_B=torch.tensor([spec.id], device=dev),
             text_BLD=text_tokens(emb.float(), self.model.cfg.model.text_dim).to(dtype),
+            action_mask_B32=torch.from_numpy(self._action_mask(spec)).to(dev)[None],
         )
         return ctx, spec, state
 
@@ -203,10 +236,23 @@ class Policy:
     def _generator(self, seed: int | None) -> torch.Generator | None:
         return None if seed is None else torch.Generator(device=self.device).manual_seed(seed)
 
+    @staticmethod
+    def _action_mask(spec: EmbodimentSpec) -> np.ndarray:
+        """[32] bool: the padded dims the embodiment uses."""
+        return np.arange(MAX_DIM) < spec.action_dim
+
     def _to_robot(self, actions_1P32: torch.Tensor, state: np.ndarray, spec: EmbodimentSpec) -> np.ndarray:
         stats = self.model.norm_stats[spec.name]
         y = actions_1P32[0].float().cpu().numpy()
-        return denormalize_action(y, state, spec, stats, self.model.cfg.norm)
+        out = denormalize_action(y, state, spec, stats, self.model.cfg.norm)
+        if not np.isfinite(out).all():
+            bad = sorted({int(i) for i in np.argwhere(~np.isfinite(out))[:, 1]})
+            raise PredictionError(
+                f"policy produced non-finite actions (NaN/inf) for embodiment {spec.name!r} in dims "
+                f"{[spec.action_names[i] for i in bad]}; refusing to return them (check the weights, "
+                f"and the serving dtype {self.model.transformer.dtype})"
+            )
+        return out
 
     def predict_action(self, observation: Mapping[str, Any], *, seed: int | None = None) -> np.ndarray:
         """float32 ``[p, Da]`` actions in the robot's units (action-only decoding)."""
@@ -238,6 +284,7 @@ class Policy:
             state_B32=torch.cat([p[0].state_B32 for p in prepared]),
             embodiment_id_B=torch.cat([p[0].embodiment_id_B for p in prepared]),
             text_BLD=torch.cat([p[0].text_BLD for p in prepared]),
+            action_mask_B32=torch.cat([p[0].action_mask_B32 for p in prepared]),
         )
         noise = torch.stack(
             [
@@ -271,6 +318,6 @@ class Policy:
             generator=self._generator(seed),
         )
         with torch.no_grad():
-            frames = self.model.codec.decode(v.to(self.model.transformer.dtype))  # [1, 3, K, H, W]
+            frames = self.model.codec.decode(v)  # [1, 3, K, H, W]; the codec keeps its own precision
         u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())

@@ -17,6 +17,14 @@ the actions sit at σ_a[i] and the future latents at σ_v[i]; each moves by (σ[
   step over C + A + V tokens, and the future latents are returned for the codec to decode.
   Because V cannot reach A, the actions equal the action-only ones for the same action noise.
 
+**Padded action dims** (``Context.action_mask_B32``, the embodiment's valid dims): the initial
+noise and every velocity are masked, so padded dims are exactly 0 at every step — what
+``action_in`` saw in training (:mod:`policy.model`: no noise on padded dims) — and 0 in the
+result. Without a mask every dim is treated as valid.
+
+**Per chunk, not per step**: the action-only sampler computes the action tokens' RoPE and the
+time tables of all its σ once (``ActionVideoTransformer.action_steps``); each step only slices.
+
 Noise: pass ``action_noise_BP32`` / ``video_noise_BCKhw`` for fixed-noise runs (tests), or a
 ``generator``; otherwise the global torch RNG is used.
 """
@@ -42,10 +50,26 @@ class Context:
     embodiment_id_B: Tensor
     text_BLD: Tensor
     text_mask_BL: Tensor | None = None
+    action_mask_B32: Tensor | None = None  # True = a dim the embodiment uses; None = all
 
     @property
     def batch(self) -> int:
         return self.obs_latent_BC1hw.shape[0]
+
+    def action_valid(self, like: Tensor) -> Tensor | None:
+        """[B, 1, 32] float mask of valid action dims on ``like``'s device, or None."""
+        if self.action_mask_B32 is None:
+            return None
+        m = self.action_mask_B32
+        if tuple(m.shape) != (self.batch, like.shape[-1]):
+            raise ValueError(
+                f"action_mask_B32 must have shape [{self.batch}, {like.shape[-1]}], got {list(m.shape)}"
+            )
+        return m.to(device=like.device, dtype=torch.float32)[:, None, :]
+
+
+def _masked(x: Tensor, valid_B1D: Tensor | None) -> Tensor:
+    return x if valid_B1D is None else x * valid_B1D
 
 
 def _noise(
@@ -73,6 +97,8 @@ def sample_actions(
     cfg = model.cfg
     B = ctx.batch
     x = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, ctx.obs_latent_BC1hw)
+    valid = ctx.action_valid(x)
+    x = _masked(x, valid)
     sigmas = sigma_schedule(num_steps, shift, device=x.device)
     if use_cache:
         cache = model.encode_context(
@@ -82,12 +108,14 @@ def sample_actions(
             text_BLD=ctx.text_BLD,
             text_mask_BL=ctx.text_mask_BL,
         )
+        steps = model.action_steps(cache, sigmas[:-1].expand(B, num_steps))
 
-        def velocity(x_BP32: Tensor, s_B: Tensor) -> Tensor:
-            return model.forward_actions(cache, x_BP32.to(model.dtype), s_B).float()
+        def velocity(x_BP32: Tensor, i: int) -> Tensor:
+            return model.forward_actions(cache, x_BP32.to(model.dtype), steps=steps, step=i).float()
     else:
 
-        def velocity(x_BP32: Tensor, s_B: Tensor) -> Tensor:
+        def velocity(x_BP32: Tensor, i: int) -> Tensor:
+            s_B = sigmas[i].expand(B)
             out = model(
                 ctx.obs_latent_BC1hw,
                 None,
@@ -102,8 +130,8 @@ def sample_actions(
             )
             return out.action_velocity_BP32.float()
 
-    for s, s_next in itertools.pairwise(sigmas):
-        x = x + (s_next - s) * velocity(x, s.expand(B))
+    for i, (s, s_next) in enumerate(itertools.pairwise(sigmas)):
+        x = x + (s_next - s) * _masked(velocity(x, i), valid)
     return x
 
 
@@ -127,6 +155,8 @@ def sample_joint(
     K = num_future or cfg.num_future
     like = ctx.obs_latent_BC1hw
     xa = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, like)
+    valid = ctx.action_valid(xa)
+    xa = _masked(xa, valid)
     xv = _noise((B, C, K, h, w), video_noise_BCKhw, generator, like)
     sa = sigma_schedule(num_steps, action_shift, device=xa.device)
     sv = sigma_schedule(num_steps, video_shift, device=xa.device)
@@ -143,6 +173,6 @@ def sample_joint(
             ctx.text_mask_BL,
             "joint",
         )
-        xa = xa + (sa[i + 1] - sa[i]) * out.action_velocity_BP32.float()
+        xa = xa + (sa[i + 1] - sa[i]) * _masked(out.action_velocity_BP32.float(), valid)
         xv = xv + (sv[i + 1] - sv[i]) * out.video_velocity_BCKHW.float()
     return xa, xv

@@ -14,6 +14,15 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
   (actions 5, video 2) and ``λ_a·MSE(actions over the embodiment's valid dims) + λ_v·MSE(future
   latents)``, λ_a = 5, λ_v = 1 (:class:`~pretrain.flow.FlowConfig`). Noise comes from the global
   torch RNG unless a generator is given, so the trainer's saved RNG state makes resume exact.
+  The action MSE is a mean per sample over its valid dims, then over samples: a 4-dim robot
+  weighs as much as a 14-dim one. Targets are formed in float32 whatever the model's dtype.
+* **Padded action dims are zero everywhere.** An embodiment uses the first Da of the 32 dims;
+  the rest carry no signal. GWP's published trainer instead takes the action loss over all
+  dims (padded dims learn to predict the noise); here the noise on padded dims is masked out,
+  so ``action_in`` sees exact zeros there at every σ, the loss covers the valid dims only, and
+  the samplers (:mod:`policy.inference`) start from masked noise and mask the velocity, so
+  inference feeds ``action_in`` the same zeros and returns zeros on padded dims. No capacity
+  goes to predicting noise, and nothing untrained is integrated.
 * **Latents.** Frames from the shard loader (``obs_frames``/``future_frames`` in [-1, 1]) are
   encoded here by the codec (no gradients); batches that already carry ``obs_latents``/
   ``future_latents`` (a latent cache) skip the codec. The codec is a plain attribute, not a
@@ -344,11 +353,15 @@ class GWPPolicyModel(HubMixin, nn.Module):
                 f"batch action chunk is {P}, the policy was configured for {self.cfg.model.chunk}"
             )
         mask_B32 = batch["action_mask"]
-        obs, fut = self.batch_latents(batch)
+        valid_B1D = mask_B32.float()[:, None, :]
+        act_BP32 = act_BP32 * valid_B1D
+        # float32 latents: ε − x formed in the model's bf16 would round the regression target
+        obs, fut = (t.float() for t in self.batch_latents(batch))
         fc, dev = self.cfg.flow, act_BP32.device
         s_a = sample_sigma(B, fc.action_shift, generator, dev)
         s_v = sample_sigma(B, fc.video_shift, generator, dev)
-        eps_a = torch.randn(act_BP32.shape, generator=generator, device=dev)
+        # padded dims get no noise: action_in sees zeros there, as the samplers give it
+        eps_a = torch.randn(act_BP32.shape, generator=generator, device=dev) * valid_B1D
         eps_v = torch.randn(fut.shape, generator=generator, device=dev, dtype=fut.dtype)
         out: ModelOutput = forward(
             obs,

@@ -70,6 +70,7 @@ def batch_context(model: GWPPolicyModel, batch: Mapping[str, Any]) -> Context:
         state_B32=(batch["state"].float() * batch["state_mask"].float()).to(model.transformer.dtype),
         embodiment_id_B=batch["embodiment_id"],
         text_BLD=model.batch_text(dict(batch), B, obs.device),
+        action_mask_B32=batch["action_mask"].bool() if "action_mask" in batch else None,
     )
 
 

@@ -7,7 +7,8 @@ Shape legend: B batch · P action chunk · 32 padded action dims · C, K, H, W l
 * Training σ: uniform u, then the shift ``σ' = s·u / (1 + (s − 1)·u)`` which pushes mass
   towards noise for s > 1. Actions and video get separate shifts (video 2, action 5).
 * Loss: ``λ_a · MSE(actions, over valid dims only) + λ_v · MSE(future latents)`` with
-  λ_a = 5, λ_v = 1; the components are returned for logging.
+  λ_a = 5, λ_v = 1; the components are returned for logging. The action MSE is a mean per
+  sample over its valid dims, then a mean over samples, so each robot weighs the same.
 * Sampling: Euler steps over a σ grid from 1 to 0 (10 steps by default, no guidance); the grid
   is shifted with the same shift as training, so steps are denser near σ = 1 where the shift
   put the training mass. ``x ← x + (σ_next − σ)·v``; for a straight path Euler is exact.
@@ -91,12 +92,20 @@ class FlowLoss:
 
 
 def masked_mse(pred_BP32: Tensor, target_BP32: Tensor, mask_B32: Tensor) -> Tensor:
-    """Mean squared error over valid dims only (mask [B, 32] broadcast over the chunk)."""
+    """Squared error averaged over each sample's valid dims, then over the samples that have any.
+
+    Per sample first, so every robot weighs the same in a mixed batch whatever its action width
+    (one mean over all valid entries would weigh a 14-dim robot 3.5× a 4-dim one). Samples with
+    no valid dim (video without actions) add nothing; a batch of only those gives 0.
+    """
     if pred_BP32.shape != target_BP32.shape:
         raise ValueError(f"masked_mse: pred {list(pred_BP32.shape)} ≠ target {list(target_BP32.shape)}")
-    m = mask_B32.to(pred_BP32.dtype)[:, None, :].expand_as(pred_BP32)
-    sq = (pred_BP32.float() - target_BP32.float()) ** 2 * m
-    return sq.sum() / m.sum().clamp_min(1)
+    m_B1D = mask_B32.float()[:, None, :]
+    sq_B = ((pred_BP32.float() - target_BP32.float()) ** 2 * m_B1D).sum(dim=(1, 2))
+    n_B = m_B1D.sum(dim=(1, 2)) * pred_BP32.shape[1]
+    has_B = n_B > 0
+    per_sample_B = sq_B / n_B.clamp_min(1)
+    return (per_sample_B * has_B).sum() / has_B.sum().clamp_min(1)
 
 
 def flow_loss(

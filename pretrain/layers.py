@@ -57,14 +57,23 @@ def sinusoidal_embedding(t_N: Tensor, dim: int, max_period: float = 10000.0) -> 
     return torch.cat([torch.cos(args_NH), torch.sin(args_NH)], dim=-1)
 
 
+class FP32Linear(nn.Linear):
+    """A linear layer computed in float32 whatever its weights' dtype (bf16 under DeepSpeed), for
+    the time embedding and modulation; called as a module so ZeRO-3 gathers its weights."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = self.bias.float() if self.bias is not None else None
+        return F.linear(x.float(), self.weight.float(), b)
+
+
 class TwoLayerMLP(nn.Module):
     """fc1 → activation → fc2 (Wan's time and text embedders)."""
 
-    def __init__(self, in_dim: int, dim: int, act: nn.Module) -> None:
+    def __init__(self, in_dim: int, dim: int, act: nn.Module, linear: type[nn.Linear] = nn.Linear) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(in_dim, dim)
+        self.fc1 = linear(in_dim, dim)
         self.act = act
-        self.fc2 = nn.Linear(dim, dim)
+        self.fc2 = linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))

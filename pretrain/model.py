@@ -36,6 +36,19 @@ Because C attends only to C, its keys/values never change while A and V are deno
 ``encode_context`` runs C once and caches its per-layer K/V (and the text K/V), and
 ``forward_actions`` runs only the P action tokens against that cache — action-only decoding.
 
+**Precision.** ``model.to(torch.bfloat16)`` keeps the fp32-critical tensors in float32, as
+diffusers' ``_keep_in_fp32_modules`` does for Wan: the time embedding, the time modulation, the
+per-block and output-head modulation tables and the cross-attention LayerNorm
+(:data:`KEEP_FP32`). Under DeepSpeed bf16, which casts every parameter itself, those tensors
+hold bf16-rounded fp32 master weights; either way they are *computed* in float32 (the time
+layers are ``FP32Linear``; modulation and norms run in float32 in ``pretrain/layers.py``), as
+Wan's reference asserts for its modulation.
+
+**No host syncs in the forward.** Value checks (embodiment ids in range, no sample without a
+text token) raise a ``ValueError`` on CPU tensors in eager mode; on an accelerator or under
+``torch.compile`` they become ``torch._assert_async``, which needs no ``bool()`` of a device
+tensor, so the forward neither waits for the device nor breaks a compiled graph.
+
 ``attention="full"`` drops the block-causal mask (every token sees every token). It exists to
 run a converted Wan checkpoint exactly as Wan does (``pretrain/wan_adapter.py``); it breaks the
 causal property and is not used for training.
@@ -43,7 +56,7 @@ causal property and is not used for training.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +70,7 @@ from pretrain.layers import (
     KV,
     Block,
     EmbodimentMLP,
+    FP32Linear,
     OutputHead,
     Rope,
     Runs,
@@ -68,6 +82,8 @@ from pretrain.layers import (
 )
 
 MODES = ("joint", "pretrain", "video", "action")
+# parameter names kept in float32 by ``model.to(low precision)`` (see the module docstring)
+KEEP_FP32 = ("time_embed.", "time_modulation.", "modulation", "cross_norm.")
 ATTENTION = ("block_causal", "full")
 
 
@@ -89,6 +105,19 @@ class ContextCache:
 
 
 @dataclass(frozen=True)
+class ActionSteps:
+    """What every Euler step of one action chunk shares, computed once per chunk.
+
+    ``rope`` of the P action tokens; time tables for the S steps' σ: ``temb_BSD`` [B, S, D] and
+    ``mod_BS6D`` [B, S, 6, D] (step i is group i, computed as ``_time`` computes one group).
+    """
+
+    rope: Rope
+    temb_BSD: Tensor
+    mod_BS6D: Tensor
+
+
+@dataclass(frozen=True)
 class _Tokens:
     """One assembled sequence: tokens, runs of timestep groups, RoPE, attention segments."""
 
@@ -103,6 +132,24 @@ class _Tokens:
 
 def _err(name: str, why: str) -> ValueError:
     return ValueError(f"ActionVideoTransformer.forward: {name} {why}")
+
+
+def _check_values(ok: Tensor, name: str, why: str) -> None:
+    """Raise if the bool tensor ``ok`` is False, without a host sync where one would cost.
+
+    On CPU in eager mode ``bool()`` is free and gives a clear ValueError; elsewhere (CUDA, or
+    being traced by ``torch.compile``) the check is queued on the device instead.
+    """
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok):
+            raise _err(name, why)
+    else:
+        torch._assert_async(ok, f"ActionVideoTransformer.forward: {name} {why}")
+
+
+def _hidden_only(block: nn.Module, *args: object, **kw: object) -> Tensor:
+    """A block's hidden states without its K/V: what a checkpointed region may return."""
+    return block(*args, **kw)[0]
 
 
 def _expect(name: str, t: Tensor | None, shape: Sequence[int | None]) -> Tensor:
@@ -121,8 +168,8 @@ class ActionVideoTransformer(nn.Module):
         self.cfg = cfg
         D, E, Hm, inner = cfg.dim, cfg.max_embodiments, cfg.mlp_hidden, cfg.mlp_inner_layers
         self.video_in = nn.Conv3d(cfg.latent_channels, D, kernel_size=cfg.patch, stride=cfg.patch)
-        self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU())
-        self.time_modulation = nn.Linear(D, 6 * D)
+        self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU(), linear=FP32Linear)
+        self.time_modulation = FP32Linear(D, 6 * D)
         self.text_in = TwoLayerMLP(cfg.text_dim, D, nn.GELU(approximate="tanh"))
         self.state_in = EmbodimentMLP(cfg.state_dim, Hm, D, E, inner)
         self.action_in = EmbodimentMLP(cfg.action_dim, Hm, D, E, inner)
@@ -140,6 +187,22 @@ class ActionVideoTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.video_in.weight.dtype
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ActionVideoTransformer:
+        """``.to(dtype)`` / ``.half()`` / ``.bfloat16()`` leave the :data:`KEEP_FP32` tensors in
+        float32 (device moves still apply to them)."""
+        keep = set()
+        for n, p in self.named_parameters():
+            if any(k in n for k in KEEP_FP32) and p.dtype == torch.float32:
+                keep.update({id(p)} | ({id(p.grad)} if p.grad is not None else set()))
+
+        def guarded(t: Tensor) -> Tensor:
+            out = fn(t)
+            if id(t) in keep and isinstance(out, Tensor) and out.dtype != torch.float32:
+                return t.detach().to(device=out.device)
+            return out
+
+        return super()._apply(guarded, recurse)
+
     def _time(self, sigma_BG: Tensor) -> tuple[Tensor, Tensor]:
         """σ per group [B, G] → temb [B, G, D] and block modulation [B, G, 6, D].
 
@@ -149,7 +212,7 @@ class ActionVideoTransformer(nn.Module):
         temb, mod = [], []
         for sigma_B in sigma_BG.unbind(1):
             feats = sinusoidal_embedding(sigma_B.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
-            t = self.time_embed(feats.to(self.dtype))
+            t = self.time_embed(feats)  # FP32Linear layers: float32 whatever the weights' dtype
             temb.append(t)
             mod.append(self.time_modulation(F.silu(t)).unflatten(-1, (6, -1)))
         return torch.stack(temb, dim=1), torch.stack(mod, dim=1)
@@ -159,8 +222,7 @@ class ActionVideoTransformer(nn.Module):
         mask = None
         if text_mask_BL is not None:
             mask = text_mask_BL.bool()
-            if not bool(mask.any(dim=1).all()):
-                raise _err("text_mask_BL", "leaves a sample with no valid text token")
+            _check_values(mask.any(dim=1).all(), "text_mask_BL", "leaves a sample with no valid text token")
             mask = mask[:, None, None, :]
         return tuple(block.text_kv(t) for block in self.blocks), mask
 
@@ -168,8 +230,8 @@ class ActionVideoTransformer(nn.Module):
         e = _expect("embodiment_id_B", embodiment_id_B, (B,))
         if e.dtype.is_floating_point or e.dtype == torch.bool:
             raise _err("embodiment_id_B", f"must be an integer tensor, got {e.dtype}")
-        if bool((e < 0).any()) or bool((e >= self.cfg.max_embodiments).any()):
-            raise _err("embodiment_id_B", f"must lie in [0, {self.cfg.max_embodiments}), got {e.tolist()}")
+        in_range = ((e >= 0) & (e < self.cfg.max_embodiments)).all()
+        _check_values(in_range, "embodiment_id_B", f"must lie in [0, {self.cfg.max_embodiments})")
         return e
 
     def _context_tokens(
@@ -188,9 +250,12 @@ class ActionVideoTransformer(nn.Module):
             pos = torch.cat([sequence_positions(0, 1, x.device), pos])
         return x, pos
 
+    def _action_positions(self, P: int, device: torch.device) -> Tensor:
+        return sequence_positions(1, P, device)
+
     def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> tuple[Tensor, Tensor]:
         x = self.action_in(actions_BP32.to(self.dtype), embodiment_id_B)
-        return x, sequence_positions(1, actions_BP32.shape[1], x.device)
+        return x, self._action_positions(actions_BP32.shape[1], x.device)
 
     def _run_blocks(
         self,
@@ -200,16 +265,24 @@ class ActionVideoTransformer(nn.Module):
         text_mask: Tensor | None,
         prefix: Sequence[KV] | None = None,
         key_mask_BM: Tensor | None = None,
+        keep_kv: bool = False,
     ) -> tuple[Tensor, list[KV]]:
+        """Hidden states after all blocks, and each layer's K/V when ``keep_kv`` (else ``[]``).
+
+        Only ``encode_context`` keeps K/V. Holding them otherwise would keep every layer's keys
+        and values alive until the forward ends, which under activation checkpointing is most
+        of the memory the checkpointing was meant to free.
+        """
         x, kvs = tok.x_BND, []
         for i, block in enumerate(self.blocks):
             args = (x, mod_BG6D, tok.runs, tok.rope, tok.segments, text_kv[i], text_mask)
             kw = {"prefix": prefix[i] if prefix is not None else None, "key_mask_BM": key_mask_BM}
-            if self.activation_checkpointing and torch.is_grad_enabled():
-                x, kv = checkpoint(block, *args, use_reentrant=False, **kw)
+            if self.activation_checkpointing and torch.is_grad_enabled() and not keep_kv:
+                x = checkpoint(_hidden_only, block, *args, use_reentrant=False, **kw)
             else:
                 x, kv = block(*args, **kw)
-            kvs.append(kv)
+                if keep_kv:
+                    kvs.append(kv)
         return x, kvs
 
     # ------------------------------------------------------------ forward
@@ -387,21 +460,48 @@ class ActionVideoTransformer(nn.Module):
         )
         _, mod_BG6D = self._time(torch.zeros(B, 1, device=obs.device))
         text_kv, text_mask = self._text(_expect("text_BLD", text_BLD, (B, None, cfg.text_dim)), text_mask_BL)
-        _, kvs = self._run_blocks(tok, mod_BG6D, text_kv, text_mask)
+        _, kvs = self._run_blocks(tok, mod_BG6D, text_kv, text_mask, keep_kv=True)
         return ContextCache(tuple(kvs), text_kv, text_mask, e, n_ctx)
 
-    def forward_actions(self, cache: ContextCache, actions_BP32: Tensor, sigma_action_B: Tensor) -> Tensor:
-        """Action velocity [B, P, 32] of noisy actions, attending to the cached context only."""
+    def action_steps(self, cache: ContextCache, sigmas_BS: Tensor) -> ActionSteps:
+        """RoPE of the action tokens and the time tables of all S Euler steps, for one chunk."""
+        B = cache.embodiment_id_B.shape[0]
+        temb_BSD, mod_BS6D = self._time(_expect("sigmas_BS", sigmas_BS, (B, None)).float())
+        a_pos = self._action_positions(self.cfg.chunk, sigmas_BS.device)
+        return ActionSteps(
+            rope_for_positions(a_pos, self.cfg.rope_split, self.cfg.rope_theta), temb_BSD, mod_BS6D
+        )
+
+    def forward_actions(
+        self,
+        cache: ContextCache,
+        actions_BP32: Tensor,
+        sigma_action_B: Tensor | None = None,
+        *,
+        steps: ActionSteps | None = None,
+        step: int | None = None,
+    ) -> Tensor:
+        """Action velocity [B, P, 32] of noisy actions, attending to the cached context only.
+
+        The noise level is ``sigma_action_B``, or step ``step`` of the precomputed ``steps``
+        (:meth:`action_steps`); both give the same numbers, the second without recomputing
+        the RoPE and time tables at every Euler step.
+        """
         cfg = self.cfg
         B = cache.embodiment_id_B.shape[0]
         acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
-        temb_BGD, mod_BG6D = self._time(_expect("sigma_action_B", sigma_action_B, (B,)).float()[:, None])
-        a_BND, a_pos = self._action_tokens(acts, cache.embodiment_id_B)
+        if (sigma_action_B is None) == (steps is None) or (steps is None) != (step is None):
+            raise ValueError("ActionVideoTransformer.forward_actions: give sigma_action_B, or steps and step")
+        if steps is None:
+            steps = self.action_steps(cache, _expect("sigma_action_B", sigma_action_B, (B,))[:, None])
+            step = 0
+        temb_BGD, mod_BG6D = steps.temb_BSD[:, step : step + 1], steps.mod_BS6D[:, step : step + 1]
+        a_BND = self._action_tokens(acts, cache.embodiment_id_B)[0]
         P = a_BND.shape[1]
         tok = _Tokens(
             x_BND=a_BND,
             runs=((P, 0),),
-            rope=rope_for_positions(a_pos, cfg.rope_split, cfg.rope_theta),
+            rope=steps.rope,
             segments=(P,),
             n_ctx=0,
             n_act=P,

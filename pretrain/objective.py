@@ -12,7 +12,15 @@ mode ``pretrain``:
 * **V** — the noisy future latents (rectified flow, ``x_σ = (1 − σ)·x + σ·ε``, video shift).
 
 Loss = ``λ_v · MSE(predicted velocity, ε − x)`` over the future latents only (there is no action
-target in pretraining; :class:`~pretrain.flow.FlowConfig` supplies λ_v and the shift).
+target in pretraining; :class:`~pretrain.flow.FlowConfig` supplies λ_v and the shift). Target and
+loss are float32 whatever the model's dtype.
+
+**Padded action dims are zero everywhere** (the choice shared with the policy's joint loss,
+``policy/model.py``): the clean actions of A are masked to the embodiment's valid dims here, the
+policy puts no noise on padded dims, and its samplers keep them at 0, so ``action_in`` never
+sees anything else there. GWP's published trainer instead takes the action loss over all 32
+dims, padded ones learning to predict the noise; zeros cost no capacity and leave nothing
+untrained to integrate.
 
 **Which samples see their actions** (``actions_present_B``): a sample keeps them when it has any
 (``action_mask.any()``: robot data) *and* survives an action dropout drawn with probability

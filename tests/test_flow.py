@@ -78,8 +78,8 @@ def test_loss_masks_invalid_dims_and_weights_terms():
     pred_a = tgt_a.clone()
     pred_a[:, :, 10:] += 100.0  # errors only in padded dims
     assert masked_mse(pred_a, tgt_a, mask).item() == 0.0
-    pred_a[0, :, 0] += 2.0  # error 2 on 4 of the (3 + 5)·4 = 32 valid entries
-    assert masked_mse(pred_a, tgt_a, mask).item() == pytest.approx(4.0 * 4 / 32)
+    pred_a[0, :, 0] += 2.0  # error 2 on 4 of sample 0's 3·4 = 12 valid entries; sample 1 exact
+    assert masked_mse(pred_a, tgt_a, mask).item() == pytest.approx((4.0 * 4 / 12 + 0.0) / 2)
     tgt_v = torch.randn(2, 3, 2, 4, 4)
     pred_v = tgt_v + 1.0
     loss = flow_loss(cfg, pred_a, tgt_a, mask, pred_v, tgt_v)
