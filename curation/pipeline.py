@@ -327,6 +327,13 @@ def settle(
     return Outcome(rejections, dup_ids, counts, windows_in, window_rejections, with_samples)
 
 
+def action_free_counts(records: list[dict[str, Any]], exclude: frozenset[str]) -> dict[str, int]:
+    """How many of the episodes with samples, and of the samples, are action-free video (kept
+    duplicates aside): they are part of ``episodes_with_samples`` / ``samples``, not extra."""
+    kept = [r for r in records if r.get("action_free") and r["samples"] and r["episode_id"] not in exclude]
+    return {"episodes_without_actions": len(kept), "samples_without_actions": sum(r["samples"] for r in kept)}
+
+
 # ---- phase 4: statistics ------------------------------------------------------------
 
 
@@ -602,6 +609,7 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
             "windows_in": outcome.windows_in,
             "samples": samples,
             "windows_rejected": outcome.window_rejections,
+            **action_free_counts(records, outcome.duplicates),
         }
         stage_counts = dict(outcome.stage_counts)
         stage_counts["windows"] = {
