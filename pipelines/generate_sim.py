@@ -12,9 +12,12 @@ Top to bottom:
    and GL context at a time) with 2W in flight; results are consumed in seed order, so the
    dataset does not depend on W;
 3. episodes stream (a generator, never a list) into
-   :func:`curation.formats.lerobot_v3.write_lerobot_v3`;
-4. ``generation.json`` in the dataset root records tasks, seeds used and failed, counts and
-   wall time.
+   :func:`curation.formats.lerobot_v3.write_lerobot_v3`; with ``--no-actions`` they are
+   written as video only instead (:func:`curation.formats.raw_video.write_raw_video` of the
+   episodes without their actions and state: sidecars with no step table, a mapping with
+   ``"actions": false``), the action-free video pretraining learns from;
+4. ``generation.json`` in the dataset root (``meta/generation.json`` for video only) records
+   tasks, seeds used and failed, counts and wall time.
 
 Default tasks are ones whose goal (the object's place) is visible in 128² images and whose
 expert succeeds ≥ 95 % (Meta-World 3.1.1, seeds 0–99: drawer-open 100/100, button-press-
@@ -55,6 +58,7 @@ class GenerateConfig:
     codec: str = "av1"
     workers: int = 1
     repo_id: str = "local/metaworld-expert"
+    actions: bool = True  # False: video only, as raw video without actions (for pretraining)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -169,19 +173,19 @@ def generate_episodes(
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dict:
     """Write the dataset to ``out`` and return the generation record (also in ``generation.json``)."""
     from curation.formats.lerobot_v3 import write_lerobot_v3
+    from curation.formats.raw_video import write_raw_video
 
     out = Path(out)
     reports: dict[str, TaskReport] = {}
     t0 = time.perf_counter()
+    episodes = generate_episodes(cfg, reports, progress=progress)
     try:
-        root = write_lerobot_v3(
-            generate_episodes(cfg, reports, progress=progress),
-            out,
-            repo_id=cfg.repo_id,
-            robot_type="sawyer",
-            codec=cfg.codec,
-            progress=False,
-        )
+        if cfg.actions:
+            root = write_lerobot_v3(
+                episodes, out, repo_id=cfg.repo_id, robot_type="sawyer", codec=cfg.codec, progress=False
+            )
+        else:  # the raw-video writer takes a list: video-only sets are small (frames stay inline)
+            root = write_raw_video([ep.without_actions() for ep in episodes], out, codec=cfg.codec)
     except ValueError:
         if any(r.successes for r in reports.values()):
             raise
@@ -202,7 +206,10 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
         "tasks": {task: asdict(r) for task, r in reports.items()},
     }
     root = Path(root) if root is not None else out
-    (root / GENERATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    # raw video takes every top-level *.json for an episode's sidecar: the record goes below
+    path = root / GENERATION_FILE if cfg.actions else root / "meta" / GENERATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -221,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default="av1", choices=("av1", "h264", "mpeg4"))
     p.add_argument("--workers", type=int, default=1, help="rollout processes")
     p.add_argument("--repo-id", default=GenerateConfig.repo_id)
+    p.add_argument(
+        "--no-actions",
+        action="store_true",
+        help='write video only (raw video whose mapping says "actions": false), for pretraining',
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -240,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             codec=args.codec,
             workers=args.workers,
             repo_id=args.repo_id,
+            actions=not args.no_actions,
         )
     except ValueError as err:
         raise UsageError(str(err)) from err
