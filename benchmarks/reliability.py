@@ -26,7 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # tests/test_reliability.py and its siblings (one fault corpus each: timing, pixels, ...), and the
 # test files whose cases record rows beside them (identity, mappings, command-line mistakes)
-_BESIDE = ("tests/test_identity.py", "tests/test_mapping_defaults.py", "tests/test_cli_errors.py")
+_BESIDE = (
+    "tests/test_identity.py",
+    "tests/test_mapping_defaults.py",
+    "tests/test_cli_errors.py",
+    "tests/curation/test_action_free_faults.py",
+)
 TEST_FILES = [
     *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_reliability*.py")),
     *_BESIDE,

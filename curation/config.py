@@ -234,7 +234,10 @@ register_preset(
         name="paper",
         filters=FilterConfig(min_steps=60),
         windows=WindowConfig(chunk=48, frame_stride=12, num_future=4, stride=12),
-        video=VideoConfig(width=384, height=320, format="mp4"),
+        # lossless: the policy sees raw camera frames at inference, and H.264 in yuv420p stored them
+        # 34-37 dB away from those, at any CRF (BENCHMARKS.md, "Stored sample frames"); PNG costs
+        # about 18× the bytes per sample (a latent cache is the compact store for long runs)
+        video=VideoConfig(width=384, height=320, format="png"),
     )
 )
 

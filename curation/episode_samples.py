@@ -18,6 +18,9 @@ dropped there.
 Normalisation needs statistics over the whole corpus, so rows here keep the *raw* action
 chunk and state (``raw_action [p, Da]``, ``raw_state [Ds]``); the shard writer normalises
 them, and each episode's statistics sketch is made here, while its windows are at hand.
+Action-free episodes (:mod:`schemas.episode`) give rows with ``raw_action [p, 0]`` and
+``raw_state []`` and no sketch (statistics are over rows with actions); their record says
+``action_free`` so that the manifest can count them.
 
 The job's Ray unit is a *part*, a run of consecutive episodes (:mod:`curation.parts`): one
 task decodes them front to back (episodes packed in one video file are then read in order)
@@ -187,13 +190,19 @@ def process_episode(ref: EpisodeRef, cfg: CurationConfig) -> tuple[list[dict[str
         "fingerprint": [],
         "windows_in": 0,
         "ledger": [],
+        "action_free": False,
     }
     item = load(ref)
     if isinstance(item, Rejection):
         record["ledger"] = [item.to_row()]
         return [], record
     ep = item
-    record.update(episode_id=ep.episode_id, source=ep.source, source_path=ep.source_path or ref.path)
+    record.update(
+        episode_id=ep.episode_id,
+        source=ep.source,
+        source_path=ep.source_path or ref.path,
+        action_free=not ep.has_action,
+    )
     frames = EpisodeFrames(ep)
     rows: list[dict[str, Any]] = []
     try:
@@ -206,6 +215,8 @@ def process_episode(ref: EpisodeRef, cfg: CurationConfig) -> tuple[list[dict[str
         record.update(stage="filter", ledger=[verdict.rejection.to_row()])
         return [], record
     record.update(stage="passed", fingerprint=fingerprint_to_hex(verdict.fingerprint))
+    if verdict.skipped:  # the action checks do not apply to action-free video
+        record["skipped_checks"] = {name: "no_actions" for name in verdict.skipped}
     try:
         rows, ledger, windows_in = episode_sample_rows(ep, cfg, verdict.quality, frames)
         outcome = "samples" if rows else "window"
@@ -241,11 +252,12 @@ def assemble_part(
     tables, records, sketches = [], [], []
     for rows, record in episodes:
         records.append({**record, "samples": len(rows)})
+        acc = None
         if rows:
             tables.append(episode_table(rows))
-            sketches.append(raw_rows_accumulator(tables[-1], sketch_k).to_bytes())
-        else:
-            sketches.append(None)
+            acc = raw_rows_accumulator(tables[-1], sketch_k)
+        # an action-free episode's accumulator is empty: no sketch, as for no samples
+        sketches.append(acc.to_bytes() if acc is not None and acc.action.n else None)
     return (pa.concat_tables(tables) if tables else RAW_SCHEMA.empty_table()), records, sketches
 
 

@@ -272,7 +272,10 @@ def load(ref: EpisodeRef, *, decode: bool = False) -> Episode | Rejection:
         reader = _reader(
             ref.format, ref.root, mapping_json, name, _sidecar_stamp(ref.root, ref.format, mapping_json)
         )
-        episode = reader.load(ref).validate()
+        episode = reader.load(ref)
+        if not reader.mapping.actions:  # the mapping drops them: curated as action-free video
+            episode = episode.without_actions()
+        episode = episode.validate()
     except Exception as err:  # every failure goes to the ledger
         return _rejection(err, "load", ref.path, ref.label, ref.source)
     if not decode:

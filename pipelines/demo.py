@@ -10,9 +10,13 @@ changed starts over together with every stage after it:
 
 1. ``generate``   Meta-World expert demonstrations (``gwp generate-sim``), half of the seeds
                   written as LeRobot v3.0, the other half converted to RLDS (``gwp convert``)
-                  so that ingestion really mixes two source formats;
-2. ``curate``     Ray Data curation of both sources into shards + manifest + data report;
-3. ``pretrain``   DeepSpeed pretraining of the action-conditioned video model;
+                  so that ingestion really mixes two source formats; with
+                  ``pretrain_video_tasks`` set, also the video of other tasks' expert runs
+                  without actions (``--no-actions``: raw video, a third source);
+2. ``curate``     Ray Data curation of the sources into shards + manifest + data report;
+3. ``pretrain``   DeepSpeed pretraining of the action-conditioned video model (on the
+                  action-free video too: its rows train the video loss alone; the fine-tunes
+                  leave them out);
 4. ``finetune``   DeepSpeed fine-tuning of the policy from the pretrained weights (λ_v = 1);
 5. ``finetune_no_video``  the same with the video loss off (λ_v = 0), for comparison;
 6. ``evaluate``   closed loop on held-out seeds: both policies, the scripted expert, random;
@@ -91,9 +95,25 @@ class DemoConfig:
     workers: int = 2
     threads: int = 1  # torch threads per training process: more spin against other work (BENCHMARKS.md)
     openloop_samples: int = 256  # held-out samples in the open-loop evaluation
+    pretrain_video_tasks: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "more Meta-World tasks whose video, without actions, only pretraining sees"},
+    )
+    pretrain_video_episodes: int = field(
+        default=10, metadata={"help": "expert episodes per pretrain_video_tasks task (video only)"}
+    )
 
     def __post_init__(self) -> None:
         check_choices(self, f"demo preset {self.name!r}")
+        if self.pretrain_video_episodes < 1:
+            raise ConfigError(
+                "DemoConfig", "pretrain_video_episodes", f"must be >= 1, got {self.pretrain_video_episodes}"
+            )
+        overlap = sorted(set(self.pretrain_video_tasks) & set(self.tasks))
+        if overlap:  # the policy's own tasks have their demonstrations, with actions, already
+            raise ConfigError(
+                "DemoConfig", "pretrain_video_tasks", f"{overlap} are the policy's tasks already"
+            )
 
 
 # The default recipe; its wall time and held-out success rates are in BENCHMARKS.md, "The demo".
@@ -138,7 +158,8 @@ PRESETS.register(
 )
 
 
-DEMO_FLAGS = ("eval_episodes",)  # DemoConfig fields a flag may override
+# DemoConfig fields a flag may override
+DEMO_FLAGS = ("eval_episodes", "pretrain_video_tasks", "pretrain_video_episodes")
 
 
 def get_demo_config(name: str) -> DemoConfig:
@@ -245,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = ",".join(cfg.tasks)
     src_a, src_b = out / "sources" / "lerobot_v3", out / "sources" / "rlds"
     tmp_b = out / "sources" / ".second_half_lerobot"
+    src_v = out / "sources" / "video_only"  # other tasks' video without actions, for pretraining
     n = cfg.episodes_per_task
     gen = [
         "--tasks",
@@ -257,22 +279,26 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         str(cfg.workers),
     ]
-    st.run(
-        "generate",
-        [
-            py("pipelines.generate_sim", *gen, "--seed", "0", "--out", str(src_a), "--codec", cfg.codec,
-               "--repo-id", "gwp-demo/sim-a"),
-            py("pipelines.generate_sim", *gen, "--seed", "100000", "--out", str(tmp_b), "--codec", "h264",
-               "--repo-id", "gwp-demo/sim-b"),
-            py("pipelines.convert", str(tmp_b), "--to", "rlds", "--out", str(src_b)),
-        ],
-        env,
-        outputs=(src_a, tmp_b, src_b),
-    )  # fmt: skip
+    generate = [
+        py("pipelines.generate_sim", *gen, "--seed", "0", "--out", str(src_a), "--codec", cfg.codec,
+           "--repo-id", "gwp-demo/sim-a"),
+        py("pipelines.generate_sim", *gen, "--seed", "100000", "--out", str(tmp_b), "--codec", "h264",
+           "--repo-id", "gwp-demo/sim-b"),
+        py("pipelines.convert", str(tmp_b), "--to", "rlds", "--out", str(src_b)),
+    ]  # fmt: skip
+    sources = [str(src_a), str(src_b)]
+    if cfg.pretrain_video_tasks:  # unset (the default): the commands and the job are as before
+        generate.append(
+            py("pipelines.generate_sim", "--tasks", ",".join(cfg.pretrain_video_tasks), "--episodes-per-task",
+               str(cfg.pretrain_video_episodes), *gen[4:], "--seed", "200000", "--codec", "h264", "--no-actions",
+               "--out", str(src_v))
+        )  # fmt: skip
+        sources.append(str(src_v))
+    st.run("generate", generate, env, outputs=(src_a, tmp_b, src_b, src_v))
 
     shards = out / "shards"
     job = {
-        "sources": [str(src_a), str(src_b)],
+        "sources": sources,
         "out": str(shards),
         "curation": cfg.curation.to_dict(),
         "run": {"progress": False},
@@ -379,6 +405,15 @@ def write_demo_report(out: Path, cfg: DemoConfig, times: dict[str, float], total
         f"Preset `{cfg.name}`: tasks {', '.join(cfg.tasks)}; {cfg.episodes_per_task} demonstrations per task "
         f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.train.model}`.",
         "",
+        *(
+            [
+                f"Pretraining also sees the video, without actions, of {cfg.pretrain_video_episodes} expert "
+                f"runs per task of {', '.join(cfg.pretrain_video_tasks)} (raw video; the fine-tunes leave it out).",
+                "",
+            ]
+            if cfg.pretrain_video_tasks
+            else []
+        ),
         "## Stages",
         "",
         "| stage | wall time (s) | output |",

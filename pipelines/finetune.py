@@ -12,7 +12,10 @@ Top to bottom:
    from its manifest take the window geometry (P, K), the composed image geometry, how the
    instructions were embedded (``config["caption"]`` None → hashed fallback) and the
    per-embodiment normalisation statistics; hold out ``--heldout-fraction`` of the episodes
-   (by episode id, deterministic: ``policy.heldout``);
+   (by episode id, deterministic: ``policy.heldout``). Action-free samples (video without
+   actions, all-False ``action_mask``) are left out first, with a count in the log and the run
+   record: a policy learns actions, and those rows have none (pretraining is where they help);
+   a dataset with no sample with actions is refused;
 2. build the policy: the transformer from ``--init`` (a pretrained checkpoint folder or model
    repo id; ``none`` = random init of the ``--model`` preset), with P and K of the data and the
    loss weights / timestep shifts of ``--action-weight`` ``--video-weight`` ``--action-shift``
@@ -100,6 +103,24 @@ def data_settings(shards: ShardSet) -> dict[str, Any]:
         "embodiments": tuple(get_embodiment(name) for name in sorted(shards.manifest.stats)),
         "stats": dict(shards.manifest.stats),
     }
+
+
+def rows_with_actions(shards: ShardSet) -> tuple[ShardSet, int]:
+    """``(view of the rows that carry actions, number of action-free rows left out)``;
+    ValueError naming the dataset when no row has actions."""
+    keep, dropped = [], 0
+    for i, path in enumerate(shards.shards):
+        mask_N32 = np.asarray(pq.read_table(path, columns=["action_mask"]).column(0).to_pylist(), dtype=bool)
+        rows = np.arange(len(mask_N32)) if shards.selection is None else np.asarray(shards.selection[i])
+        has_N = mask_N32.reshape(len(mask_N32), -1).any(axis=1)[rows] if len(rows) else np.zeros(0, bool)
+        keep.append(np.flatnonzero(has_N).tolist())
+        dropped += int((~has_N).sum())
+    if dropped == shards.num_rows:
+        raise ValueError(
+            f"{shards.root}: all {dropped} samples are video without actions; a policy needs samples "
+            "with actions (use such data for pretraining)"
+        )
+    return (shards.select(keep) if dropped else shards), dropped
 
 
 def build_policy(
@@ -221,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     shards = train_cli.open_shards(args)
     with reading("--data", args.data):  # a dataset the policy cannot be trained on (no text embedding, …)
         settings = data_settings(shards)
+        shards, action_free = rows_with_actions(shards)
+    if action_free:
+        log.info("left out %d action-free samples (video without actions: no action to learn)", action_free)
     torch.manual_seed(cfg.seed)  # a random init (--init none) is part of the run: seed it like the rest
     with reading("--init", args.init):  # not a checkpoint, or one that does not fit the data
         model = build_policy(
@@ -247,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "policy": model.cfg.to_dict(),
         "init": {"source": args.init, "revision": args.init_revision},
-        "data": {"source": str(args.data), "revision": args.data_revision, "rows": shards.num_rows},
+        "data": {
+            "source": str(args.data),
+            "revision": args.data_revision,
+            "rows": shards.num_rows,
+            "action_free_rows_left_out": action_free,
+        },
         "heldout": split.record(args.heldout_fraction, args.heldout_seed),
     }
     if check is not None:

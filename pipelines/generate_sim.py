@@ -12,9 +12,12 @@ Top to bottom:
    and GL context at a time) with 2W in flight; results are consumed in seed order, so the
    dataset does not depend on W;
 3. episodes stream (a generator, never a list) into
-   :func:`curation.formats.lerobot_v3.write_lerobot_v3`;
-4. ``generation.json`` in the dataset root records tasks, seeds used and failed, counts and
-   wall time.
+   :func:`curation.formats.lerobot_v3.write_lerobot_v3`; with ``--no-actions`` they are
+   written as video only instead (:func:`curation.formats.raw_video.write_raw_video` of the
+   episodes without their actions and state: sidecars with no step table, a mapping with
+   ``"actions": false``), the action-free video pretraining learns from;
+4. ``generation.json`` in the dataset root (``meta/generation.json`` for video only) records
+   tasks, seeds used and failed, counts and wall time.
 
 Default tasks are ones whose goal (the object's place) is visible in 128² images and whose
 expert succeeds ≥ 95 % (Meta-World 3.1.1, seeds 0–99: drawer-open 100/100, button-press-
@@ -65,6 +68,9 @@ class GenerateConfig:
     workers: int = field(default=1, metadata={"help": "rollout processes"})
     repo_id: str = field(
         default="local/metaworld-expert", metadata={"help": "repo id written into the dataset's metadata"}
+    )
+    actions: bool = field(
+        default=True, metadata={"help": "False: video only, as raw video without actions (for pretraining)"}
     )
 
     def __post_init__(self) -> None:
@@ -180,19 +186,19 @@ def generate_episodes(
 def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dict:
     """Write the dataset to ``out`` and return the generation record (also in ``generation.json``)."""
     from curation.formats.lerobot_v3 import write_lerobot_v3
+    from curation.formats.raw_video import write_raw_video
 
     out = Path(out)
     reports: dict[str, TaskReport] = {}
     t0 = time.perf_counter()
+    episodes = generate_episodes(cfg, reports, progress=progress)
     try:
-        root = write_lerobot_v3(
-            generate_episodes(cfg, reports, progress=progress),
-            out,
-            repo_id=cfg.repo_id,
-            robot_type="sawyer",
-            codec=cfg.codec,
-            progress=False,
-        )
+        if cfg.actions:
+            root = write_lerobot_v3(
+                episodes, out, repo_id=cfg.repo_id, robot_type="sawyer", codec=cfg.codec, progress=False
+            )
+        else:  # the raw-video writer takes a list: video-only sets are small (frames stay inline)
+            root = write_raw_video([ep.without_actions() for ep in episodes], out, codec=cfg.codec)
     except ValueError:
         if any(r.successes for r in reports.values()):
             raise
@@ -213,11 +219,16 @@ def generate(cfg: GenerateConfig, out: str | Path, progress: bool = True) -> dic
         "tasks": {task: asdict(r) for task, r in reports.items()},
     }
     root = Path(root) if root is not None else out
-    (root / GENERATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    # raw video takes every top-level *.json for an episode's sidecar: the record goes below
+    path = root / GENERATION_FILE if cfg.actions else root / "meta" / GENERATION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return record
 
 
-GENERATE_FLAGS = tuple(f.name for f in fields(GenerateConfig))  # every field is a flag
+GENERATE_FLAGS = tuple(
+    f.name for f in fields(GenerateConfig) if f.name != "actions"
+)  # `actions`: --no-actions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_field_flags(p, GenerateConfig, GENERATE_FLAGS, defaults=GenerateConfig())
     p.add_argument("--out", required=True, help="output dataset folder")
+    p.add_argument(
+        "--no-actions",
+        action="store_true",
+        help='write video only (raw video whose mapping says "actions": false), for pretraining',
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -234,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = GenerateConfig(**{name: getattr(args, name) for name in GENERATE_FLAGS})
+        cfg = GenerateConfig(
+            **{name: getattr(args, name) for name in GENERATE_FLAGS}, actions=not args.no_actions
+        )
     except ValueError as err:
         raise UsageError(str(err)) from err
     try:

@@ -2,10 +2,17 @@
 
 Shapes (T = steps, Ds/Da = the embodiment's state/action dims, H×W×3 uint8 frames)::
 
-    state      [T, Ds]  float32
-    action     [T, Da]  float32
+    state      [T, Ds]  float32   ([T, 0] allowed only in an action-free episode)
+    action     [T, Da]  float32   ([T, 0]: action-free video, see below)
     timestamps [T]      float64 seconds from the episode start
     cameras    role -> FrameRef   (frames decoded lazily by ``curation.frames``)
+
+**Action-free episodes** (human or unlabelled robot video: raw video with no step table, or a
+source whose mapping sets ``"actions": false``) hold ``action`` with zero columns, ``[T, 0]``,
+so the step count T stays in the array as for every episode; their state is optional
+(``[T, Ds]`` or ``[T, 0]``). Zero columns is the only way to say "no actions": an action of
+the embodiment's width that is partly missing (a wrong width, NaN) is still an error, and an
+episode with actions must carry its state (delta action dims are relative to it).
 
 A :class:`FrameRef` says where one camera's frames live: a span of a video file, a
 dataset inside an HDF5 file, per-frame encoded images (RLDS), or an inline array. A video's
@@ -178,6 +185,16 @@ class Episode:
     def length(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def has_action(self) -> bool:
+        """False for action-free video (``action`` is ``[T, 0]``)."""
+        return self.action.ndim != 2 or self.action.shape[1] > 0
+
+    def without_actions(self) -> Episode:
+        """The same video with its actions and state dropped (``[T, 0]`` each)."""
+        empty = np.zeros((self.length, 0), dtype=np.float32)
+        return replace(self, action=empty, state=empty.copy())
+
     def with_(self, **changes: Any) -> Episode:
         return replace(self, **changes)
 
@@ -192,13 +209,15 @@ class Episode:
             spec = get_embodiment(self.embodiment)
         except KeyError as err:
             raise SchemaError(r, "embodiment", err.args[0]) from None
-        require_array(
-            r, "action", self.action, shape=(None, spec.action_dim), dtype=np.float32, finite=finite
-        )
+        action_dim = spec.action_dim if self.has_action else 0
+        require_array(r, "action", self.action, shape=(None, action_dim), dtype=np.float32, finite=finite)
         t = self.action.shape[0]
         if t == 0:
             raise SchemaError(r, "action", "episode has zero steps")
-        require_array(r, "state", self.state, shape=(t, spec.state_dim), dtype=np.float32, finite=finite)
+        if self.has_action or self.state.ndim != 2 or self.state.shape[1] != 0:
+            require_array(r, "state", self.state, shape=(t, spec.state_dim), dtype=np.float32, finite=finite)
+        else:
+            require_array(r, "state", self.state, shape=(t, 0), dtype=np.float32)
         require_array(r, "timestamps", self.timestamps, shape=(t,), dtype=np.float64, finite=True)
         for role, ref in self.cameras.items():
             require_choice(r, "cameras", role, spec.cameras)
@@ -256,8 +275,9 @@ class Episode:
             embodiment=row["embodiment"],
             instruction=row["instruction"],
             fps=row["fps"],
-            state=np.asarray(row["state"], dtype=np.float32).reshape(-1, ds),
-            action=np.asarray(row["action"], dtype=np.float32).reshape(-1, da),
+            # rows keep T when the width is 0 (action-free): reshape by the row count, not -1
+            state=np.asarray(row["state"], dtype=np.float32).reshape(len(row["state"]), ds),
+            action=np.asarray(row["action"], dtype=np.float32).reshape(len(row["action"]), da),
             timestamps=np.asarray(row["timestamps"], dtype=np.float64),
             cameras={k: FrameRef.from_row(v) for k, v in cams},
             source_path=row.get("source_path", "") or "",

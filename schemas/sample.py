@@ -9,6 +9,14 @@ A window of an episode starting at frame t (ARCHITECTURE.md, "Data model")::
     state        [32]    float32  normalised state at t, padded
     state_mask   [32]    bool
     text_embedding [E]   float32  CLIP text embedding of the instruction (optional)
+
+**Action-free samples** (windows of action-free video, see :mod:`schemas.episode`) have an
+all-False ``action_mask``, an all-zero ``action`` of the usual ``[p, 32]`` shape (so batches
+mixing both kinds stack) and no state either (``state_mask`` all False, ``state`` zero): the
+statistics that normalise a state come from the rows with actions only, and pretraining hides
+the state of such rows' actions anyway. The Arrow schema is unchanged; the mask is the marker.
+So a row is either action-free in full (no action dim, no state dim) or it carries actions; a
+row with state but no action dim is a mask that lost its actions, and stays an error.
 """
 
 from __future__ import annotations
@@ -67,6 +75,10 @@ class Sample:
     def chunk(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def has_action(self) -> bool:
+        return bool(self.action_mask.any())
+
     def with_(self, **changes: Any) -> Sample:
         return replace(self, **changes)
 
@@ -95,8 +107,10 @@ class Sample:
         require_array(r, "action_mask", self.action_mask, shape=(MAX_DIM,), dtype=np.bool_)
         require_array(r, "state", self.state, shape=(MAX_DIM,), dtype=np.float32, finite=True)
         require_array(r, "state_mask", self.state_mask, shape=(MAX_DIM,), dtype=np.bool_)
-        if not self.action_mask.any():
-            raise SchemaError(r, "action_mask", "no valid action dim")
+        if not self.action_mask.any() and self.state_mask.any():
+            raise SchemaError(
+                r, "action_mask", "no valid action dim but a valid state (action-free rows carry neither)"
+            )
         for name, values, mask in (
             ("action", self.action, self.action_mask),
             ("state", self.state, self.state_mask),
@@ -397,8 +411,11 @@ def _array_rules(table: pa.Table) -> list[_Rule]:
     rules.append(
         (
             "action_mask",
-            mask_ok_N["action_mask"] & ~mask_N32["action_mask"].any(axis=1),
-            "no valid action dim",
+            mask_ok_N["action_mask"]
+            & ~mask_N32["action_mask"].any(axis=1)
+            & mask_ok_N["state_mask"]
+            & mask_N32["state_mask"].any(axis=1),
+            "no valid action dim but a valid state (action-free rows carry neither)",
         )
     )
     # padded dims must be zero: each value's dim looked up in its row's mask (rows with a

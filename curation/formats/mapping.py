@@ -23,6 +23,12 @@ channels (:func:`curation.frames.to_rgb8`). Keys not listed are RGB.
 pixel values span (a 12-bit camera in uint16: ``[0, 4095]``; a float camera in [-1, 1]);
 decoding maps it linearly onto 0..255 and rejects values outside it. Keys not listed are
 read by their dtype's convention.
+
+``actions`` (default true) set to ``false`` drops the source's actions: its episodes are
+curated as action-free video (:mod:`schemas.episode`), for unlabelled robot video or for
+pretraining on a dataset's video alone. The readers read the source as usual (its state and
+action keys still have to make sense where the format needs them) and ingest drops the
+actions and the state after reading; raw video then needs no per-step table at all.
 """
 
 from __future__ import annotations
@@ -55,8 +61,11 @@ class SourceMapping:
     instruction: str = ""  # fallback instruction when the source has none
     source: str = ""  # dataset name used in episode ids and lineage
     extra: dict[str, Any] = field(default_factory=dict)
+    actions: bool = True  # False: the episodes are curated as action-free video
 
     def validate(self, where: str = "SourceMapping") -> SourceMapping:
+        if not isinstance(self.actions, bool):
+            raise SchemaError(where, "actions", f"must be true or false, got {self.actions!r}")
         try:
             spec = get_embodiment(self.embodiment)
         except KeyError as err:
@@ -119,7 +128,10 @@ class SourceMapping:
         return self.cameras.get(key)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.actions:  # the default stays out, so mappings written before the field read the same
+            del data["actions"]
+        return data
 
     @classmethod
     def from_dict(
@@ -128,7 +140,16 @@ class SourceMapping:
         """A mapping from JSON fields; ``fmt`` gives the defaults of the keys left out."""
         if not isinstance(data, dict):
             raise SchemaError(where, "<mapping>", f"expected a JSON object, got {type(data).__name__}")
-        allowed = {"embodiment", "cameras", "state_key", "action_key", "instruction", "source", "extra"}
+        allowed = {
+            "embodiment",
+            "cameras",
+            "state_key",
+            "action_key",
+            "instruction",
+            "source",
+            "extra",
+            "actions",
+        }
         unknown = set(data) - allowed
         if unknown:
             raise SchemaError(where, sorted(unknown)[0], f"unknown field; allowed: {sorted(allowed)}")

@@ -48,6 +48,15 @@ not exist), ``bad_video``, ``unknown_camera``, ``length_mismatch``, ``bad_timest
 Without a mapping (no config entry, no ``gwp_source.json``) the reader builds one from the
 first sidecar's ``embodiment``, since the sidecars describe themselves.
 
+**Video without actions** (human or unlabelled robot video): with ``"actions": false`` in the
+mapping, an episode needs no per-step table. Its sidecar JSON may give ``instruction``,
+``fps``, ``embodiment``, ``videos`` and ``timestamps`` only, or it may have no sidecar at all:
+then the episodes are the ``<name>.<key>.mp4`` stems (``gwp_source.json`` must then name the
+embodiment). The step count is the videos' frame count (cameras that disagree:
+``length_mismatch``); any state/action present is dropped. With actions expected (the
+default) a sidecar without them stays an error (``bad_sidecar``), so a table that went
+missing is never taken for action-free video.
+
 The writer stores floats with Python's shortest round-trip repr, so state, action and
 timestamps read back bit-exactly; frames go through the lossy codec (h264 by default).
 """
@@ -80,6 +89,11 @@ def _sidecar_stems(root: Path) -> list[str]:
     stems = {p.stem for p in root.glob("*.json") if p.name != SIDECAR_NAME}
     stems |= {p.stem for p in root.glob("*.csv")}
     return sorted(stems)
+
+
+def _video_stems(root: Path) -> list[str]:
+    """Episode names of the ``<name>.<key>.mp4`` files (episodes with no sidecar)."""
+    return sorted({p.name[: -len(".mp4")].rsplit(".", 1)[0] for p in root.glob("*.*.mp4")})
 
 
 def _read_json(path: Path, label: str) -> dict[str, Any]:
@@ -166,18 +180,21 @@ class RawVideoReader(SourceReader):
         root = Path(root)
         if not root.is_dir():
             return False
+        if (root / SIDECAR_NAME).exists() and _video_stems(root):  # videos with no sidecars
+            return True
         return any(next(root.glob(f"{glob.escape(stem)}.*.mp4"), None) for stem in _sidecar_stems(root))
 
     def list_episodes(self) -> list[EpisodeRef]:
         if not self.root.is_dir():
             raise LoadError("missing_file", "source folder does not exist", self.root)
         stems = _sidecar_stems(self.root)
+        if not self.mapping.actions:  # action-free video needs no sidecar
+            stems = sorted(set(stems) | set(_video_stems(self.root)))
         if not stems:
             raise LoadError("unknown_layout", "no <name>.json or <name>.csv sidecars", self.root)
         refs = []
         for i, stem in enumerate(stems):
-            sidecar = self.root / f"{stem}.json"
-            sidecar = sidecar if sidecar.exists() else self.root / f"{stem}.csv"
+            sidecar = self._sidecar_of(stem)
             refs.append(
                 EpisodeRef(
                     format=FORMAT,
@@ -189,6 +206,14 @@ class RawVideoReader(SourceReader):
                 )
             )
         return refs
+
+    def _sidecar_of(self, name: str) -> Path:
+        """The file that stands for episode ``name``: its JSON, else its CSV, else its first video."""
+        for path in (self.root / f"{name}.json", self.root / f"{name}.csv"):
+            if path.exists():
+                return path
+        videos = sorted(self.root.glob(f"{glob.escape(name)}.*.mp4"))
+        return videos[0] if videos else self.root / f"{name}.json"
 
     def _cameras(
         self,
@@ -246,6 +271,8 @@ class RawVideoReader(SourceReader):
             raise LoadError("unknown_embodiment", err.args[0], sidecar, name) from None
         instruction = meta.get("instruction") or ""
         timestamps = meta.get("timestamps")
+        if not self.mapping.actions:
+            return self._load_action_free(ref, name, meta, spec.name, str(instruction))
         if "state" in meta and "action" in meta:
             try:
                 state = np.asarray(meta["state"], dtype=np.float32)
@@ -258,7 +285,11 @@ class RawVideoReader(SourceReader):
             table = self.root / str(meta.get("table", csv_path.name))
             if not table.exists():
                 raise LoadError(
-                    "bad_sidecar", f"no state/action in the JSON and no table {table.name}", sidecar, name
+                    "bad_sidecar",
+                    f"no state/action in the JSON and no table {table.name} (for video without actions "
+                    'set "actions": false in the mapping)',
+                    sidecar,
+                    name,
                 )
             state, action, csv_timestamps, csv_instruction = _read_csv(table, name)
             timestamps = timestamps if timestamps is not None else csv_timestamps
@@ -300,6 +331,53 @@ class RawVideoReader(SourceReader):
             timestamps=timestamps,
         )
 
+    def _load_action_free(
+        self, ref: EpisodeRef, name: str, meta: dict[str, Any], embodiment: str, instruction: str
+    ) -> Episode:
+        """An episode of video only: T from the videos' frame count, ``action``/``state`` [T, 0]."""
+        sidecar = self._sidecar_of(name)
+        spec = get_embodiment(embodiment)
+        try:
+            fps = float(meta.get("fps") or self.mapping.extra.get("fps") or spec.control_hz)
+        except (TypeError, ValueError) as err:
+            raise LoadError(
+                "bad_sidecar", f"fps is not a number: {meta.get('fps')!r}", sidecar, name
+            ) from err
+        timestamps = meta.get("timestamps")
+        if timestamps is not None:
+            timestamps = np.asarray(timestamps, dtype=np.float64)
+            if timestamps.ndim != 1 or timestamps.size == 0:
+                raise LoadError(
+                    "bad_sidecar", f"timestamps must be 1-D, got shape {timestamps.shape}", sidecar, name
+                )
+            check_timestamps(timestamps, sidecar, name)
+        times = None if timestamps is None else timestamps - timestamps[0]
+        cameras = self._cameras(meta, name, spec.name, fps, sidecar, times)
+        if not cameras:
+            raise LoadError("missing_video", "no <name>.<camera>.mp4 video for this episode", sidecar, name)
+        lengths = {f"camera {role}": c.num_frames for role, c in cameras.items()}
+        if timestamps is not None:
+            lengths["timestamps"] = len(timestamps)
+        if len(set(lengths.values())) != 1:
+            raise LoadError("length_mismatch", f"lengths differ: {lengths}", sidecar, name)
+        t = next(iter(lengths.values()))
+        if t == 0:
+            raise LoadError("empty_episode", "episode has zero steps", sidecar, name)
+        empty = np.zeros((t, 0), dtype=np.float32)
+        return Episode(
+            episode_id=self.episode_id(ref, sidecar.name, ref.index),
+            source=ref.source,
+            embodiment=spec.name,
+            instruction=instruction or self.mapping.instruction,
+            fps=fps,
+            state=empty,
+            action=empty.copy(),
+            timestamps=timestamps if timestamps is not None else np.arange(t, dtype=np.float64) / fps,
+            cameras=cameras,
+            source_path=str(sidecar),
+            source_index=ref.index,
+        ).validate()
+
 
 # ---- writer ------------------------------------------------------------------------------
 
@@ -331,12 +409,16 @@ def write_raw_video(
 
     Episodes may mix embodiments (each sidecar names its own); ``gwp_source.json`` records
     the first episode's embodiment as the default. ``sidecar="csv"`` writes the per-step
-    table as CSV and a JSON header without ``state``/``action``.
+    table as CSV and a JSON header without ``state``/``action``. Action-free episodes (all of
+    them or none) get sidecars without a step table and a mapping with ``"actions": false``.
     """
     if sidecar not in SIDECARS:
         raise ValueError(f"sidecar must be one of {SIDECARS}, got {sidecar!r}")
     if not episodes:
         raise ValueError(f"{FORMAT}: no episodes to write")
+    action_free = not any(ep.has_action for ep in episodes)
+    if not action_free and not all(ep.has_action for ep in episodes):
+        raise ValueError(f"{FORMAT}: one folder holds episodes with actions or without, not both")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     for i, ep in enumerate(episodes):
@@ -352,7 +434,9 @@ def write_raw_video(
             "embodiment": ep.embodiment,
             "videos": videos,
         }
-        if sidecar == "json":
+        if not ep.has_action:  # video only: the mapping below says so, no per-step table
+            meta["timestamps"] = ep.timestamps.astype(np.float64).tolist()
+        elif sidecar == "json":
             meta["state"] = ep.state.astype(np.float32).tolist()
             meta["action"] = ep.action.astype(np.float32).tolist()
             meta["timestamps"] = ep.timestamps.astype(np.float64).tolist()
@@ -363,7 +447,8 @@ def write_raw_video(
         tmp = path.with_name(path.name + ".part")
         tmp.write_text(json.dumps(meta) + "\n")
         tmp.replace(path)
-    SourceMapping(embodiment=episodes[0].embodiment, cameras={}, source=source or root.name).validate().write(
-        root
+    mapping = SourceMapping(
+        embodiment=episodes[0].embodiment, cameras={}, source=source or root.name, actions=not action_free
     )
+    mapping.validate().write(root)
     return root

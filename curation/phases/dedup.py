@@ -31,6 +31,9 @@ class Outcome:
     windows_in: int
     window_rejections: int
     episodes_with_samples: int
+    # the action-free video among the kept episodes and their samples: subsets of
+    # ``episodes_with_samples`` / the samples, not extra
+    without_actions: dict[str, int]
 
 
 def dedup_parts(parts: list[Path], found: dict[str, Any], cfg: CurationConfig) -> Outcome:
@@ -71,4 +74,19 @@ def settle(
             "rejected": len(accepted) - decode_rejected - with_samples,
         },
     }
-    return Outcome(rejections, dup_ids, counts, windows_in, window_rejections, with_samples)
+    return Outcome(
+        rejections,
+        dup_ids,
+        counts,
+        windows_in,
+        window_rejections,
+        with_samples,
+        action_free_counts(records, dup_ids),
+    )
+
+
+def action_free_counts(records: list[dict[str, Any]], exclude: frozenset[str]) -> dict[str, int]:
+    """How many of the episodes with samples, and of the samples, are action-free video (kept
+    duplicates aside)."""
+    kept = [r for r in records if r.get("action_free") and r["samples"] and r["episode_id"] not in exclude]
+    return {"episodes_without_actions": len(kept), "samples_without_actions": sum(r["samples"] for r in kept)}

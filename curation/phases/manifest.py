@@ -37,6 +37,7 @@ def build_manifest(
         "windows_in": outcome.windows_in,
         "samples": samples,
         "windows_rejected": outcome.window_rejections,
+        **outcome.without_actions,
     }
     stage_counts = dict(outcome.stage_counts)
     stage_counts["windows"] = {

@@ -200,7 +200,9 @@ def write_shards(
 # same float64 element-wise arithmetic as one row at a time, so the values are bit-identical),
 # one embodiment at a time because dims and statistics differ, and scattered back into the
 # table's row order. Step counts may differ between rows; each step must have the
-# embodiment's action dims and each state its state dims.
+# embodiment's action dims and each state its state dims, except in an action-free row
+# (``raw_state`` empty, every ``raw_action`` step empty): it stays zero with all-False masks
+# and needs no statistics.
 #
 # Legend: N rows, S steps (all rows together), Da / Ds action / state dims, 32 = MAX_DIM.
 
@@ -277,19 +279,26 @@ def normalise_raw_table(
     state_len_N = pc.list_value_length(rows_state).to_numpy()
     state_start_N = np.cumsum(state_len_N) - state_len_N
     state_values = rows_state.flatten().to_numpy(zero_copy_only=False)
+    free_N = state_len_N == 0  # action-free video: no state, no action values
+    if (free_N[row_of_step_S] & (step_len_S != 0)).any():
+        row = int(row_of_step_S[np.flatnonzero(free_N[row_of_step_S] & (step_len_S != 0))[0]])
+        raise ValueError(
+            f"raw sample table: {_row_name(raw, row)} has actions but no raw_state (an action-free "
+            "row has neither)"
+        )
 
     action_S32 = np.zeros((len(step_len_S), MAX_DIM), dtype=np.float32)
     action_mask_N32 = np.zeros((n, MAX_DIM), dtype=bool)
     state_N32 = np.zeros((n, MAX_DIM), dtype=np.float32)
     state_mask_N32 = np.zeros((n, MAX_DIM), dtype=bool)
     for code, name in enumerate(embodiments.dictionary.to_pylist()):
+        rows_g = np.flatnonzero((code_N == code) & ~free_N)
+        if rows_g.size == 0:  # a dictionary entry no row with actions uses (a sliced table)
+            continue
         if name not in stats:
             raise KeyError(f"no normalisation statistics for embodiment {name!r} (have {sorted(stats)})")
         spec, st = get_embodiment(name), stats[name]
-        rows_g = np.flatnonzero(code_N == code)
-        if rows_g.size == 0:  # a dictionary entry no row uses (a sliced table)
-            continue
-        steps_g = np.flatnonzero(code_N[row_of_step_S] == code)
+        steps_g = np.flatnonzero((code_N[row_of_step_S] == code) & ~free_N[row_of_step_S])
         for what, lengths, owner, dims in (
             ("raw_state", state_len_N[rows_g], rows_g, spec.state_dim),
             ("raw_action step", step_len_S[steps_g], row_of_step_S[steps_g], spec.action_dim),

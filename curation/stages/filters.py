@@ -36,6 +36,11 @@ by index only, converted to grayscale and resized (antialiased) to small squares
   s² with s = min(sharpness_size, frame height, frame width) (blur below ~3 px is invisible
   at 32², hence the larger size; never upscaled, as interpolation itself blurs).
 
+Action-free video (:mod:`schemas.episode`) has no actions to judge: ``frozen_actions`` and
+``exploding_actions`` skip it (the verdict lists them in ``skipped``, reason ``no_actions``,
+which the episode's record keeps), and its fingerprint's action digest is that of an empty
+trajectory, so two action-free episodes are duplicates by their frames alone.
+
 They are returned as quality scores for :attr:`schemas.Sample.quality`. An episode without
 cameras (state-only data) skips the video checks and is fingerprinted by its actions only.
 
@@ -388,6 +393,7 @@ class FilterVerdict:
     rejection: Rejection | None
     quality: dict[str, float] = field(default_factory=dict)
     fingerprint: tuple[int, ...] = ()  # empty when the episode was rejected before hashing
+    skipped: tuple[str, ...] = ()  # enabled checks that did not apply (ACTION_CHECKS on action-free video)
 
 
 NUMERIC_CHECKS = (
@@ -396,6 +402,8 @@ NUMERIC_CHECKS = (
     ("frozen_actions", check_frozen_actions),
     ("exploding_actions", check_exploding_actions),
 )
+# checks of the actions alone: they do not apply to action-free video (reason "no_actions")
+ACTION_CHECKS = frozenset({"frozen_actions", "exploding_actions"})
 VIDEO_CHECKS = (
     ("static_video", check_static_video),
     ("exposure", check_exposure),
@@ -407,14 +415,15 @@ VIDEO_CHECKS = (
 def check_episode(ep: Episode, cfg: FilterConfig, decode: FrameDecoder | None = None) -> FilterVerdict:
     """Run the enabled per-episode checks; the fingerprint is for :func:`find_duplicates`."""
     enabled = set(cfg.enabled)
+    skipped = () if ep.has_action else tuple(sorted(enabled & ACTION_CHECKS))
     for name, check in NUMERIC_CHECKS:
-        if name in enabled and (rej := check(ep, cfg)) is not None:
-            return FilterVerdict(rej)
+        if name in enabled and name not in skipped and (rej := check(ep, cfg)) is not None:
+            return FilterVerdict(rej, skipped=skipped)
     role = quality_camera(ep, cfg)
     want_video = bool(enabled & {n for n, _ in VIDEO_CHECKS})
     want_hash = "duplicate" in enabled
     if role is None or not (want_video or want_hash):
-        return FilterVerdict(None, {}, fingerprint(ep, None) if want_hash else ())
+        return FilterVerdict(None, {}, fingerprint(ep, None) if want_hash else (), skipped)
     if decode is None:
         from curation.frames import decode_frames as decode
     q_idx = quality_frame_indices(ep.length, ep.fps, cfg) if want_video else []
@@ -428,9 +437,9 @@ def check_episode(ep: Episode, cfg: FilterConfig, decode: FrameDecoder | None = 
         quality = scores.as_quality()
         for name, check in VIDEO_CHECKS:
             if name in enabled and (rej := check(ep, scores, cfg)) is not None:
-                return FilterVerdict(rej, quality)
+                return FilterVerdict(rej, quality, skipped=skipped)
     fp = fingerprint(ep, to_gray(frames[[pos[t] for t in h_idx]], cfg.analysis_size)) if want_hash else ()
-    return FilterVerdict(None, quality, fp)
+    return FilterVerdict(None, quality, fp, skipped)
 
 
 def make_dedup_rejections(rows: Iterable[dict[str, Any]], cfg: FilterConfig) -> list[Rejection]:

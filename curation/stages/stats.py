@@ -5,7 +5,10 @@ Statistics are taken over exactly what the model trains on:
 * actions in the *training representation* of each window: the chunk ``a[t : t+p]`` with
   delta dims made relative to ``s[t]`` (:func:`schemas.normalize.to_training_action`),
   real steps only (padding from ``tail="pad"`` would bias the tails);
-* states ``s[t]`` at the window starts.
+* states ``s[t]`` at the window starts;
+* rows with actions only: action-free video (:mod:`schemas.episode`) adds nothing, so an
+  embodiment seen only without actions has no statistics (its rows need none: they carry
+  neither action nor state).
 
 One :class:`StatsAccumulator` per embodiment holds a :class:`~curation.stages.sketch.QuantileSketch`
 for each vector; accumulators built in different Ray tasks serialise to bytes, merge, and
@@ -26,6 +29,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.config import WindowConfig
 from curation.stages.sketch import QuantileSketch
@@ -40,7 +44,7 @@ def episode_training_values(episode: Episode, wcfg: WindowConfig) -> tuple[np.nd
     """``(actions [M, Da], states [N, Ds])`` float64 the windows of ``episode`` train on."""
     spec = get_embodiment(episode.embodiment)
     starts = np.asarray(plan_windows(episode.length, wcfg).made, dtype=np.int64)
-    if starts.size == 0:
+    if starts.size == 0 or not episode.has_action:
         return np.empty((0, spec.action_dim)), np.empty((0, spec.state_dim))
     steps_NP = starts[:, None] + np.arange(wcfg.chunk)[None, :]
     real_NP = steps_NP < episode.length
@@ -146,7 +150,12 @@ def raw_rows_accumulator(table: pa.Table, k: int = _NORM.sketch_k) -> StatsAccum
         raise ValueError(f"raw rows must be of one embodiment to accumulate, got {sorted(names)}")
     (name,) = names
     spec = get_embodiment(name)
+    # action-free rows (empty raw_state and action steps) are left out of the statistics
+    with_action_N = pc.list_value_length(table.column("raw_state")).to_numpy(zero_copy_only=False) > 0
+    table = table.filter(pa.array(with_action_N))
     n = table.num_rows
+    if n == 0:
+        return StatsAccumulator(name, k)
     steps = table.column("raw_action").combine_chunks()
     lengths = set(steps.value_lengths().to_pylist())
     if len(lengths) != 1:
@@ -165,6 +174,8 @@ def accumulate(
     """One accumulator per embodiment over ``episodes``."""
     out: dict[str, StatsAccumulator] = {}
     for ep in episodes:
+        if not ep.has_action:  # action-free video adds nothing to the statistics
+            continue
         acc = out.get(ep.embodiment) or out.setdefault(ep.embodiment, StatsAccumulator(ep.embodiment, k))
         acc.add_episode(ep, wcfg)
     return out

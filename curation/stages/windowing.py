@@ -17,6 +17,10 @@ repeat the last frame (``frame_indices`` keep their nominal values t + kΔ, so t
 increase; ``camera_indices`` are the clamped ones actually decoded). An episode that yields
 no window at all also gets an episode-level rejection (``too_short_for_window``).
 
+A window of action-free video (:mod:`schemas.episode`) has an action chunk ``[p, 0]`` and no
+state (``[0]``): it becomes an action-free sample (all-False masks), whatever state the
+episode carried, since the statistics that would normalise that state exclude such rows.
+
 Every window has a deterministic ``sample_id`` = uuid5(episode id, t, geometry). A
 :class:`Window` carries its episode's frame references; the episode pass
 (:mod:`curation.episode_samples`) decodes each camera once and picks the frames at
@@ -116,7 +120,7 @@ def _make_window(ep: Episode, t: int, cfg: WindowConfig, geometry: str, quality:
         frame_indices=frames,
         camera_indices=tuple(min(i, length - 1) for i in frames),
         action=np.ascontiguousarray(action, dtype=np.float32),
-        state=np.ascontiguousarray(ep.state[t], dtype=np.float32),
+        state=np.ascontiguousarray(ep.state[t] if ep.has_action else ep.state[t, :0], dtype=np.float32),
         valid_steps=valid,
         cameras=dict(ep.cameras),
         quality=dict(quality),
