@@ -54,10 +54,12 @@ def test_dependency_dropped_from_lock_fails(tmp_path, capsys):
 
 
 def test_dependency_added_to_pyproject_but_not_locked_fails(tmp_path, capsys):
-    bad = _edit(PYPROJECT, tmp_path / "pyproject.toml", '"pytest>=8",', '"pytest>=8", "tomlkit>=0.12",')
+    # a made-up name: a real package (tomlkit was) ends up in the lock once something depends on it
+    added = "gwp-unlocked-example>=0.1"
+    bad = _edit(PYPROJECT, tmp_path / "pyproject.toml", '"pytest>=8",', f'"pytest>=8", "{added}",')
     rc, err = _run(capsys, "--lock", LOCK, "--pyproject", bad, "--no-installed")
     assert rc == 1
-    assert "tomlkit>=0.12 (pyproject.toml) is not pinned" in err
+    assert f"{added} (pyproject.toml) is not pinned" in err
     assert err.count("check_lock:") == 1  # nothing else is wrong
 
 
