@@ -307,6 +307,7 @@ def _launch(module: str, args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # two launches of two DeepSpeed processes each
 def test_deepspeed_two_processes_zero2_zero3_resume_exactly(shards, tmp_path):
     _launch("tests.pretrain.test_pretrain", ["--worker", "--data", str(shards), "--out", str(tmp_path)])
     for stage in (2, 3):
