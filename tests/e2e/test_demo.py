@@ -21,6 +21,25 @@ def run_demo(out: Path) -> subprocess.CompletedProcess:
     )
 
 
+def assert_expert_gwp_random_order(comparison: dict) -> None:
+    """Success rates of the demo's closed-loop evaluation, on the same seeded episodes for every
+    policy: expert above both GWP policies, neither below random, the expert above random on
+    every task.
+
+    GWP strictly above random is not asserted: the smoke preset fine-tunes 4 steps, so both GWP
+    policies fail every episode, as random does. That needs a trained policy (the default preset's
+    2,000 steps; BENCHMARKS.md, "The demo"), many minutes of CPU that the suite cannot spend."""
+    results = {r["policy"]: r for r in comparison["results"]}
+    assert set(results) == {"gwp", "gwp_no_video", "expert", "random"}
+    episodes = {name: [(e["task"], e["env_seed"]) for e in r["episodes"]] for name, r in results.items()}
+    assert len({json.dumps(e) for e in episodes.values()}) == 1, episodes  # the same seeds for all
+    rate = {name: r["success_rate"] for name, r in results.items()}
+    for gwp in ("gwp", "gwp_no_video"):
+        assert rate["expert"] > rate[gwp] >= rate["random"], rate
+    for task, expert in results["expert"]["tasks"].items():
+        assert expert["success_rate"] > results["random"]["tasks"][task]["success_rate"], task
+
+
 def test_demo_runs_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
     first = run_demo(out)
@@ -33,8 +52,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path):
     assert all(s["episodes"] == 4 for s in manifest["sources"])  # 2 tasks × 2 episodes in each
     assert manifest["counts"]["samples"] > 0
     assert (out / "policy" / "final" / "model.safetensors").exists()
-    comparison = json.loads((out / "eval" / "comparison.json").read_text())
-    assert {"gwp", "gwp_no_video", "expert", "random"} <= set(json.dumps(comparison).split('"'))
+    assert_expert_gwp_random_order(json.loads((out / "eval" / "comparison.json").read_text()))
     report = (out / "REPORT.md").read_text()
     for link in (
         "shards/meta/report/index.md",
