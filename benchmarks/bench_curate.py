@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_curate [--episodes 16] [--steps 120] [--size 128] [--rounds 3]
 
-One synthetic dataset (``tests.helpers.make_episodes``: two 128² cameras, smooth frames,
+One synthetic dataset (``tests.support.helpers.make_episodes``: two 128² cameras, smooth frames,
 LeRobot v3.0 with h264) is curated by the real job (``curation.pipeline.run``, in-process Ray
 on every core, the ``default`` preset, captions off) and, in the same run, the *ceiling*: a
 plain loop that loads each episode, decodes every frame of its videos and composes/resizes
@@ -139,7 +139,7 @@ def ceiling_parallel(src: Path, cfg, episodes: int, procs: int) -> float:
 
 def _write_source(out: str, episodes: int, steps: int, size: int) -> None:
     from curation.formats.lerobot_v3 import write_lerobot_v3
-    from tests.helpers import make_episodes
+    from tests.support.helpers import make_episodes
 
     write_lerobot_v3(make_episodes([steps] * episodes, size=size), Path(out), codec="h264")
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_ingest [--episodes 12] [--frames 100] [--size 128] [--rounds 3] [--cores 1]
 
-One synthetic dataset (``tests.helpers.make_episodes``: metaworld_sawyer, cameras ``high`` +
+One synthetic dataset (``tests.support.helpers.make_episodes``: metaworld_sawyer, cameras ``high`` +
 ``wrist``) is written once in all six formats. Then, per format and side by side in rounds
 (a noisy shared machine slows both loops alike; the ratio is the figure that transfers):
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     cores = _pin(args.cores)
 
     from curation.formats import FORMATS
-    from tests.helpers import make_episodes, write_all_formats
+    from tests.support.helpers import make_episodes, write_all_formats
 
     formats = args.formats or list(FORMATS)
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:

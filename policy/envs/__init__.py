@@ -22,7 +22,7 @@ def load_triton_first() -> None:
     loaded second, its start-up code binds to the system LLVM's option registry and the
     process dies with SIGSEGV in ``llvm::cl::Option::addArgument`` the moment anything imports
     triton (``torch._dynamo``, DeepSpeed, diffusers all do). Loaded first, each LLVM binds to
-    itself (``tests/test_envs_llvm.py`` runs both orders). Cheap once torch is imported.
+    itself (``tests/policy/test_envs_llvm.py`` runs both orders). Cheap once torch is imported.
     """
     if "triton" in sys.modules or importlib.util.find_spec("triton") is None:
         return

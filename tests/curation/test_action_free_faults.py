@@ -19,8 +19,8 @@ from curation.formats.raw_video import write_raw_video
 from curation.ingest import iter_episodes
 from curation.video import encode_video
 from schemas import Episode, Rejection
-from tests.faults import Fault, Recorder
-from tests.helpers import make_episodes
+from tests.support.faults import Fault, Recorder
+from tests.support.helpers import make_episodes
 
 REC = Recorder()
 GROUP = "bad input"

@@ -25,7 +25,7 @@ from curation.phases.pack import normalise_raw_table
 from curation.stages.stats import compute_stats, raw_rows_accumulator
 from schemas import Episode, Rejection, validate_sample_table
 from schemas.errors import LoadError
-from tests.helpers import make_episodes
+from tests.support.helpers import make_episodes
 
 LENGTHS = (14, 19)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from curation.config import get_preset
 from schemas.frames import decode_sample_frames, encode_sample_frames
-from tests.helpers import smooth_frames
+from tests.support.helpers import smooth_frames
 
 
 def test_paper_preset_frames_round_trip_exactly():

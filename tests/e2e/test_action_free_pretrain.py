@@ -30,7 +30,7 @@ from pretrain.codec import PixelPatchCodec
 from pretrain.data import LoaderConfig, ShardLoader, ShardSet
 from pretrain.model import build_model
 from pretrain.objective import ObjectiveConfig, PretrainObjective
-from tests.helpers import make_episodes
+from tests.support.helpers import make_episodes
 
 pytestmark = pytest.mark.slow
 STEPS = 20

@@ -9,7 +9,7 @@ import pytest
 
 from schemas import MAX_DIM, Episode, Sample, SchemaError, SchemaVersionError, validate_sample_table
 from schemas.version import SCHEMA_VERSION, check_schema_version
-from tests.helpers import make_episodes
+from tests.support.helpers import make_episodes
 
 
 def _sample(**changes) -> Sample:
