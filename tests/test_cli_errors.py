@@ -44,6 +44,7 @@ COMMANDS = (
     "pretrain",
     "finetune",
     "evaluate",
+    "model-info",
     "publish",
     "demo",
 )
