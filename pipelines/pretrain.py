@@ -143,12 +143,12 @@ def build_transformer(
     src = resolve_init(init, revision)
     if src.kind == "gwp":
         from policy.model import load_backbone
-        from pretrain.wan_adapter import _GEOMETRY
+        from pretrain.wan_adapter import BACKBONE_FIELDS
 
         theirs, sd = load_backbone(src.folder)
         diff = [
             f"{f} {getattr(theirs, f)} vs {getattr(mcfg, f)}"
-            for f in _GEOMETRY
+            for f in BACKBONE_FIELDS
             if getattr(theirs, f) != getattr(mcfg, f)
         ]
         if diff:

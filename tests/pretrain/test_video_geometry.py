@@ -103,3 +103,39 @@ def test_clip_geometry_refuses_a_codec_without_temporal_compression():
         make_model_codec("pixel", {"patch": 4}, "clip")
     with pytest.raises(ValueError, match="does not fit the model's video geometry 'clip'"):
         make_model_codec("wan-vae", {"config": WAN22_VAE, "frame_mode": "independent"}, "clip")
+
+
+def test_loader_takes_one_clip_latents_from_a_latent_cache():
+    import numpy as np
+
+    from pretrain.data import LoaderConfig, collate
+
+    row = {
+        "sample_id": "s",
+        "episode_id": "e",
+        "embodiment": "x",
+        "instruction": "i",
+        "caption": "",
+        "embodiment_id": 0,
+        "action": np.zeros(4 * 32, np.float32),
+        "action_mask": np.ones(32, bool),
+        "state": np.zeros(32, np.float32),
+        "state_mask": np.ones(32, bool),
+        "text_embedding": None,
+        "frame_indices": [0, 12, 24, 36, 48],
+        "video_format": "mp4",
+    }
+    rows, where = [row, dict(row, sample_id="t")], ["a.parquet", "a.parquet"]
+    clip = torch.randn(2, 48, 2, 2, 2)  # 1 + 4/4 latent frames for 5 sample frames
+    out = collate(rows, where, LoaderConfig(batch_size=2), clip)
+    assert torch.equal(out["obs_latents"], clip[:, :, :1]) and torch.equal(
+        out["future_latents"], clip[:, :, 1:]
+    )
+    assert (
+        collate(rows, where, LoaderConfig(batch_size=2), torch.randn(2, 48, 5, 2, 2))["future_latents"].shape[
+            2
+        ]
+        == 4
+    )
+    with pytest.raises(ValueError, match=r"a\.parquet: latents have 4 frames for 5 sample frames"):
+        collate(rows, where, LoaderConfig(batch_size=2), torch.randn(2, 48, 4, 2, 2))
