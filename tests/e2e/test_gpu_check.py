@@ -20,7 +20,10 @@ def test_gpu_check_reduced_on_cpu(tmp_path):
     out = tmp_path / "check.json"
     cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--reduced", "--device", "cpu", "--out", str(out)]
     cmd += ["--batch", "2", "--train-steps", "2", "--warmup", "1", "--repeats", "2"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # a world of one on its own port: drop the launcher variables an in-process run of this session set
+    launcher = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in launcher}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
