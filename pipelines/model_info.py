@@ -11,8 +11,8 @@ Everything is computed from the config alone (the model is instantiated on the m
   the two heads);
 * **tokens per group** for the geometry (``ModelConfig.token_counts``): context = state +
   observation tokens, action = P, video = future latent frames × tokens per frame. The latent
-  grid is the image over the codec's spatial factor (pixel: its patch; wan-vae: Wan2.2's VAE,
-  16× spatial and 4× temporal, its published architecture — no weights are read);
+  grid is the image over the codec's spatial factor (pixel: the default 4×4 patches; wan-vae:
+  Wan2.2's VAE, 16× spatial and 4× temporal, its published architecture — no weights are read);
 * **attention FLOPs** — the score and value matmuls of the block-causal self-attention (each
   group's queries against the keys it sees, 4·n_q·n_k·D per layer) and of cross-attention to
   ``--text-tokens`` text tokens, forward per sample; a training step is 3× forward (backward
