@@ -8,23 +8,29 @@ alike; p50 and p95 of the wall time per call are reported, plus the uncached act
 Inputs are latents (the codec is outside the timed region: with the pixel codec it is a reshape,
 with a VAE the joint path would additionally pay for decoding K frames).
 
-Token geometry, C = 1 state token + h·w observation tokens, A = P action tokens, V = K·h·w:
+Token geometry (``ModelConfig.token_counts``), C = 1 state token + h·w observation tokens,
+A = P action tokens, V = K′·h·w with K′ future latent frames:
 
 * ``debug``: the debug preset as is; a 64×64 composed image, pixel codec (4×) → 16×16 latent,
-  patch (1, 2, 2) → 8×8 = 64 tokens per frame: C = 65, A = 48, V = 4·64 = 256.
+  patch (1, 2, 2) → 8×8 = 64 tokens per frame, per-frame geometry: C = 65, A = 48, V = 4·64 = 256.
 * ``paper-geometry``: the wan22-5b sequence layout on CPU with reduced width and depth (256 wide,
-  4 layers; the full 3072×30 model is GPU only): 384×320 (W×H) image, a 16× VAE → 24×20 latent,
-  patch (1, 2, 2) → 12×10 = 120 tokens per frame: C = 121, A = 48, V = 4·120 = 480.
+  4 layers; the full 3072×30 model is GPU only, ``--paper-width 3072 --paper-layers 30`` there):
+  384×320 (W×H) image, the 16× VAE → 24×20 latent, patch (1, 2, 2) → 12×10 = 120 tokens per
+  frame. GWP's clip geometry (the preset's default: 4 future frames → one latent frame):
+  C = 121, A = 48, V = 120, 289 tokens; ``paper-per-frame`` is the same model with every future
+  frame its own latent frame (V = 480), the layout used before, for comparison.
 
-Token-pass ratio: joint runs C + A + V tokens in each of the 10 steps; action-only runs C once
-and A in each step: 10·(C + A + V) / (C + 10·A). Attention cost grows faster than the token
-count, so the achieved ratio may exceed it; per-call overheads (small models) push it below.
+Token-pass bound: joint runs C + A + V tokens in each of the 10 steps; action-only runs C once
+and A in each step: 10·(C + A + V) / (C + 10·A) — 4.8 at GWP's geometry, 10.8 per frame.
+Attention cost grows faster than the token count, so the achieved ratio may exceed it;
+per-call overheads (small models) push it below. ``--json PATH`` writes the rows as well.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -44,9 +50,8 @@ class Geometry:
     latent_hw: tuple[int, int]  # (h, w) of the latent frame, before the (2, 2) patch
 
     def tokens(self) -> tuple[int, int, int]:
-        ph, pw = self.model.patch[1:]
-        per_frame = (self.latent_hw[0] // ph) * (self.latent_hw[1] // pw)
-        return 1 + per_frame, self.model.chunk, self.model.num_future * per_frame
+        t = self.model.token_counts(*self.latent_hw)
+        return t["context"], t["action"], t["video"]
 
 
 def geometries(width: int = 256, layers: int = 4) -> list[Geometry]:
@@ -55,10 +60,14 @@ def geometries(width: int = 256, layers: int = 4) -> list[Geometry]:
         wan, name="wan22-5b-geometry-reduced", dim=width, heads=width // 64, head_dim=64, ffn_dim=4 * width,
         layers=layers, text_dim=512, mlp_hidden=256,
     )  # fmt: skip
+    per_frame = dataclasses.replace(reduced, video_geometry="per_frame")
     return [
         Geometry("debug", get_model_config("debug"), (64 // 4, 64 // 4)),
         Geometry(
             f"paper-geometry (wan22-5b layout, {width}×{layers} layers)", reduced, (320 // 16, 384 // 16)
+        ),
+        Geometry(
+            f"paper-per-frame (wan22-5b layout, {width}×{layers} layers)", per_frame, (320 // 16, 384 // 16)
         ),
     ]
 
@@ -114,7 +123,7 @@ def markdown(rows: list[dict], header: str) -> str:
         header,
         "",
         "| geometry | C / A / V tokens | action-only p50 / p95 (ms) | joint p50 / p95 (ms) | "
-        "uncached action-only p50 (ms) | joint / action-only (p50) | token-pass ratio |",
+        "uncached action-only p50 (ms) | joint / action-only (p50) | token-pass bound |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["debug", "paper"], default=None)
     p.add_argument("--paper-width", type=int, default=256, help="width of the reduced wan22-5b-layout model")
     p.add_argument("--paper-layers", type=int, default=4, help="layers of the reduced wan22-5b-layout model")
+    p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -156,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} interleaved runs each"
     )
     print(markdown(rows, header))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "rows": rows}, f, indent=2)
     return 0
 
 

@@ -15,7 +15,7 @@ the pretraining objective of ``pretrain/objective.py``):
   one, EMA off on both sides). Rounds alternate plain/DeepSpeed so that machine load hits both
   alike; the report gives training tokens/s of each (median round) and the ratio, which is
   DeepSpeed's overhead. A token is one sequence position of the transformer: 1 state +
-  h·w observation + P actions + K·h·w future tokens per sample.
+  h·w observation + P actions + K′·h·w future tokens per sample (K′ future latent frames).
 * **GPU mode** — the DeepSpeed engine (ZeRO-2, bf16, activation checkpointing on) at the model
   preset's width with ``--layers`` layers (``auto``: as many as the free memory holds, from
   ~20 bytes per parameter — bf16 weights and gradients, fp32 master copy, gradient buffer and
@@ -61,7 +61,7 @@ BYTES_PER_PARAM = (
 def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: int, device: Any) -> dict:
     """Latent batch [B, C, 1|K, h, w] + normalised actions/state of one embodiment (fixed seed)."""
     g = torch.Generator().manual_seed(0)
-    C, K, P, (h, w) = mcfg.latent_channels, mcfg.num_future, mcfg.chunk, grid
+    C, K, P, (h, w) = mcfg.latent_channels, mcfg.future_latent_frames, mcfg.chunk, grid
     mask = torch.zeros(batch, 32, dtype=torch.bool)
     mask[:, :7] = True
     out = {
@@ -78,8 +78,7 @@ def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: 
 
 
 def tokens_per_sample(mcfg: ModelConfig, grid: tuple[int, int]) -> int:
-    hw = (grid[0] // mcfg.patch[1]) * (grid[1] // mcfg.patch[2])
-    return 1 + hw + mcfg.chunk + mcfg.num_future * hw
+    return sum(mcfg.token_counts(*grid).values())  # C + A + V of the preset's video geometry
 
 
 def model_flops_per_step(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: int) -> int:
@@ -300,7 +299,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     mcfg = replace(
         get_model_config(preset),
         chunk=args.chunk or (48 if gpu else 8),
-        num_future=args.num_future or (4 if gpu else 2),
+        num_future=args.num_future or (4 if gpu or preset == "wan22-5b" else 2),
     )
     if args.layers not in (None, "auto"):
         mcfg = replace(mcfg, layers=int(args.layers))

@@ -16,8 +16,10 @@ Top to bottom:
    actions, all-False ``action_mask``) are left out first, with a count in the log and the run
    record: a policy learns actions, and those rows have none (pretraining is where they help);
    a dataset with no sample with actions is refused;
-2. build the policy: the transformer from ``--init`` (a pretrained checkpoint folder or model
-   repo id; ``none`` = random init of the ``--model`` preset), with P and K of the data and the
+2. build the policy: the transformer from ``--init`` (our pretrained checkpoint, or a diffusers
+   Wan2.2 transformer / pipeline folder, local or a model repo id — ``pretrain.init`` — whose
+   backbone fills the ``--model`` preset, refused with any codec but ``wan-vae``; ``none`` =
+   random init of the ``--model`` preset), with P and K of the data and the
    loss weights / timestep shifts of ``--action-weight`` ``--video-weight`` ``--action-shift``
    ``--video-shift`` (λ_a, λ_v, s_a, s_v; recorded in the policy config);
 3. train with ``pretrain.trainer.Trainer`` on ``GWPPolicyModel.joint_loss`` (a resumed run
@@ -151,7 +153,12 @@ def build_policy(
         model = GWPPolicyModel(PolicyConfig(model=mcfg, **fields))
     else:
         model = GWPPolicyModel.from_backbone(
-            init, revision, chunk=settings["chunk"], num_future=settings["num_future"], **fields
+            init,
+            revision,
+            base=get_model_config(model_preset),  # Wan weights: the non-Wan fields and video geometry
+            chunk=settings["chunk"],
+            num_future=settings["num_future"],
+            **fields,
         )
     model.norm_stats = settings["stats"]
     return model
@@ -198,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="gwp finetune", description=__doc__.splitlines()[0])
     name_flag(p, "--preset", TRAIN_PRESETS, default="debug", help="train config preset")
     p.add_argument(
-        "--init", required=True, help="pretrained checkpoint folder or model repo id; 'none' = random"
+        "--init",
+        required=True,
+        help="our checkpoint or a diffusers Wan2.2 transformer/pipeline (folder or model repo id); 'none' = random",
     )
     p.add_argument("--init-revision", default=None)
     name_flag(p, "--model", MODEL_PRESETS, help="model preset for --init none")

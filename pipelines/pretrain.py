@@ -4,7 +4,7 @@ Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the en
 
     python -m pipelines.pretrain --preset debug --data shards/ --out runs/pretrain-debug
     deepspeed --num_gpus N --module pipelines.pretrain --preset small --data owner/dataset --out runs/small
-    torchrun --nproc_per_node N -m pipelines.pretrain --preset wan22-5b --init-wan <diffusers Wan> \\
+    torchrun --nproc_per_node N -m pipelines.pretrain --preset wan22-5b --init <diffusers Wan> \\
         --codec wan-vae --vae <Wan VAE folder> --data … --out …
 
 (``scripts/launch_pretrain.sh`` keeps the recipes.) Top to bottom:
@@ -15,10 +15,11 @@ Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the en
 2. build the transformer from the ``--preset`` model config with P and K of the data and the
    codec's latent channels (48 for the Wan2.2 VAE and the default 4×4 pixel patches; 12 for
    ``--codec-patch 2``, which keeps a token's 4×4×3 pixels within the debug model's width) and
-   any ``--model-override FIELD=VALUE`` (e.g. ``head_dim=32``); with
-   ``--init-wan`` copy a diffusers ``WanTransformer3DModel`` checkpoint into it
-   (``pretrain.wan_adapter.load_wan_backbone``, which rejects a geometry that differs; the
-   state/action MLPs stay fresh);
+   any ``--model-override FIELD=VALUE`` (e.g. ``head_dim=32``); with ``--init`` (a local folder
+   or Hub repo id, ``pretrain.init.resolve_init``) copy in a diffusers ``WanTransformer3DModel``
+   — a Wan2.2 transformer or pipeline folder (``pretrain.wan_adapter.load_wan_backbone``, which
+   rejects a geometry that differs; the state/action MLPs stay fresh; the codec must be the Wan
+   VAE) — or our own checkpoint (every tensor, same geometry); ``--init-wan`` is the older name;
 3. build the codec (``pixel`` patches or the Wan VAE) and the objective
    (``pretrain.objective.PretrainObjective``: clean actions condition the future video where
    the sample has them, dropped where it has none or with probability ``--action-dropout``);
@@ -119,24 +120,52 @@ def check_geometry(geo: dict[str, Any], mcfg: ModelConfig, codec: LatentCodec, w
 # ---- building blocks ----------------------------------------------------------------------------
 
 
-def build_codec(args: argparse.Namespace) -> tuple[LatentCodec, dict[str, Any]]:
-    from pretrain.codec import make_codec
+def build_codec(
+    args: argparse.Namespace, geometry: str, vae_temporal: int
+) -> tuple[LatentCodec, dict[str, Any]]:
+    """The ``--codec`` set up for the model's video geometry (one clip, or frame by frame)."""
+    from pretrain.codec import make_model_codec
 
     kwargs = train_cli.codec_kwargs("pretrain", args)
-    return make_codec(args.codec, **kwargs), kwargs
+    try:
+        return make_model_codec(args.codec, kwargs, geometry, vae_temporal), kwargs
+    except ValueError as err:  # a codec that cannot serve the preset's geometry: say what to use
+        raise UsageError(f"--codec {args.codec} with --preset {args.preset}: {err}") from err
 
 
-def build_transformer(mcfg: ModelConfig, init_wan: str | None) -> tuple[ActionVideoTransformer, dict]:
+def build_transformer(
+    mcfg: ModelConfig, init: str | None, codec: str = "wan-vae", revision: str | None = None
+) -> tuple[ActionVideoTransformer, dict]:
+    from pretrain.init import check_init_codec, resolve_init
     from pretrain.model import build_model
 
     model = build_model(mcfg)
-    if not init_wan:
+    if not init:
         return model, {"source": None}
+    src = resolve_init(init, revision)
+    if src.kind == "gwp":
+        from policy.model import load_backbone
+        from pretrain.wan_adapter import BACKBONE_FIELDS
+
+        theirs, sd = load_backbone(src.folder)
+        diff = [
+            f"{f} {getattr(theirs, f)} vs {getattr(mcfg, f)}"
+            for f in BACKBONE_FIELDS
+            if getattr(theirs, f) != getattr(mcfg, f)
+        ]
+        if diff:
+            raise ValueError(
+                f"{init}: checkpoint geometry differs from model preset {mcfg.name!r}: " + "; ".join(diff)
+            )
+        model.load_state_dict(sd, strict=True)
+        log.info("loaded %d tensors of our checkpoint %s", len(sd), init)
+        return model, {"source": init, "kind": "gwp", "loaded": len(sd), "fresh": []}
     from pretrain.wan_adapter import load_wan_backbone
 
-    report = load_wan_backbone(model, init_wan, strict=True)
-    log.info("loaded %d Wan tensors from %s; fresh: %s", report.loaded, init_wan, ", ".join(report.fresh))
-    return model, {"source": init_wan, "loaded": report.loaded, "fresh": list(report.fresh)}
+    check_init_codec(src, codec)
+    report = load_wan_backbone(model, src.folder, strict=True)
+    log.info("loaded %d Wan tensors from %s; fresh: %s", report.loaded, init, ", ".join(report.fresh))
+    return model, {"source": init, "kind": "wan", "loaded": report.loaded, "fresh": list(report.fresh)}
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -157,8 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="change one ModelConfig field of the preset, e.g. head_dim=32 (repeatable)",
     )
     p.add_argument(
-        "--init-wan", default=None, help="diffusers WanTransformer3DModel checkpoint to start from"
+        "--init",
+        "--init-wan",
+        dest="init",
+        default=None,
+        help="weights to start from: a diffusers Wan transformer (folder, Wan2.2 pipeline folder or repo "
+        "id) or our checkpoint",
     )
+    p.add_argument("--init-revision", default=None)
     train_cli.add_codec_args(p)
     p.add_argument("--latent-cache", default=None, help="folder for per-shard cached latents")
     add_field_flags(p, ObjectiveConfig, OBJECTIVE_OVERRIDES)
@@ -219,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = model_overrides(args.model_override)
     train_cli.check_data_arg(args)
-    if args.init_wan:
-        local_or_repo_id("--init-wan", args.init_wan)
+    if args.init:
+        local_or_repo_id("--init", args.init)
     train_cli.codec_kwargs("pretrain", args)  # a codec flag that does not fit, before torch loads
     ocfg = objective_config(args)
 
@@ -236,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     shards = train_cli.open_shards(args)
     with reading("--data", args.data):  # data that does not fit the codec or model flags
         geo = data_geometry(shards)
-    codec, codec_kw = build_codec(args)
+    preset = get_model_config(args.preset)
+    codec, codec_kw = build_codec(
+        args,
+        overrides.get("video_geometry", preset.video_geometry),
+        overrides.get("vae_temporal", preset.vae_temporal),
+    )
     channels = geo["latent_shape"][0] if geo["latent_shape"] else codec.latent_channels
     try:
         mcfg = replace(
@@ -254,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
     objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
-    model, init = build_transformer(mcfg, args.init_wan)
+    with reading("--init", args.init):  # not a checkpoint, one that does not fit, or Wan with the pixel codec
+        model, init = build_transformer(mcfg, args.init, args.codec, args.init_revision)
     cache = LatentCache(args.latent_cache, codec) if args.latent_cache else None
     loader = train_cli.shard_loader(shards, cfg, args.num_workers, cache)
-    tokens = 1 + mcfg.chunk + (1 + mcfg.num_future) * (h // mcfg.patch[1]) * (w // mcfg.patch[2])  # C + A + V
+    tokens = sum(mcfg.token_counts(h, w).values())  # C + A + V
     record = {
         "model": mcfg.to_dict(),
         "objective": ocfg.to_dict(),

@@ -152,7 +152,7 @@ def sample_joint(
     cfg = model.cfg
     B = ctx.batch
     _, C, _, h, w = ctx.obs_latent_BC1hw.shape
-    K = num_future or cfg.num_future
+    K = num_future or cfg.future_latent_frames
     like = ctx.obs_latent_BC1hw
     xa = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, like)
     valid = ctx.action_valid(xa)

@@ -25,19 +25,26 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
   goes to predicting noise, and nothing untrained is integrated.
 * **Latents.** Frames from the shard loader (``obs_frames``/``future_frames`` in [-1, 1]) are
   encoded here by the codec (no gradients); batches that already carry ``obs_latents``/
-  ``future_latents`` (a latent cache) skip the codec. The codec is a plain attribute, not a
-  submodule: its weights (a frozen VAE) are never trained, checkpointed or exported.
+  ``future_latents`` (a latent cache) skip the codec. The codec is built for the model config's
+  video geometry (``pretrain.codec.make_model_codec``: one clip through the VAE, or frame by
+  frame) and is a plain attribute, not a submodule: its weights (a frozen VAE) are never
+  trained, checkpointed or exported — but it follows the model's device (``.to()`` moves it),
+  and latents come back on the model's device.
 * **Text.** The dataset stores one embedding per instruction, ``text_embedding [B, E]``; it
   enters cross-attention as one text token, zero-padded from E to the model's text width T
   (a zero-padded input to a linear layer is a smaller linear layer, so a 64-dim hashed embedding
   works with a backbone built for 512-dim CLIP). Rows without an embedding get the zero vector.
-* **Initialisation** (:func:`load_backbone`): the transformer's weights from a pretrained
-  checkpoint — a local folder or a Hub model repo id — holding ``model.safetensors`` and a
-  ``config.json`` that contains a ``ModelConfig`` anywhere inside (the trainer's export and
-  ``HubMixin.save_pretrained`` folders both qualify). Weight names may carry a prefix
-  (``transformer.``, ``module.``…); it is found from ``video_in.weight`` and stripped. The
-  action chunk P and the number of future frames K come from the fine-tuning data: no
-  parameter depends on them, so they are replaced in the backbone's config.
+* **Initialisation** (:meth:`GWPPolicyModel.from_backbone`): the transformer's weights from a
+  local folder or a Hub model repo id of one of two kinds (``pretrain.init.resolve_init``):
+  our checkpoint (:func:`load_backbone`) — ``model.safetensors`` and a ``config.json`` that
+  contains a ``ModelConfig`` anywhere inside (the trainer's export and
+  ``HubMixin.save_pretrained`` folders both qualify); weight names may carry a prefix
+  (``transformer.``, ``module.``…), found from ``video_in.weight`` and stripped — or a diffusers
+  Wan transformer (a Wan2.2 folder, pipeline or repo), whose backbone geometry replaces the
+  given base preset's and whose weights map through ``pretrain.wan_adapter``; Wan weights with
+  a codec other than the Wan VAE are refused. The action chunk P and the number of future
+  frames K come from the fine-tuning data: no parameter depends on them, so they are replaced
+  in the backbone's config.
 * **Everything inference needs travels in** :class:`PolicyConfig`: the composed image geometry
   of the dataset (curation's ``VideoConfig`` width/height/fit), how the dataset embedded
   instructions (hashed fallback or a CLIP text tower), the embodiment specs (delta/absolute
@@ -59,10 +66,11 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from pretrain.codec import LatentCodec, make_codec
+from pretrain.codec import LatentCodec, make_model_codec
 from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
 from pretrain.hub import HubMixin
+from pretrain.init import check_init_codec, resolve_init
 from pretrain.model import ActionVideoTransformer, ModelOutput
 from pretrain.pixels import tensor_to_unit_range
 from schemas import EmbodimentSpec
@@ -215,8 +223,14 @@ def resolve_model_folder(path_or_repo_id: str | os.PathLike, revision: str | Non
 def load_backbone(
     path_or_repo_id: str | os.PathLike, revision: str | None = None
 ) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """``(ModelConfig, transformer state dict)`` of a pretrained checkpoint (see module docstring)."""
-    folder = resolve_model_folder(path_or_repo_id, revision)
+    """``(ModelConfig, transformer state dict)`` of our pretrained checkpoint (see module docstring)."""
+    init = resolve_init(path_or_repo_id, revision)
+    if init.kind == "wan":
+        raise ValueError(
+            f"{path_or_repo_id}: a diffusers Wan transformer, not our checkpoint; load it with "
+            "GWPPolicyModel.from_backbone (gwp finetune --init), which maps its weights"
+        )
+    folder = init.folder
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
     for p in (cfg_path, weights):
         if not p.is_file():
@@ -263,7 +277,10 @@ class GWPPolicyModel(HubMixin, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.transformer = ActionVideoTransformer(cfg.model)
-        self.codec: LatentCodec = make_codec(cfg.codec, **cfg.codec_kwargs)
+        m = cfg.model
+        self.codec: LatentCodec = make_model_codec(
+            cfg.codec, cfg.codec_kwargs, m.video_geometry, m.vae_temporal
+        )
         if self.codec.latent_channels != cfg.model.latent_channels:
             raise ValueError(
                 f"codec {cfg.codec!r} gives {self.codec.latent_channels} latent channels, the model "
@@ -276,15 +293,28 @@ class GWPPolicyModel(HubMixin, nn.Module):
         cls,
         path_or_repo_id: str | os.PathLike,
         revision: str | None = None,
+        base: ModelConfig | None = None,
         **policy_fields: Any,
     ) -> GWPPolicyModel:
-        """A policy whose transformer starts from a pretrained checkpoint.
+        """A policy whose transformer starts from our checkpoint or a diffusers Wan transformer.
 
         ``policy_fields``: the other :class:`PolicyConfig` fields, plus ``chunk`` / ``num_future``
-        (P, K of the fine-tuning data), which replace the backbone's.
+        (P, K of the fine-tuning data), which replace the backbone's. ``base``: for Wan weights,
+        the preset whose non-Wan fields (embodiment MLPs, video geometry) the model takes
+        (default ``wan22-5b``).
         """
-        mcfg, sd = load_backbone(path_or_repo_id, revision)
         over = {k: policy_fields.pop(k) for k in ("chunk", "num_future") if k in policy_fields}
+        init = resolve_init(path_or_repo_id, revision)
+        if init.kind == "wan":
+            from pretrain.config import get_model_config
+            from pretrain.wan_adapter import load_wan_backbone, model_config_from_wan, read_wan_config
+
+            check_init_codec(init, policy_fields.get("codec", PolicyConfig.codec))
+            mcfg = model_config_from_wan(read_wan_config(init.folder), base or get_model_config("wan22-5b"))
+            model = cls(PolicyConfig(model=dataclasses.replace(mcfg, **over), **policy_fields))
+            load_wan_backbone(model.transformer, init.folder, strict=True)
+            return model
+        mcfg, sd = load_backbone(init.folder)
         model = cls(PolicyConfig(model=dataclasses.replace(mcfg, **over), **policy_fields))
         missing, unexpected = model.transformer.load_state_dict(sd, strict=False)
         if missing or unexpected:
@@ -303,6 +333,12 @@ class GWPPolicyModel(HubMixin, nn.Module):
     def activation_checkpointing(self, on: bool) -> None:
         self.transformer.activation_checkpointing = on
 
+    def _apply(self, fn: Any, recurse: bool = True) -> GWPPolicyModel:
+        # .to()/.cuda()/.half() all come here; the codec is not a submodule, so move it by hand
+        out = super()._apply(fn, recurse)
+        self.codec.to(self.transformer.video_in.weight.device)
+        return out
+
     def forward(self, *args: Any, **kwargs: Any) -> ModelOutput:
         """The transformer's forward (``mode="joint"`` by default); see ``ActionVideoTransformer``."""
         return self.transformer(*args, **kwargs)
@@ -311,8 +347,19 @@ class GWPPolicyModel(HubMixin, nn.Module):
 
     @torch.no_grad()
     def encode_frames(self, frames_B3FHW: Tensor) -> Tensor:
-        """Frames in [-1, 1] → latents [B, C, F, h, w] in the model's dtype."""
-        return self.codec.encode(frames_B3FHW.float()).to(self.transformer.dtype)
+        """Frames in [-1, 1] → latents [B, C, F', h, w] on the model's device, in its dtype."""
+        w = self.transformer.video_in.weight
+        return self.codec.encode(frames_B3FHW.to(w.device).float()).to(w.device, w.dtype)
+
+    @torch.no_grad()
+    def decode_future(self, obs_latent_BC1hw: Tensor, future_latent_BCKhw: Tensor) -> Tensor:
+        """Future frames [B, 3, F, H, W] in [-1, 1] of predicted latents (F = K per frame, K·t as a clip).
+
+        The observation latent goes in first: in the clip geometry the VAE decodes the future
+        latent frames as the continuation of the observation, as it encoded them.
+        """
+        lat = torch.cat([obs_latent_BC1hw, future_latent_BCKhw.to(obs_latent_BC1hw)], dim=2)
+        return self.codec.decode(lat.float())[:, :, 1:].float()
 
     def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """``(obs [B, C, 1, h, w], future [B, C, K, h, w])`` from cached latents or frames."""

@@ -109,7 +109,7 @@ def predict_batch(
         action_noise_BP32=action_noise_BP32,
         video_noise_BCKhw=video_noise_BCKhw,
     )
-    return a, model.codec.decode(v.to(model.transformer.dtype)).float().clamp(-1, 1)
+    return a, model.decode_future(ctx.obs_latent_BC1hw, v).clamp(-1, 1)
 
 
 # ---- metrics -----------------------------------------------------------------------------------

@@ -22,7 +22,16 @@ clip, so by default every frame is encoded as its own single-frame clip — for 
 that is the causal first-frame path (the encoder sees one frame, the temporal
 downsampling pads it) — and ``latent_shape(F, H, W) = (C, F, H/s, W/s)``.
 ``WanVAECodec(frame_mode="video")`` encodes the F frames as one clip instead (first frame
-alone, then groups of 4 → ``1 + (F−1)/4`` latent frames), for data that is real video.
+alone, then groups of 4 → ``1 + (F−1)/4`` latent frames). That is GWP's geometry — the
+observation and the frames at offsets 12/24/36/48 through the VAE as one clip — and Wan2.2's
+own training layout; the model config chooses (``ModelConfig.video_geometry``) and
+:func:`make_model_codec` builds the codec that fits it: ``clip`` → ``frame_mode="video"``,
+``per_frame`` → ``"independent"``. The pixel codec has no temporal compression and serves only
+the per-frame geometry.
+
+Device: a codec follows the model it serves (:meth:`LatentCodec.to`; the policy model calls it
+from its own ``.to()``), and :meth:`WanVAECodec.encode` returns latents on the device of its input
+frames, so latents land where the model is whatever the VAE's placement.
 
 Latent caching: :class:`LatentCache` encodes the frames of one Parquet shard once and
 stores the latents in ``<root>/<codec.cache_key()>/<shard stem>.safetensors`` together
@@ -91,6 +100,10 @@ class LatentCodec(abc.ABC):
         if (frames - 1) % t:
             raise ValueError(f"{self.name}: {frames} frames; frames - 1 must be divisible by {t}")
         return (self.latent_channels, 1 + (frames - 1) // t, height // s, width // s)
+
+    def to(self, device: torch.device | str) -> LatentCodec:
+        """Move the codec's weights (if any) to ``device``; returns self."""
+        return self
 
     def cache_key(self) -> str:
         """``<name>-<12 hex>``: the codec name plus a hash of its config (cache folder name)."""
@@ -289,6 +302,10 @@ class WanVAECodec(LatentCodec):
     def _param(self) -> torch.Tensor:
         return next(self.vae.parameters())
 
+    def to(self, device: torch.device | str) -> WanVAECodec:
+        self.vae.to(device)  # the dtype stays the VAE's own (chosen at load)
+        return self
+
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.vae.config
         mean_C = torch.tensor(cfg.latents_mean, dtype=like.dtype, device=like.device)
@@ -322,7 +339,7 @@ class WanVAECodec(LatentCodec):
         raw = torch.cat(
             [self.vae.encode(c).latent_dist.mode() for c in clips.split(self.micro_batch)], dim=0
         )  # [N, z, F', h, w]
-        return self.normalize(self._unclips(raw.float(), frames))
+        return self.normalize(self._unclips(raw.float(), frames)).to(frames_BCFHW.device)
 
     @torch.no_grad()
     def decode(self, latents_BCFhw: torch.Tensor) -> torch.Tensor:
@@ -330,7 +347,7 @@ class WanVAECodec(LatentCodec):
         p = self._param
         raw, frames = self._clips(self.denormalize(latents_BCFhw.float()).to(p.device, p.dtype))
         out = torch.cat([self.vae.decode(c).sample for c in raw.split(self.micro_batch)], dim=0)
-        return self._unclips(out.float(), frames)
+        return self._unclips(out.float(), frames).to(latents_BCFhw.device)
 
 
 # ---- registry ------------------------------------------------------------------------------------
@@ -359,6 +376,31 @@ def _make_wan(config: dict[str, Any] | None = None, **kw: Any) -> WanVAECodec:
 
 register_codec("pixel", PixelPatchCodec)
 register_codec("wan-vae", _make_wan)
+
+
+def make_model_codec(name: str, kwargs: dict[str, Any], geometry: str, vae_temporal: int = 4) -> LatentCodec:
+    """The codec ``name`` set up for a model's video geometry (``ModelConfig.video_geometry``).
+
+    ``clip`` needs a codec that compresses ``vae_temporal`` frames into one latent frame; a
+    ``frame_mode`` in ``kwargs`` that contradicts the geometry is refused rather than overridden.
+    """
+    kw = dict(kwargs)
+    if name == "wan-vae":
+        mode = "video" if geometry == "clip" else "independent"
+        if kw.setdefault("frame_mode", mode) != mode:
+            raise ValueError(
+                f"wan-vae codec: frame_mode {kw['frame_mode']!r} does not fit the model's video geometry "
+                f"{geometry!r} (which encodes with frame_mode {mode!r}); drop frame_mode from the codec settings"
+            )
+    codec = make_codec(name, **kw)
+    if geometry == "clip" and codec.temporal_compression != vae_temporal:
+        raise ValueError(
+            f"codec {name!r} encodes {codec.temporal_compression} frame(s) per latent frame, the model's 'clip' "
+            f"video geometry needs a video VAE with {vae_temporal}× temporal compression: use --codec wan-vae "
+            "(Wan2.2 VAE), or a model preset with video_geometry 'per_frame' (debug, small) for the "
+            f"{name!r} codec"
+        )
+    return codec
 
 
 # ---- latent cache ----------------------------------------------------------------------------------

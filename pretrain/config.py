@@ -11,7 +11,20 @@
 
 All presets use 48 latent channels (the Wan2.2 VAE; a 4×4 RGB pixel-patch codec has the same
 channel count), action/state vectors padded to 32 dims, p = 48 action tokens and K = 4 future
-latent frames (the paper's window geometry). Derive variants with ``dataclasses.replace``.
+sample frames (the paper's window geometry: offsets 12, 24, 36, 48 after the observation).
+Derive variants with ``dataclasses.replace``.
+
+**Video geometry** (``video_geometry``) — how the 1 + K sample frames become latent frames:
+
+* ``per_frame`` (``debug``, ``small``) — every frame is encoded on its own (the pixel codec, or the
+  Wan VAE's first-frame path): 1 + K latent frames, the future ones at RoPE frames 1..K.
+* ``clip`` (``wan22-5b``, GWP's) — observation + K future frames are one clip through the video
+  VAE's ``vae_temporal``× temporal compression: latent frame 0 is the observation alone (the
+  causal VAE encodes the first frame by itself) and is the clean context; the K future frames
+  become K / ``vae_temporal`` noisy latent frames at RoPE frames 1, 2, … — the layout Wan2.2-TI2V
+  was trained on. At 384×320 with K = 4 that is C = 1 + 120, A = 48, V = 120 tokens.
+
+``future_latent_frames`` is the number of noisy latent frames either way.
 
 Presets live in one registry (``schemas/registry.py``): ``register_model_config`` rejects
 duplicate names and ``get_model_config`` answers a misspelt name with "did you mean …".
@@ -19,11 +32,15 @@ duplicate names and ``get_model_config`` answers a misspelt name with "did you m
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from schemas.config import from_dict
 from schemas.registry import Registry
+
+VideoGeometry = Literal["per_frame", "clip"]
+VIDEO_GEOMETRIES: tuple[str, ...] = typing.get_args(VideoGeometry)
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,9 @@ class ModelConfig:
     action_dim: int = 32  # padded action width (schemas.embodiment.MAX_DIM)
     state_dim: int = 32  # padded state width
     chunk: int = 48  # p: action tokens per sample
-    num_future: int = 4  # K: future latent frames the data provides (the model accepts any K ≥ 1)
+    num_future: int = 4  # K: future sample frames the data provides (the model accepts any K ≥ 1)
+    video_geometry: VideoGeometry = "per_frame"  # "per_frame" | "clip" (see the module docstring)
+    vae_temporal: int = 4  # clip geometry: sample frames per future latent frame (Wan2.2 VAE: 4)
     max_embodiments: int = 16  # rows of the per-embodiment first/last linear layers
     mlp_hidden: int = 1024  # width of the embodiment MLP encoders/decoders
     mlp_inner_layers: int = 1  # shared hidden→hidden layers inside those MLPs
@@ -70,6 +89,7 @@ class ModelConfig:
             "max_embodiments",
             "mlp_hidden",
             "freq_dim",
+            "vae_temporal",
         ):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -88,6 +108,15 @@ class ModelConfig:
             raise bad("patch", f"must be three positive ints, got {self.patch!r}")
         if self.patch[0] != 1:
             raise bad("patch", f"frame patch must be 1 (the observation is a single frame), got {self.patch}")
+        if self.video_geometry not in VIDEO_GEOMETRIES:
+            raise bad("video_geometry", f"must be one of {VIDEO_GEOMETRIES}, got {self.video_geometry!r}")
+        if self.video_geometry == "clip" and self.num_future % self.vae_temporal:
+            raise bad(
+                "num_future",
+                f"{self.num_future} future frames do not fill whole latent frames of the clip geometry "
+                f"({self.vae_temporal} frames each); use a multiple of {self.vae_temporal} or "
+                "video_geometry='per_frame'",
+            )
         if self.freq_dim % 2:
             raise bad("freq_dim", f"must be even, got {self.freq_dim}")
         if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
@@ -98,6 +127,18 @@ class ModelConfig:
         """Head dims rotated by (frame, height, width) position, as Wan splits them."""
         hw = 2 * (self.head_dim // 6)
         return (self.head_dim - 2 * hw, hw, hw)
+
+    @property
+    def future_latent_frames(self) -> int:
+        """Noisy latent frames per sample: K (per frame) or K / vae_temporal (one clip)."""
+        if self.video_geometry == "clip":
+            return self.num_future // self.vae_temporal
+        return self.num_future
+
+    def token_counts(self, latent_height: int, latent_width: int, state: bool = True) -> dict[str, int]:
+        """Tokens per group for a latent grid: context (state + observation), action, video."""
+        hw = (latent_height // self.patch[1]) * (latent_width // self.patch[2])
+        return {"context": int(state) + hw, "action": self.chunk, "video": self.future_latent_frames * hw}
 
     @property
     def patch_dim(self) -> int:
@@ -164,5 +205,6 @@ register_model_config(
         ffn_dim=14336,
         text_dim=4096,  # umT5-XXL states, as Wan2.2
         mlp_hidden=1024,
+        video_geometry="clip",  # GWP: observation + 4 future frames through the VAE as one clip
     )
 )

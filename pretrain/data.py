@@ -39,8 +39,9 @@ Batch contents (B batch, p chunk, K future frames, E text dim; frames channel-fi
 ``torch.cat([obs[:, :, None], future], 2)`` is the codec's ``[B, 3, 1+K, H, W]`` input):
 
     obs_frames [B, 3, H, W] and future_frames [B, 3, K, H, W]   float32 in [-1, 1] (or uint8)
-    obs_latents [B, C, 1, h, w] and future_latents [B, C, K, h, w]   from a latent cache or
+    obs_latents [B, C, 1, h, w] and future_latents [B, C, K', h, w]  from a latent cache or
                                                                    ``video_format == "latent"``
+                                                     (K' = K frame by frame, K/t as one clip)
     action [B, p, 32]  action_mask [B, 32]  state [B, 32]  state_mask [B, 32]  embodiment_id [B]
     text_embedding [B, E] + text_embedding_mask [B]   when any row of the batch has one
     sample_id, episode_id, embodiment, instruction, caption: lists of str
@@ -406,10 +407,11 @@ def collate(
             lat.append(decode_latents(r["video"], r["latent_shape"]))
         latents_BCFhw = _stack("latent_shape", lat, where, rows)
     if latents_BCFhw is not None:
-        if latents_BCFhw.shape[2] != num_frames[0]:
+        n_lat, n = latents_BCFhw.shape[2], num_frames[0]
+        if n_lat < 2 or (n - 1) % (n_lat - 1):  # frame by frame (n_lat = n) or one clip (1 + (n−1)/t)
             raise ValueError(
-                f"{where[0]}: latents have {latents_BCFhw.shape[2]} frames for {num_frames[0]} sample frames; "
-                "the loader needs a frame-by-frame codec"
+                f"{where[0]}: latents have {n_lat} frames for {n} sample frames; want {n} (frame by frame) "
+                "or 1 + (frames − 1)/t (one clip through a codec with t× temporal compression)"
             )
         out["obs_latents"] = latents_BCFhw[:, :, :1]
         out["future_latents"] = latents_BCFhw[:, :, 1:]

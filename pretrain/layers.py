@@ -23,10 +23,14 @@ Design, in the order a block runs (Wan2.x DiT, so that a Wan checkpoint maps one
 * Norms and modulation run in float32 and cast back (Wan keeps them fp32 under bf16).
 
 RoPE: the head dim is split as Wan does, (Dh − 2h, h, h) with h = 2·⌊Dh/6⌋, rotated by a video
-token's (frame, row, column). A 1D token (state, action) at index i is rotated as the position
-(i, i, i): the same frequency table on every pair of dims, so relative offsets between 1D tokens
-are a true 1D RoPE over the whole head dim, and video tokens see exactly Wan's table. Pairs are
-interleaved (dims 2j, 2j+1), Wan's convention.
+token's (frame, row, column), so video tokens see exactly Wan's table. A 1D token (actions,
+state) is rotated by its index i with one 1D table over the whole head dim (frequencies
+θ^(−2j/Dh), j < Dh/2), as GigaWorld-Policy's action RoPE does. It does not sit on the video
+grid: the old choice, position (i, i, i) in the video table, gave action i exactly the rotation
+of the future-frame token at frame i, row i, column i. With the 1D table no index i ≥ 1 gives a
+video token's rotation (the first pair of each axis turns at rate 1 in the video table but at
+θ^(−d_f/Dh) ≠ 1 in the 1D one), so 1D indices start at 1: index 0 is the identity, which is
+the video token (0, 0, 0). Pairs are interleaved (dims 2j, 2j+1), Wan's convention.
 """
 
 from __future__ import annotations
@@ -118,10 +122,15 @@ def video_positions(frames: Sequence[int], height: int, width: int, device: torc
     return grid.reshape(-1, 3)
 
 
-def sequence_positions(start: int, length: int, device: torch.device) -> Tensor:
-    """[length, 3] positions (i, i, i) for 1D tokens i = start..start+length−1."""
-    i = torch.arange(start, start + length, dtype=torch.float64, device=device)
-    return i[:, None].expand(length, 3)
+def rope_1d(start: int, length: int, head_dim: int, theta: float, device: torch.device) -> Rope:
+    """Angles for 1D tokens i = start..start+length−1, one table over the whole head dim."""
+    if start < 1:  # index 0 is the identity rotation, the video token (0, 0, 0)'s
+        raise ValueError(f"rope_1d: 1D token indices start at 1, got {start}")
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    i_N = torch.arange(start, start + length, dtype=dtype, device=device)
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=dtype, device=device) / head_dim)
+    angles_NP = i_N[:, None] * freqs[None]
+    return Rope(angles_NP.cos().float(), angles_NP.sin().float())
 
 
 def apply_rope(x_BHND: Tensor, rope: Rope) -> Tensor:

@@ -75,8 +75,8 @@ from pretrain.layers import (
     Rope,
     Runs,
     TwoLayerMLP,
+    rope_1d,
     rope_for_positions,
-    sequence_positions,
     sinusoidal_embedding,
     video_positions,
 )
@@ -236,26 +236,28 @@ class ActionVideoTransformer(nn.Module):
 
     def _context_tokens(
         self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """C tokens [B, N_C, D] and their RoPE positions [N_C, 3]."""
+    ) -> tuple[Tensor, Rope]:
+        """C tokens [B, N_C, D] and their RoPE (the state is the 1D token after the P actions)."""
         cfg = self.cfg
         B, (H, W) = obs_BC1HW.shape[0], obs_BC1HW.shape[-2:]
         h, w = H // cfg.patch[1], W // cfg.patch[2]
         x = rearrange(self.video_in(obs_BC1HW.to(self.dtype)), "b d f h w -> b (f h w) d")
-        pos = video_positions([0], h, w, x.device)
+        rope = rope_for_positions(video_positions([0], h, w, x.device), cfg.rope_split, cfg.rope_theta)
         if state_B32 is not None:
             e = self._check_embodiment(embodiment_id_B, B)
             s = self.state_in(_expect("state_B32", state_B32, (B, cfg.state_dim)).to(self.dtype)[:, None], e)
             x = torch.cat([s, x], dim=1)
-            pos = torch.cat([sequence_positions(0, 1, x.device), pos])
-        return x, pos
+            rope = Rope.cat([rope_1d(cfg.chunk + 1, 1, cfg.head_dim, cfg.rope_theta, x.device), rope])
+        return x, rope
 
-    def _action_positions(self, P: int, device: torch.device) -> Tensor:
-        return sequence_positions(1, P, device)
+    def _action_rope(self, P: int, device: torch.device) -> Rope:
+        """RoPE of P action tokens: 1D indices 1..P (see ``pretrain/layers.py``, RoPE)."""
+        return rope_1d(1, P, self.cfg.head_dim, self.cfg.rope_theta, device)
 
-    def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> tuple[Tensor, Tensor]:
+    def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> tuple[Tensor, Rope]:
+        """A tokens [B, P, D] and their RoPE."""
         x = self.action_in(actions_BP32.to(self.dtype), embodiment_id_B)
-        return x, self._action_positions(actions_BP32.shape[1], x.device)
+        return x, self._action_rope(actions_BP32.shape[1], x.device)
 
     def _run_blocks(
         self,
@@ -363,23 +365,24 @@ class ActionVideoTransformer(nn.Module):
         temb_BGD, mod_BG6D = self._time(torch.stack(sigmas, dim=1))
 
         # ---- tokens, runs (contiguous tokens sharing a group), RoPE positions
-        ctx_BND, pos = self._context_tokens(obs, state_B32, embodiment_id_B)
-        parts, positions = [ctx_BND], [pos]
+        ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, embodiment_id_B)
+        parts, ropes = [ctx_BND], [ctx_rope]
         runs: list[tuple[int, int]] = [(ctx_BND.shape[1], 0)]
         n_act = 0
         vid_runs: list[tuple[int, int]] = []
         if has_actions:
             e = self._check_embodiment(embodiment_id_B, B)
             acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
-            a_BND, a_pos = self._action_tokens(acts, e)
+            a_BND, a_rope = self._action_tokens(acts, e)
             n_act = cfg.chunk
             parts.append(a_BND)
-            positions.append(a_pos)
+            ropes.append(a_rope)
             runs.append((n_act, 1 if noisy_actions else 0))
         if wants_video:
             v_BND = rearrange(self.video_in(fut.to(self.dtype)), "b d k h w -> b (k h w) d")
             parts.append(v_BND)
-            positions.append(video_positions(range(1, K + 1), h, w, obs.device))
+            v_pos = video_positions(range(1, K + 1), h, w, obs.device)
+            ropes.append(rope_for_positions(v_pos, cfg.rope_split, cfg.rope_theta))
             first_v = 2 if noisy_actions else 1
             if sigma_video_B.ndim == 1:
                 vid_runs = [(K * h * w, first_v)]
@@ -395,7 +398,7 @@ class ActionVideoTransformer(nn.Module):
         tok = _Tokens(
             x_BND=torch.cat(parts, dim=1),
             runs=tuple(runs),
-            rope=rope_for_positions(torch.cat(positions), cfg.rope_split, cfg.rope_theta),
+            rope=Rope.cat(ropes),
             segments=segments,
             n_ctx=n_ctx,
             n_act=n_act,
@@ -447,12 +450,12 @@ class ActionVideoTransformer(nn.Module):
         obs = _expect("obs_latent_BCFHW", obs_latent_BCFHW, (None, cfg.latent_channels, 1, None, None))
         B = obs.shape[0]
         e = self._check_embodiment(embodiment_id_B, B)
-        ctx_BND, pos = self._context_tokens(obs, state_B32, e)
+        ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, e)
         n_ctx = ctx_BND.shape[1]
         tok = _Tokens(
             x_BND=ctx_BND,
             runs=((n_ctx, 0),),
-            rope=rope_for_positions(pos, cfg.rope_split, cfg.rope_theta),
+            rope=ctx_rope,
             segments=(n_ctx,),
             n_ctx=n_ctx,
             n_act=0,
@@ -467,10 +470,8 @@ class ActionVideoTransformer(nn.Module):
         """RoPE of the action tokens and the time tables of all S Euler steps, for one chunk."""
         B = cache.embodiment_id_B.shape[0]
         temb_BSD, mod_BS6D = self._time(_expect("sigmas_BS", sigmas_BS, (B, None)).float())
-        a_pos = self._action_positions(self.cfg.chunk, sigmas_BS.device)
-        return ActionSteps(
-            rope_for_positions(a_pos, self.cfg.rope_split, self.cfg.rope_theta), temb_BSD, mod_BS6D
-        )
+        a_rope = self._action_rope(self.cfg.chunk, sigmas_BS.device)
+        return ActionSteps(a_rope, temb_BSD, mod_BS6D)
 
     def forward_actions(
         self,

@@ -33,7 +33,8 @@ tokens stay in the sequence, so every batch has the same shape whatever the mix.
 **Latents** come from the batch when it carries them (a latent cache: ``obs_latents`` /
 ``future_latents``), otherwise from the frames (``obs_frames`` / ``future_frames`` in [-1, 1] or
 uint8) through the codec, without gradients. The codec is a plain attribute of the objective:
-its weights are never trained, checkpointed or exported.
+its weights are never trained, checkpointed or exported; it moves to the device of the batch
+(the model's) before encoding, so the latents land there too.
 
 **Randomness** — dropout, σ and ε are drawn from the global torch RNG in a fixed order (or from
 ``generator`` when given), so the trainer's saved RNG state makes a resumed run repeat the
@@ -95,6 +96,7 @@ class PretrainObjective:
         obs_B3HW, fut_B3KHW = batch["obs_frames"], batch["future_frames"]
         if obs_B3HW.dtype == torch.uint8:
             obs_B3HW, fut_B3KHW = tensor_to_unit_range(obs_B3HW), tensor_to_unit_range(fut_B3KHW)
+        self.codec.to(obs_B3HW.device)  # the trainer put the batch on the model's device: the codec follows
         lat_BCFhw = self.codec.encode(torch.cat([obs_B3HW[:, :, None], fut_B3KHW], dim=2).float()).float()
         return lat_BCFhw[:, :, :1], lat_BCFhw[:, :, 1:]
 

@@ -230,7 +230,8 @@ def model_config_from_wan(diffusers_config: dict[str, Any], base: ModelConfig | 
     )
 
 
-_GEOMETRY = (
+# ModelConfig fields that fix the backbone's weights: two configs agreeing on them load each other
+BACKBONE_FIELDS = (
     "dim",
     "layers",
     "heads",
@@ -262,7 +263,7 @@ def load_wan_backbone(
             theirs = model_config_from_wan(wan_cfg, cfg)
             diff = [
                 f"{f}: checkpoint {getattr(theirs, f)} vs model {getattr(cfg, f)}"
-                for f in _GEOMETRY
+                for f in BACKBONE_FIELDS
                 if getattr(theirs, f) != getattr(cfg, f)
             ]
             if diff:

@@ -20,8 +20,8 @@ from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.formats.mapping import SIDECAR_NAME
 from curation.formats.raw_video import RawVideoReader, write_raw_video
 from curation.ingest import iter_episodes
-from curation.stages.filters import check_episode
 from curation.phases.pack import normalise_raw_table
+from curation.stages.filters import check_episode
 from curation.stages.stats import compute_stats, raw_rows_accumulator
 from schemas import Episode, Rejection, validate_sample_table
 from schemas.errors import LoadError

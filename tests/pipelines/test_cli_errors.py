@@ -44,6 +44,7 @@ COMMANDS = (
     "pretrain",
     "finetune",
     "evaluate",
+    "model-info",
     "publish",
     "demo",
 )
@@ -119,7 +120,9 @@ MISTAKES = [
     ("pretrain", ["--data", "{root}/empty", "--out", "{root}/p"], "--data is not a dataset",
      ["--data {root}/empty", "no manifest"]),
     ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--init-wan", "{root}/missing"], "missing --init-wan",
-     ["--init-wan {root}/missing"]),
+     ["--init {root}/missing"]),
+    ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--init", "{root}/missing"], "missing --init",
+     ["--init {root}/missing"]),
     ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--model-override", "headdim=32"], "unknown model field",
      ["did you mean 'head_dim'"]),
     ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--codec", "wan-vae"], "--codec wan-vae without --vae",

@@ -18,8 +18,9 @@ made); across CPUs and torch builds the BLAS/oneDNN kernels may sum in another o
 relative per op), which 20 AdamW steps grow to at most ~1e-5. Any change to the model, the
 objective, the data order or the RNG use moves the curve by > 1e-2 from the first step.
 
-``--init-wan``: a tiny random diffusers ``WanTransformer3DModel`` of the debug geometry, saved
-with ``save_pretrained``, must be what the run starts from.
+``--init``: a tiny random diffusers ``WanTransformer3DModel`` of the debug geometry, saved
+with ``save_pretrained``, must be what the run starts from (with the Wan VAE as codec: a tiny
+random ``AutoencoderKLWan`` of Wan2.2's layout); with the pixel codec it is refused.
 
 Two processes: ``deepspeed --num_gpus 2`` on CPU (gloo). One launch of this module's worker runs
 the uninterrupted reference and a run stopped at step 3 (``--stop-at``, checkpointed) for
@@ -238,8 +239,10 @@ def test_cli_errors_are_clear(shards, tmp_path, capsys):
     )
 
 
-def test_init_from_a_diffusers_wan_checkpoint(shards, tmp_path):
-    from diffusers import WanTransformer3DModel
+def test_init_from_a_diffusers_wan_checkpoint(shards, tmp_path, capsys):
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from tests.pretrain.wan_tiny import WAN22_VAE
 
     torch.manual_seed(3)
     debug = get_model_config("debug")
@@ -250,8 +253,14 @@ def test_init_from_a_diffusers_wan_checkpoint(shards, tmp_path):
         qk_norm="rms_norm_across_heads", eps=1e-6,
     )  # fmt: skip
     wan.save_pretrained(tmp_path / "wan")
+    AutoencoderKLWan(**WAN22_VAE).save_pretrained(tmp_path / "vae")
     out = tmp_path / "run"
+    # Wan weights on raw pixel patches (48 channels either way): refused, saying what to use
+    code = pretrain.main(["--data", str(shards), "--out", str(out), "--init", str(tmp_path / "wan")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "use --codec wan-vae --vae" in err, err
     argv = ["--data", str(shards), "--out", str(out), "--init-wan", str(tmp_path / "wan"), "--steps", "2"]
+    argv += ["--codec", "wan-vae", "--vae", str(tmp_path / "vae")]
     argv += ["--lr", "1e-9", "--ema-decay", "0", "--ckpt-every", "0", "--no-progress", "--threads", "1"]
     assert pretrain.main(argv) == 0
     init = json.loads((out / "run_config.json").read_text())["init"]
