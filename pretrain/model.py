@@ -254,10 +254,9 @@ class ActionVideoTransformer(nn.Module):
         """RoPE of P action tokens: 1D indices 1..P (see ``pretrain/layers.py``, RoPE)."""
         return rope_1d(1, P, self.cfg.head_dim, self.cfg.rope_theta, device)
 
-    def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> tuple[Tensor, Rope]:
-        """A tokens [B, P, D] and their RoPE."""
-        x = self.action_in(actions_BP32.to(self.dtype), embodiment_id_B)
-        return x, self._action_rope(actions_BP32.shape[1], x.device)
+    def _action_tokens(self, actions_BP32: Tensor, embodiment_id_B: Tensor) -> Tensor:
+        """A tokens [B, P, D] (their RoPE: :meth:`_action_rope`, made once per chunk by the sampler)."""
+        return self.action_in(actions_BP32.to(self.dtype), embodiment_id_B)
 
     def _run_blocks(
         self,
@@ -373,7 +372,8 @@ class ActionVideoTransformer(nn.Module):
         if has_actions:
             e = self._check_embodiment(embodiment_id_B, B)
             acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
-            a_BND, a_rope = self._action_tokens(acts, e)
+            a_BND = self._action_tokens(acts, e)
+            a_rope = self._action_rope(cfg.chunk, a_BND.device)
             n_act = cfg.chunk
             parts.append(a_BND)
             ropes.append(a_rope)
@@ -497,7 +497,7 @@ class ActionVideoTransformer(nn.Module):
             steps = self.action_steps(cache, _expect("sigma_action_B", sigma_action_B, (B,))[:, None])
             step = 0
         temb_BGD, mod_BG6D = steps.temb_BSD[:, step : step + 1], steps.mod_BS6D[:, step : step + 1]
-        a_BND = self._action_tokens(acts, cache.embodiment_id_B)[0]
+        a_BND = self._action_tokens(acts, cache.embodiment_id_B)
         P = a_BND.shape[1]
         tok = _Tokens(
             x_BND=a_BND,

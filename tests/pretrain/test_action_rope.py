@@ -32,7 +32,7 @@ def test_action_and_state_rotations_do_not_collide_with_video():
     e = torch.zeros(1, dtype=torch.long)
     with torch.no_grad():
         _, ctx_rope = model._context_tokens(obs, state, e)
-        _, act_rope = model._action_tokens(torch.zeros(1, cfg.chunk, cfg.action_dim), e)
+        act_rope = model._action_rope(cfg.chunk, torch.device("cpu"))
     video = rope_for_positions(video_positions(range(K + 1), H // 2, W // 2, obs.device), cfg.rope_split, 1e4)
     state_rope = ctx_rope[slice(0, 1)]
     assert _collisions(act_rope, video) == 0

@@ -166,21 +166,29 @@ def test_sampler_computes_rope_and_time_tables_once_per_chunk(model, monkeypatch
     )
     noise = torch.randn(B, CFG.chunk, 32, generator=torch.Generator().manual_seed(3))
     calls = {"rope": 0, "time": 0}
-    real_rope, real_time = model_module.rope_for_positions, ActionVideoTransformer._time
+    real_rope, real_rope_1d = model_module.rope_for_positions, model_module.rope_1d
+    real_time = ActionVideoTransformer._time
 
-    def rope(*a, **k):
-        calls["rope"] += 1
-        return real_rope(*a, **k)
+    def counted(fn):
+        def wrapper(*a, **k):
+            calls["rope"] += 1
+            return fn(*a, **k)
+
+        return wrapper
 
     def time(self, sigma_BG):
         calls["time"] += 1
         return real_time(self, sigma_BG)
 
-    monkeypatch.setattr(model_module, "rope_for_positions", rope)
+    monkeypatch.setattr(model_module, "rope_for_positions", counted(real_rope))
+    monkeypatch.setattr(model_module, "rope_1d", counted(real_rope_1d))
     monkeypatch.setattr(ActionVideoTransformer, "_time", time)
+    sample_actions(model, ctx, num_steps=3, action_noise_BP32=noise)
+    per_chunk = dict(calls)
+    calls.update(rope=0, time=0)
     got = sample_actions(model, ctx, num_steps=10, action_noise_BP32=noise)
-    # one for the context, one for the chunk (not one per Euler step)
-    assert calls == {"rope": 2, "time": 2}
+    # tables for the context and for the chunk, however many Euler steps (not one per step)
+    assert calls == per_chunk and calls["time"] == 2
     monkeypatch.undo()
     # the same numbers as the step-by-step cached path and as the uncached full forward
     cache = model.encode_context(
