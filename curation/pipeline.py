@@ -76,6 +76,7 @@ from curation.shards import (
 from curation.stages.filters import make_dedup_rejections
 from curation.stages.sample import normalise_raw_table
 from curation.stages.stats import StatsAccumulator
+from curation.text_embeddings import embed_instructions, make_text_encoder
 from curation.warm import warm_workers
 from schemas import (
     SCHEMA_VERSION,
@@ -90,7 +91,7 @@ from schemas import (
     validate_sample_table,
 )
 from schemas.normalize import NormConfig
-from schemas.text import CaptionModelFactory
+from schemas.text import CaptionModelFactory, TextEncoderFactory
 
 CODE_VERSION = "0.1.0"
 WORK_LAYOUT = "4"  # of .work/: a work folder of another layout is started over
@@ -536,9 +537,14 @@ def check_output_version(out: Path) -> None:
         check_schema_version(found, str(stamp))
 
 
-def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Manifest:
+def run(
+    job: CurateJob,
+    caption_model: CaptionModelFactory | None = None,
+    text_encoder: TextEncoderFactory | None = None,
+) -> Manifest:
     """Run (or resume) the whole job; returns the manifest. A job with a ``caption`` section needs
-    ``caption_model``, the factory of the model that captions (the driver passes pretrain's)."""
+    ``caption_model``, the factory of the model that captions (the driver passes pretrain's); a job
+    whose text encoder is not the built-in ``hashed`` one needs ``text_encoder``, likewise."""
     import ray
 
     if job.caption is not None and caption_model is None:
@@ -560,6 +566,8 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
                 f"{out} holds a dataset curated with another config ({manifest_path}); "
                 "use another --out or delete it"
             )
+        # built before any work, so weights that cannot be had fail at start-up, not after the shards
+        encoder = make_text_encoder(job.curation.text, text_encoder)
         work = out / WORK_DIR
         digest_file = work / "digest"
         stamp = f"{job.digest()} work-layout {WORK_LAYOUT} schema {SCHEMA_VERSION}"
@@ -610,6 +618,9 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
             "rejected": outcome.window_rejections,
         }
         stage_counts["caption"] = {"in": samples, "out": samples, "rejected": 0}
+        text = embed_instructions(out, shards, encoder) if samples else None
+        if text is not None:
+            log(f"text: {len(text['instructions'])} unique instructions embedded by {text['encoder']}")
         sources = tuple(
             SourceInput(
                 path,
@@ -628,6 +639,7 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
             shards=tuple(shards),
             rejections=tuple(sorted(rejections, key=lambda r: (r.stage, r.path, r.episode, r.window))),
             stage_counts=stage_counts,
+            text=text,
         )
         ledger_rows = list(manifest.rejections)
         if ledger_rows:

@@ -9,11 +9,15 @@ from schemas.errors import SchemaVersionError
 
 # 2.0: episode and sample ids derive from the dataset's content fingerprint, no longer from its
 # name, so the same episode has another id than under 1.x, and two 1.x datasets may share ids.
-SCHEMA_VERSION = "2.0"
+# 3.0: instructions are token sequences stored once per unique instruction beside the shards
+# (meta/text_embeddings.safetensors, indexed in the manifest's "text"); samples no longer fill
+# their pooled text_embedding, so a 2.x dataset has nothing to condition on.
+SCHEMA_VERSION = "3.0"
 _MAJOR = SCHEMA_VERSION.split(".")[0]
-# A saved model's config and normalisation stats did not change in 2.0 (only data ids did): a
-# model saved under 1.x still loads.
-MODEL_READABLE_MAJORS = ("1", _MAJOR)
+# A saved model's weights, config and normalisation stats read as before under 2.0 and 3.0; the
+# one exception, a 2.x policy's pooled-text settings, is refused by PolicyConfig with its own
+# message (the model would need retraining on token sequences).
+MODEL_READABLE_MAJORS = ("1", "2", _MAJOR)
 
 
 def check_schema_version(found: str | None, where: str, readable: tuple[str, ...] = (_MAJOR,)) -> None:

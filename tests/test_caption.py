@@ -1,4 +1,4 @@
-"""CoCa captions, CLIP scores and text embeddings on a tiny randomly initialised CoCa."""
+"""CoCa captions and CLIP scores on a tiny randomly initialised CoCa; the hashed token encoder."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from curation.config import CaptionConfig
 from curation.stages.caption import CaptionStage
 from pretrain.text_encoder import WeightsUnavailableError, captioner_from_config
-from schemas.text import text_embedding_fallback
+from schemas.text import HashedTokenEncoder, TextEncoderConfig
 
 TINY = {
     "embed_dim": 64,
@@ -111,8 +111,9 @@ def test_stage_adds_columns(tiny_coca):
         Image.fromarray(img).save(buf, format="PNG")
         frames.append(buf.getvalue())
     out = stage({"obs_frame": np.asarray(frames, dtype=object), "instruction": np.asarray(["x", "y"])})
-    assert set(out) >= {"caption", "clip_score", "text_embedding", "obs_frame"}
-    assert len(out["caption"]) == 2 and out["text_embedding"][0].shape == (64,)
+    assert set(out) >= {"caption", "clip_score", "obs_frame"}
+    assert len(out["caption"]) == 2 and out["clip_score"].shape == (2,)
+    assert "text_embedding" not in out  # instructions are embedded once per dataset, beside the shards
 
 
 def test_the_stage_runs_whatever_model_the_factory_builds():
@@ -120,9 +121,6 @@ def test_the_stage_runs_whatever_model_the_factory_builds():
     its two methods, built by the factory from the stage's config, is what the stage uses."""
 
     class Fixed:
-        def embed_text(self, texts):
-            return np.asarray([[len(t), 0.0, 0.0] for t in texts], np.float32)
-
         def score_and_caption(self, images_NHWC, texts):
             return images_NHWC.mean(axis=(1, 2, 3)).astype(np.float32), [t.upper() for t in texts]
 
@@ -139,7 +137,6 @@ def test_the_stage_runs_whatever_model_the_factory_builds():
     assert built == [cfg]
     assert out["caption"].tolist() == ["AB", "CDE"]
     np.testing.assert_allclose(out["clip_score"], imgs.mean(axis=(1, 2, 3)), rtol=1e-6)
-    np.testing.assert_allclose(np.stack(out["text_embedding"]), [[1.0, 0, 0], [1.0, 0, 0]])  # unit norm
 
 
 def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
@@ -162,7 +159,30 @@ def test_unknown_model_and_tag():
         captioner_from_config(CaptionConfig(pretrained="laion9"))
 
 
-def test_fallback_embedding_separates_instructions():
-    e = text_embedding_fallback(["open the drawer", "push the puck", "open the drawer"])
-    np.testing.assert_array_equal(e[0], e[2])
-    assert not np.allclose(e[0], e[1])
+def test_loading_the_captioner_leaves_the_global_rng_alone(tiny_coca):
+    """Its random initialisation is seeded (the same weights every time) without reseeding the
+    caller's global torch RNG, which a training or inference process draws its noise from."""
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    cfg = CaptionConfig(model=tiny_coca, pretrained=None, captions=False, seed=5)
+    first = captioner_from_config(cfg)
+    assert torch.equal(torch.rand(4), want)
+    again = captioner_from_config(cfg)
+    np.testing.assert_array_equal(
+        first.embed_text(["open the drawer"]), again.embed_text(["open the drawer"])
+    )
+
+
+def test_hashed_tokens_separate_instructions_word_by_word():
+    enc = HashedTokenEncoder(TextEncoderConfig(dim=16, max_tokens=5))
+    states, mask = enc.encode(["Open the drawer", "push", "open the drawer!", "a b c d e f"])
+    assert states.shape == (4, 5, 16) and states.dtype == np.float32
+    # words, then the end token; cut to max_tokens; padded positions are zero and masked out
+    assert mask.sum(axis=1).tolist() == [4, 2, 5, 5]
+    assert not states[1, 2:].any()
+    np.testing.assert_array_equal(states[0, :3], states[2, :3])  # case does not matter
+    assert not np.allclose(states[0, 3], states[2, 3])  # "!" is a token of its own, not the end
+    np.testing.assert_array_equal(states[0, 3], states[1, 1])  # the shared end token
+    assert not np.allclose(states[0, 0], states[1, 0])
+    np.testing.assert_allclose(np.linalg.norm(states[mask], axis=-1), 1.0, rtol=1e-5)

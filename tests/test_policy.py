@@ -105,7 +105,7 @@ def test_finetune_exports_a_loadable_policy(finetuned):
     cfg = meta["config"]
     assert cfg["model"]["chunk"] == 8 and cfg["model"]["num_future"] == 2  # P, K taken from the data
     assert cfg["image"] == {"width": 64, "height": 64, "fit": "stretch"}
-    assert cfg["text"]["kind"] == "fallback" and cfg["text"]["dim"] == 64
+    assert cfg["text"]["kind"] == "hashed" and cfg["text"]["dim"] == 64
     assert [e["name"] for e in cfg["embodiments"]] == ["metaworld_sawyer"]
     assert (final / "norm_stats.json").is_file() and (final / "training.json").is_file()
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,4 @@
-"""Captions, CLIP scores and instruction embeddings as a Ray Data stage (ARCHITECTURE.md, "Curation stages").
+"""Captions and CLIP scores as a Ray Data stage (ARCHITECTURE.md, "Curation stages").
 
 The model is not curation's: :class:`CaptionStage` gets a :data:`schemas.text.CaptionModelFactory`
 (the driver passes ``pretrain.text_encoder.captioner_from_config``) and builds the model once per
@@ -14,11 +14,12 @@ import numpy as np
 from PIL import Image
 
 from curation.config import CaptionConfig
-from schemas.text import CaptionModelFactory, l2_normalize
+from schemas.text import CaptionModelFactory
 
 
 class CaptionStage:
-    """Ray Data callable class: adds ``caption``, ``clip_score`` and ``text_embedding`` columns.
+    """Ray Data callable class: adds ``caption`` and ``clip_score`` columns
+    (instructions are embedded once per dataset, not per sample: ``curation/text_embeddings.py``).
 
     Input batch columns: ``obs_frame`` (PNG bytes of the composed observation frame) and
     ``instruction``. Runs in an actor pool: the model loads once per actor.
@@ -34,5 +35,4 @@ class CaptionStage:
         out = dict(batch)
         out["clip_score"] = scores
         out["caption"] = np.asarray(captions, dtype=object)
-        out["text_embedding"] = list(l2_normalize(self.captioner.embed_text(texts)))
         return out
