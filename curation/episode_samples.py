@@ -144,7 +144,6 @@ def episode_sample_rows(
                 "height": vc.height,
                 "width": vc.width,
                 "quality": {k: w.quality.get(k) for k in QUALITY_KEYS},
-                "text_embedding": None,  # instructions are embedded once, beside the shards
                 "latent_shape": [],
                 "raw_action": w.action.tolist(),
                 "raw_state": w.state.tolist(),

@@ -10,8 +10,8 @@ from schemas.errors import SchemaVersionError
 # 2.0: episode and sample ids derive from the dataset's content fingerprint, no longer from its
 # name, so the same episode has another id than under 1.x, and two 1.x datasets may share ids.
 # 3.0: instructions are token sequences stored once per unique instruction beside the shards
-# (meta/text_embeddings.safetensors, indexed in the manifest's "text"); samples no longer fill
-# their pooled text_embedding, so a 2.x dataset has nothing to condition on.
+# (meta/text_embeddings.safetensors, indexed in the manifest's "text"); samples no longer carry
+# a pooled text_embedding column, so a 2.x dataset has nothing to condition on.
 SCHEMA_VERSION = "3.0"
 _MAJOR = SCHEMA_VERSION.split(".")[0]
 # A saved model's weights, config and normalisation stats read as before under 2.0 and 3.0; the

@@ -26,7 +26,7 @@ from tests.test_caption import TINY
 def test_caption_actor_fills_every_sample_of_the_part_rows(tmp_path):
     """The contract between the episode stage (rows of one part, not written: a caption stage
     follows) and the captioning actor of the job (called in-process here, on a tiny random
-    CoCa): every sample gets a caption, a CLIP score and a CLIP text embedding, the records
+    CoCa): every sample gets a caption and a CLIP score, the records
     and sketches pass through untouched, and with ``work`` set the actor writes the part."""
     from curation.parts import iter_sketches, part_path, read_part
 
@@ -63,7 +63,8 @@ def register_tiny_coca() -> None:
 
 def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_path):
     """The whole job with the caption stage on (a Ray Data actor pool over the parts; the actor
-    writes each part): every shard row has a caption and the CLIP text embedding."""
+    writes each part): every shard row has a caption and a CLIP score; the instructions' token
+    states come from the job's text encoder (hashed here), not from the captioner."""
     import os
 
     import pyarrow.parquet as pq

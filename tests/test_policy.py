@@ -2,7 +2,7 @@
 
 The dataset is a tiny shard folder built here with curation's own pure stages (no Ray):
 simulated Meta-World episodes → ``curation.in_memory.curate_in_memory`` (compose views,
-window, encode, hashed text embedding → statistics → normalised shards → manifest). The "pretrained" backbone is a random ``debug`` transformer saved the way a
+window, encode, hashed instruction tokens → statistics → normalised shards → manifest). The "pretrained" backbone is a random ``debug`` transformer saved the way a
 pretraining export is (``model.safetensors`` + ``config.json`` holding the model config).
 """
 

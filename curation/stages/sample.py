@@ -40,7 +40,6 @@ def make_sample(
     norm: NormConfig = _NORM,
     caption: str = "",
     quality: Mapping[str, float] | None = None,
-    text_embedding: np.ndarray | None = None,
     latent_shape: tuple[int, ...] = (),
 ) -> Sample:
     """The shard row of ``window``; ``quality`` adds to (and overrides) the window's own scores."""
@@ -67,7 +66,6 @@ def make_sample(
         state=state,
         state_mask=state_mask,
         quality={k: float(v) for k, v in scores.items() if k in QUALITY_KEYS and v is not None},
-        text_embedding=None if text_embedding is None else np.asarray(text_embedding, dtype=np.float32),
         latent_shape=tuple(latent_shape),
     ).validate()
 
@@ -77,7 +75,7 @@ def make_sample_fn(
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """Per-row (1:1) function for ``Dataset.map``: a window row that went through
     :func:`curation.stages.compose.make_compose_fn` (``video``, ``video_format``, ``height``,
-    ``width``; optionally ``caption``, ``clip_score``, ``text_embedding``) → a Sample row."""
+    ``width``; optionally ``caption``, ``clip_score``) → a Sample row."""
     stats = dict(stats)
 
     def sample_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +95,6 @@ def make_sample_fn(
             norm=norm,
             caption=row.get("caption") or "",
             quality=extra,
-            text_embedding=row.get("text_embedding"),
             latent_shape=tuple(row.get("latent_shape") or ()),
         ).to_row()
 
@@ -158,8 +155,7 @@ def normalise_raw_table(
 
     Equal, value for value, to building each row with ``normalize_action`` /
     ``normalize_state`` and ``Sample(...).to_row()``: a null caption becomes ``""``, a null
-    latent_shape ``[]``, a null quality struct a struct of nulls; text_embedding passes
-    through (null stays null). The rows are not validated here: run
+    latent_shape ``[]``, a null quality struct a struct of nulls. The rows are not validated here: run
     :func:`schemas.validate_sample_table` on the result.
     """
     missing = [name for name in RAW_COLUMNS if name not in raw.column_names]
@@ -239,11 +235,10 @@ def normalise_raw_table(
 
 def row_nbytes(table: pa.Table) -> np.ndarray:
     """int64 [N]: the shard packer's size estimate of each row, ``len(video) + 4 · (steps · 32
-    action values + 2·32 mask values + text_embedding values)``; the same for a raw table
+    action values + 2·32 mask values)``; the same for a raw table
     (``raw_action``) and for its normalised Sample table (``action``), so the parts can
     record it before normalisation."""
     video_N = pc.fill_null(pc.binary_length(table["video"]), 0).to_numpy().astype(np.int64)
     action = table["action"] if "action" in table.column_names else table["raw_action"]
     steps_N = pc.fill_null(pc.list_value_length(_combined(action)), 0).to_numpy().astype(np.int64)
-    text_N = pc.fill_null(pc.list_value_length(table["text_embedding"]), 0).to_numpy(zero_copy_only=False)
-    return video_N + 4 * (steps_N * MAX_DIM + 2 * MAX_DIM + text_N.astype(np.int64))
+    return video_N + 4 * (steps_N * MAX_DIM + 2 * MAX_DIM)

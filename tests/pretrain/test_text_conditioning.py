@@ -123,6 +123,13 @@ def test_curation_stores_each_instruction_once_and_the_loader_looks_it_up(curate
     assert text["encoder"]["kind"] == "umt5" and text["encoder"]["name"] == umt5.name
     assert text["dim"] == D_MODEL and manifest["config"]["curation"]["text"]["kind"] == "umt5"
     assert (curated / text["file"]).is_file()
+    # published with the shards, and the dataset card says which encoder
+    from curation.publish import dataset_files
+
+    files = dataset_files(curated)
+    assert text["file"] in files
+    card = files["README.md"].decode()
+    assert f"`umt5` text encoder `{umt5.name}`" in card and "2 unique instructions" in card
 
     want = {t: UMT5TextEncoder(umt5).encode([t]) for t in set(INSTRUCTIONS)}
     loader = ShardLoader(curated, LoaderConfig(batch_size=4, shuffle=False, drop_last=False), epochs=1)
@@ -259,3 +266,37 @@ def test_umt5_weights_that_cannot_be_had_fail_at_start_up(monkeypatch, tmp_path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "nobody/umt5-missing" in lines[0] and lines[0].startswith("gwp curate: error:")
+
+
+def test_wan_text_embedder_takes_umt5_states_unchanged(umt5):
+    """Wan's text embedder (diffusers ``condition_embedder.text_embedder``, text_dim → dim MLP) maps
+    to ``text_in`` one to one and reads the umT5 states as they come (here 32-d, 4096-d for XXL)."""
+    from diffusers import WanTransformer3DModel
+
+    from pretrain.model import build_model
+    from pretrain.wan_adapter import load_wan_backbone, model_config_from_wan
+
+    torch.manual_seed(0)
+    wan = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=8,
+        out_channels=8,
+        text_dim=D_MODEL,
+        freq_dim=32,
+        ffn_dim=40,
+        num_layers=1,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        rope_max_seq_len=64,
+    ).eval()
+    ours = build_model(model_config_from_wan(dict(wan.config), get_model_config("debug"))).eval()
+    load_wan_backbone(ours, wan.state_dict())
+    states, _ = UMT5TextEncoder(umt5).encode(["open the drawer", "push the red puck to the goal"])
+    x = torch.from_numpy(states)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.text_in(x), wan.condition_embedder.text_embedder(x), rtol=0, atol=0)
+    five_b = build_model(get_model_config("wan22-5b"), "meta")
+    assert tuple(five_b.text_in.fc1.weight.shape) == (3072, 4096)  # umT5-XXL's d_model, no padding
