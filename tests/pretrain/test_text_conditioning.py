@@ -232,6 +232,16 @@ def test_the_policy_caches_each_instruction_and_follows_it(curated, tmp_path):
     assert loaded.model.cfg.text == policy.model.cfg.text
     np.testing.assert_array_equal(loaded.predict_action({**obs, "instruction": "open the drawer"}, seed=1), a)
 
+    # a policy trained on the old pooled single-token text is refused, saying why
+    cfg = folder / "config.json"
+    meta = json.loads(cfg.read_text())
+    meta["config"]["text"] = {"kind": "fallback", "dim": 64, "model": None, "pretrained": None, "seed": 0}
+    cfg.write_text(json.dumps(meta))
+    with pytest.raises(
+        ValueError, match=r"kind 'fallback' is the pooled single-token text.*fine-tuned again"
+    ):
+        Policy.from_pretrained(folder)
+
 
 def test_umt5_weights_that_cannot_be_had_fail_at_start_up(monkeypatch, tmp_path):
     import huggingface_hub.constants
