@@ -57,6 +57,8 @@ BYTES_PER_PARAM = (
 
 # ---- inputs ----------------------------------------------------------------------------------------
 
+TEXT_TOKENS = 64  # instruction tokens per sample: GWP's prompt length (umT5 states)
+
 
 def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: int, device: Any) -> dict:
     """Latent batch [B, C, 1|K, h, w] + normalised actions/state of one embodiment (fixed seed)."""
@@ -72,7 +74,8 @@ def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: 
         "state": torch.randn(batch, 32, generator=g) * mask,
         "state_mask": mask,
         "embodiment_id": torch.zeros(batch, dtype=torch.long),
-        "text_embedding": torch.randn(batch, text, generator=g),
+        "text_states": torch.randn(batch, TEXT_TOKENS, text, generator=g),
+        "text_mask": torch.ones(batch, TEXT_TOKENS, dtype=torch.bool),
     }
     return {k: v.to(device) for k, v in out.items()}
 

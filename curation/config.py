@@ -7,7 +7,10 @@ One :class:`CurationConfig` holds everything a curation run decides; its section
   and the stride between window starts (stage 4),
 * :class:`VideoConfig`  — composed image size and how the 1+K frames are encoded (stage 5),
 * :class:`NormConfig`   — quantile sketch size and normalisation guards (stages 7–8),
-* :class:`ShardConfig`  — shard size and compression (stage 9).
+* :class:`ShardConfig`  — shard size and compression (stage 9),
+* :class:`schemas.text.TextEncoderConfig` — which encoder gives the instructions' token states,
+  stored once per unique instruction beside the shards (``hashed`` on the CPU presets, Wan's umT5
+  for ``paper``).
 
 Presets are plain functions' results kept in one :class:`schemas.registry.Registry` (openpi style): ``default``
 (CPU-sized, 128×128 images), ``debug`` (tiny, for tests) and ``paper`` (the GWP geometry
@@ -31,6 +34,7 @@ from schemas.compose import FitMode
 from schemas.config import ConfigError, check_choices, from_dict
 from schemas.normalize import NormConfig
 from schemas.registry import Registry, UnknownNameError
+from schemas.text import TextEncoderConfig
 
 FILTER_NAMES = (
     "length",
@@ -194,6 +198,7 @@ class CurationConfig:
     video: VideoConfig = field(default_factory=VideoConfig)
     norm: NormConfig = field(default_factory=NormConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (recorded in the manifest); ``from_dict`` reads it back."""
@@ -238,6 +243,8 @@ register_preset(
         # 34-37 dB away from those, at any CRF (BENCHMARKS.md, "Stored sample frames"); PNG costs
         # about 18× the bytes per sample (a latent cache is the compact store for long runs)
         video=VideoConfig(width=384, height=320, format="png"),
+        # the umT5-XXL encoder Wan2.2 was trained with, from its diffusers folder (4096-d states)
+        text=TextEncoderConfig(kind="umt5", name="Wan-AI/Wan2.2-TI2V-5B-Diffusers", subfolder="text_encoder"),
     )
 )
 

@@ -50,7 +50,7 @@ from schemas import Episode, FrameRef, Rejection, Sample, get_embodiment
 from schemas.compose import compose_views
 from schemas.frames import PngRows, encode_sample_frames, png_rows, stack_png
 from schemas.sample import QUALITY_KEYS
-from schemas.text import CaptionModelFactory, text_embedding_fallback
+from schemas.text import CaptionModelFactory
 
 # Sample columns that the shard stage computes (normalised) replace these raw ones.
 RAW_SCHEMA = pa.schema(
@@ -120,7 +120,6 @@ def episode_sample_rows(
     vc = cfg.video
     composed_UHWC = compose_views(views, vc.width, vc.height, vc.fit)
     spec = get_embodiment(episode.embodiment)
-    text_emb = text_embedding_fallback([episode.instruction])[0]
     rows = []
     png_cache: dict[int, PngRows] = {}  # each composed frame compressed once, whatever its windows
     for w in result.windows:
@@ -148,7 +147,6 @@ def episode_sample_rows(
                 "height": vc.height,
                 "width": vc.width,
                 "quality": {k: w.quality.get(k) for k in QUALITY_KEYS},
-                "text_embedding": text_emb.tolist(),
                 "latent_shape": [],
                 "raw_action": w.action.tolist(),
                 "raw_state": w.state.tolist(),
@@ -295,7 +293,7 @@ def finish_part(
 
 
 class PartCaptioner:
-    """Ray Data actor: CoCa captions, CLIP scores and CLIP text embeddings for every sample
+    """Ray Data actor: CoCa captions and CLIP scores for every sample
     of the part rows of :func:`make_part_fn` (``work=None``); the model, which the driver
     provides as a factory, loads once per actor.
     With ``work`` set it writes each captioned part (the last stage)."""
@@ -319,11 +317,9 @@ class PartCaptioner:
             images = np.stack([decode_sample_frames(r["video"], r["video_format"])[0] for r in chunk])
             texts = [r["instruction"] for r in chunk]
             scores, captions = self.captioner.score_and_caption(images, texts)
-            embeddings = self.captioner.embed_text(texts)
-            for r, score, caption, emb in zip(chunk, scores, captions, embeddings, strict=True):
+            for r, score, caption in zip(chunk, scores, captions, strict=True):
                 r["caption"] = caption
                 r["quality"] = {**r["quality"], "clip_score": float(score)}
-                r["text_embedding"] = emb.tolist()
         sketches = decode_sketches(batch["sketches"][i])
         records = json.loads(batch["records"][i])
         return finish_part(batch["part"][i], episode_table(rows), records, sketches, self.work)

@@ -1,9 +1,10 @@
 """Curate validated episodes in one process, without Ray or filters: a shard folder for tests,
 benchmarks and small experiments.
 
-The same pure functions as the Ray job (:mod:`curation.pipeline`, :mod:`curation.phases`), in the same order: each
-episode's windows → composed, encoded frames → hashed text embedding (no captions); one
-statistics sketch per episode merged in order; normalised shards; a manifest. Deterministic
+The same pure functions as the Ray job (:mod:`curation.pipeline`, :mod:`curation.phases`), in the
+same order: each episode's windows → composed, encoded frames (no captions); one statistics
+sketch per episode merged in order; normalised shards; the instructions' token states from the
+preset's text encoder (``hashed`` unless a factory is given); a manifest. Deterministic
 for deterministic episodes (PNG frames). The filters do not run: every episode must give at
 least one window.
 """
@@ -19,12 +20,23 @@ from curation.parts import part_path, write_part
 from curation.phases.pack import write_shards
 from curation.phases.statistics import merge_sketches
 from curation.shards import WORK_DIR, write_manifest
+from curation.text_embeddings import embed_instructions, make_text_encoder
 from schemas import Episode, Manifest
+from schemas.text import TextEncoderConfig, TextEncoderFactory
 
 
-def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debug") -> Path:
-    """``out`` as a curated shard folder (``data/*.parquet`` + ``meta/manifest.json``)."""
+def curate_in_memory(
+    episodes: Sequence[Episode],
+    out: Path,
+    preset: str = "debug",
+    text: TextEncoderConfig | None = None,
+    text_encoder: TextEncoderFactory | None = None,
+) -> Path:
+    """``out`` as a curated shard folder (``data/*.parquet`` + ``meta/``); ``text`` replaces the
+    preset's text encoder, built by ``text_encoder`` (needed for any but ``hashed``)."""
     cfg = get_preset(preset)
+    if text is not None:
+        cfg = cfg.replace(text=text)
     if not episodes:
         raise ValueError("curate_in_memory: no episodes")
     out = Path(out)
@@ -49,6 +61,7 @@ def curate_in_memory(episodes: Sequence[Episode], out: Path, preset: str = "debu
         sources=(),
         shards=tuple(shards),
         rejections=(),
+        text=embed_instructions(out, shards, make_text_encoder(cfg.text, text_encoder)),
     )
     write_manifest(out, manifest)
     return out

@@ -96,7 +96,7 @@ def decode_sketches(text: str | bytes) -> list[bytes | None]:
 
 def row_nbytes(table: pa.Table) -> np.ndarray:
     """int64 [N]: the shard packer's size estimate of each row, ``len(video) + 4 · (steps · 32
-    action values + 2·32 mask values + text_embedding values)``; the same for a raw table
+    action values + 2·32 mask values)``; the same for a raw table
     (``raw_action``) and for its normalised Sample table (``action``), so the parts can
     record it before normalisation."""
     video_N = pc.fill_null(pc.binary_length(table["video"]), 0).to_numpy().astype(np.int64)
@@ -104,5 +104,4 @@ def row_nbytes(table: pa.Table) -> np.ndarray:
     if isinstance(action, pa.ChunkedArray):
         action = action.combine_chunks()
     steps_N = pc.fill_null(pc.list_value_length(action), 0).to_numpy().astype(np.int64)
-    text_N = pc.fill_null(pc.list_value_length(table["text_embedding"]), 0).to_numpy(zero_copy_only=False)
-    return video_N + 4 * (steps_N * MAX_DIM + 2 * MAX_DIM + text_N.astype(np.int64))
+    return video_N + 4 * (steps_N * MAX_DIM + 2 * MAX_DIM)

@@ -38,16 +38,22 @@ from curation.phases.output import check_output_version, finished_manifest, work
 from curation.phases.pack import write_shards
 from curation.phases.statistics import merge_sketches
 from curation.shards import exclusive_output
+from curation.text_embeddings import embed_instructions, make_text_encoder
 from curation.warm import warm_workers
 from schemas import Manifest
-from schemas.text import CaptionModelFactory
+from schemas.text import CaptionModelFactory, TextEncoderFactory
 
 __all__ = ["CurateJob", "RunConfig", "job_from_dict", "run"]
 
 
-def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Manifest:
+def run(
+    job: CurateJob,
+    caption_model: CaptionModelFactory | None = None,
+    text_encoder: TextEncoderFactory | None = None,
+) -> Manifest:
     """Run (or resume) the whole job; returns the manifest. A job with a ``caption`` section needs
-    ``caption_model``, the factory of the model that captions (the driver passes pretrain's)."""
+    ``caption_model``, the factory of the model that captions (the driver passes pretrain's); a job
+    whose text encoder is not the built-in ``hashed`` one needs ``text_encoder``, likewise."""
     if job.caption is not None and caption_model is None:
         raise ValueError(
             "the job has a caption section but no caption model was given: pass run(job, caption_model=...), "
@@ -59,6 +65,8 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
         done = finished_manifest(out, job)
         if done is not None:
             return done
+        # built before any work, so weights that cannot be had fail at start-up, not after the shards
+        encoder = make_text_encoder(job.curation.text, text_encoder)
         work = work_folder(out, job)
         cpus = start_ray(job.run)
         started = time.time()
@@ -74,8 +82,12 @@ def run(job: CurateJob, caption_model: CaptionModelFactory | None = None) -> Man
         log(f"phase 4 (stats): {', '.join(f'{k}: {v.action.count} action values' for k, v in stats.items())}")
         # the parts' kept rows, in order → shards of a target size (1 raw row → 1 Sample row)
         shards = write_shards(out, parts, stats, job.curation, outcome.duplicates)
-        # counts + stats + shards + ledger → 1 manifest, written last
-        manifest = build_manifest(job, found, outcome, stats, shards)
+        # the shards' unique instructions → 1 token-state entry each, beside the shards (N:1)
+        text = embed_instructions(out, shards, encoder) if shards else None
+        if text is not None:
+            log(f"text: {len(text['instructions'])} unique instructions embedded by {text['encoder']}")
+        # counts + stats + shards + text + ledger → 1 manifest, written last
+        manifest = build_manifest(job, found, outcome, stats, shards, text)
         write_ledger_and_manifest(out, manifest)
 
         counts = manifest.counts

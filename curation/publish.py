@@ -167,8 +167,9 @@ def render_dataset_card(
         f"Curated robot-learning samples written by gigaworld-policy (schema {manifest.schema_version}, "
         f"code {manifest.code_version}). Each row is one training window: an observation frame and future "
         "frames (`video`, `video_format`), a normalised action chunk padded to 32 dims with its mask, the "
-        "normalised state, the instruction and an optional text embedding.",
+        "normalised state and the instruction.",
         "",
+        *_text_encoder_lines(manifest),
         "```python",
         "import datasets",
         f'rows = datasets.load_dataset("{repo_id}", split="train")',
@@ -224,6 +225,21 @@ def render_dataset_card(
     if (report / "index.md").is_file():
         lines += [f"Full data report: [{REPORT_DIR}/index.md]({REPORT_DIR}/index.md).", ""]
     return "\n".join(lines)
+
+
+def _text_encoder_lines(manifest: Manifest) -> list[str]:
+    """The card's account of how instructions were embedded (the manifest's ``text`` entry)."""
+    t = manifest.text
+    if not t:
+        return []
+    e = t["encoder"]
+    name = f" `{e['name']}`" + (f" (subfolder `{e['subfolder']}`)" if e.get("subfolder") else "")
+    return [
+        f"Instructions are embedded once each by the `{e['kind']}` text encoder{name if e['name'] else ''}: "
+        f"{len(t['instructions'])} unique instructions, up to {t['tokens']} token states of {t['dim']} dims "
+        f"with a mask, in `{t['file']}` (row i = `text.instructions[i]` of the manifest).",
+        "",
+    ]
 
 
 def dataset_files(

@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from curation.pipeline import job_from_dict, run  # Ray and the stages: only for a job that can run
     from curation.shards import OutputLockedError
     from schemas import SchemaVersionError
+    from schemas.text import WeightsUnavailableError
 
     where = str(args.config or "command line")
     job = job_from_dict(data, where=where)  # a bad field or preset: ConfigError, one line, exit 2
@@ -116,8 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     caption_model = None
     if job.caption is not None:  # the model's text encoder (torch): loaded only for a job that captions
         from pretrain.text_encoder import captioner_from_config as caption_model
+    text_encoder = None
+    if job.curation.text.kind != "hashed":  # umT5 (torch, transformers): the model's, like the captioner
+        from pretrain.text_encoder import text_encoder_from_config as text_encoder
     try:
-        manifest = run(job, caption_model=caption_model)
+        manifest = run(job, caption_model=caption_model, text_encoder=text_encoder)
+    except WeightsUnavailableError as err:  # the config asks for a text model this machine cannot get
+        raise UsageError(str(err)) from err
     except (OutputLockedError, FileExistsError, SchemaVersionError) as err:
         # the folder is busy, or holds another dataset or one written under another schema
         raise JobFailed(str(err)) from err

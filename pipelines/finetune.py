@@ -70,21 +70,15 @@ TRAINING_RECORD = "training.json"
 
 def data_settings(shards: ShardSet) -> dict[str, Any]:
     """P, K, image geometry, text embedding and normalisation settings of a curated dataset."""
-    from policy.model import ImageConfig, TextConfig
+    from policy.model import ImageConfig, text_config_from_manifest
 
     cfg = shards.manifest.config or {}
     cur = cfg.get("curation") or {}
-    first = pq.read_table(
-        shards.shards[0], columns=["action", "frame_indices", "height", "width", "text_embedding"]
-    ).slice(0, 1)
+    first = pq.read_table(shards.shards[0], columns=["action", "frame_indices", "height", "width"]).slice(
+        0, 1
+    )
     row = first.to_pylist()[0]
     chunk = np.asarray(row["action"], dtype=np.float32).reshape(-1, 32).shape[0]
-    emb = row["text_embedding"]
-    if emb is None:
-        raise ValueError(
-            f"{shards.shards[0]}: samples carry no text_embedding; curate with captioning or the hashed "
-            "fallback embedding (the default) so the policy can embed instructions the same way"
-        )
     video = cur.get("video") or {}
     image = ImageConfig(
         width=int(video.get("width", row["width"])),
@@ -100,7 +94,7 @@ def data_settings(shards: ShardSet) -> dict[str, Any]:
         "chunk": chunk,
         "num_future": len(row["frame_indices"]) - 1,
         "image": image,
-        "text": TextConfig.from_manifest(cfg.get("caption"), dim=len(emb)),
+        "text": text_config_from_manifest(shards.manifest.text, str(shards.root / "meta/manifest.json")),
         "norm": NormConfig(**cur["norm"]) if "norm" in cur else NormConfig(),
         "embodiments": tuple(get_embodiment(name) for name in sorted(shards.manifest.stats)),
         "stats": dict(shards.manifest.stats),

@@ -70,7 +70,7 @@ OBJECTIVE_OVERRIDES: tuple[str, ...] = ("action_dropout",)  # ObjectiveConfig fi
 def data_geometry(shards: ShardSet) -> dict[str, Any]:
     """P, K, frame size (or stored latent shape) and text width of a curated dataset's first row."""
     first = shards.shards[0]
-    cols = ["action", "frame_indices", "height", "width", "video_format", "latent_shape", "text_embedding"]
+    cols = ["action", "frame_indices", "height", "width", "video_format", "latent_shape"]
     row = pq.read_table(first, columns=cols).slice(0, 1).to_pylist()
     if not row:
         raise ValueError(f"{first}: shard has no rows")
@@ -78,14 +78,13 @@ def data_geometry(shards: ShardSet) -> dict[str, Any]:
     action = np.asarray(row["action"], dtype=np.float32)
     if action.size % MAX_DIM:
         raise ValueError(f"{first}: action has {action.size} values, not a multiple of {MAX_DIM}")
-    emb = row["text_embedding"]
     return {
         "chunk": action.size // MAX_DIM,
         "num_future": len(row["frame_indices"]) - 1,
         "height": int(row["height"]),
         "width": int(row["width"]),
         "latent_shape": list(row["latent_shape"]) if row["video_format"] == "latent" else None,
-        "text_dim": None if emb is None else len(emb),
+        "text_dim": int(shards.manifest.text["dim"]) if shards.manifest.text else None,
     }
 
 

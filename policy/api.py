@@ -17,8 +17,10 @@ What happens to an observation (each step the inverse or the twin of what curati
    (:func:`schemas.compose.compose_views` at the dataset's width × height and fit,
    stored in the policy config), scaled to [-1, 1] and encoded by the policy's codec;
 2. the state is normalised with the dataset's statistics (``norm_stats.json``) and padded to 32;
-3. the instruction is embedded the way the dataset embedded it (hashed fallback or the CLIP
-   text tower named in the config) and zero-padded to the model's text width;
+3. the instruction becomes token states and a mask from the text encoder the dataset used (its
+   identity is in the policy config: the hashed word tokens, or umT5), zero-padded to the
+   model's text width; the encoder is built when the policy is, so weights that cannot be had
+   fail at start-up, and each instruction is encoded once and cached;
 4. actions are sampled (action-only, cached context, 10 Euler steps), then de-normalised with
    :func:`schemas.normalize.denormalize_action`, which adds the current state back to
    delta dims; ``with_video`` samples jointly and decodes the K future frames.
@@ -39,16 +41,20 @@ Padded action dims are masked in the sampler with the embodiment's valid dims
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from policy.inference import Context, sample_actions, sample_joint
-from policy.model import GWPPolicyModel, text_tokens
+from policy.model import GWPPolicyModel
+from pretrain.objective import text_states
 from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
+from pretrain.text_encoder import text_encoder_from_config
 from schemas import EmbodimentSpec, EmbodimentStats
 from schemas.compose import compose_views
 from schemas.embodiment import MAX_DIM
@@ -56,6 +62,7 @@ from schemas.normalize import denormalize_action, normalize_state
 
 # smaller camera images carry no usable view (0×0 is empty, 1×1 one colour): refused, not upscaled
 MIN_IMAGE_SIDE = 8
+_TEXT_CACHE_SIZE = 256  # instructions kept encoded; a robot's task set is far smaller
 
 
 class ObservationError(ValueError):
@@ -94,7 +101,10 @@ class Policy:
             self.model.transformer.to(dtype)  # the codec keeps its own precision
         self.device = torch.device(device)
         self.num_steps = num_steps or model.cfg.flow.num_steps
-        self._captioner: Any = None
+        self.text_encoder = text_encoder_from_config(model.cfg.text)
+        if hasattr(self.text_encoder, "to"):  # umT5 runs where the model runs
+            self.text_encoder.to(self.device)
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -186,25 +196,27 @@ class Policy:
             raise ObservationError(f"observation: state has NaN/inf values: {s.tolist()}")
         return s
 
-    def embed_instruction(self, text: str) -> np.ndarray:
-        """[E] float32, as the dataset embedded it."""
+    def embed_instruction(self, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(states [1, L, T] in the model's dtype, mask [1, L] or None)`` as the dataset embedded it;
+        cached. L is this instruction's own length, so every token is valid and the mask is None
+        (the unmasked attention kernel, the same whatever the number of queries)."""
+        if text in self._text_cache:
+            self._text_cache.move_to_end(text)
+            return self._text_cache[text]
+        states_1LE, mask_1L = self.text_encoder.encode([text])
         tc = self.model.cfg.text
-        if tc.kind == "fallback":
-            from schemas.text import text_embedding_fallback
-
-            return text_embedding_fallback([text], tc.dim)[0]
-        if self._captioner is None:
-            from pretrain.text_encoder import Captioner, CaptionerSettings
-
-            self._captioner = Captioner(
-                CaptionerSettings(model=tc.model, pretrained=tc.pretrained, captions=False, seed=tc.seed)
-            )
-        emb = self._captioner.embed_text([text])[0]
-        if emb.shape[0] != tc.dim:
+        if states_1LE.shape[-1] != tc.dim:
             raise ValueError(
-                f"text encoder {tc.model} gives {emb.shape[0]} dims, the dataset stored {tc.dim}"
+                f"text encoder {self.text_encoder.identity} gives {states_1LE.shape[-1]} dims, the dataset "
+                f"stored {tc.dim}"
             )
-        return emb
+        batch = {"text_states": torch.from_numpy(states_1LE), "text_mask": torch.from_numpy(mask_1L)}
+        text_1LT, mask_1L_t = text_states(batch, self.model.cfg.model.text_dim, self.device)
+        mask = None if mask_1L.all() else mask_1L_t
+        self._text_cache[text] = (text_1LT.to(self.model.transformer.dtype), mask)
+        while len(self._text_cache) > _TEXT_CACHE_SIZE:
+            self._text_cache.popitem(last=False)
+        return self._text_cache[text]
 
     def prepare(self, obs: Mapping[str, Any]) -> tuple[Context, EmbodimentSpec, np.ndarray]:
         """``(model-space context, embodiment spec, raw state)`` of one observation."""
@@ -221,12 +233,13 @@ class Policy:
         dev, dtype = self.device, self.model.transformer.dtype
         frames = tensor_to_unit_range(torch.from_numpy(image_HW3).to(dev))
         obs_latent = self.model.encode_frames(frames.permute(2, 0, 1)[None, :, None])
-        emb = torch.from_numpy(self.embed_instruction(text)).to(dev)[None]
+        text_1LT, text_mask_1L = self.embed_instruction(text)
         ctx = Context(
             obs_latent_BC1hw=obs_latent,
             state_B32=torch.from_numpy(state32).to(dev, dtype)[None],
             embodiment_id_B=torch.tensor([spec.id], device=dev),
-            text_BLD=text_tokens(emb.float(), self.model.cfg.model.text_dim).to(dtype),
+            text_BLD=text_1LT,
+            text_mask_BL=text_mask_1L,
             action_mask_B32=torch.from_numpy(self._action_mask(spec)).to(dev)[None],
         )
         return ctx, spec, state
@@ -283,7 +296,7 @@ class Policy:
             obs_latent_BC1hw=torch.cat([p[0].obs_latent_BC1hw for p in prepared]),
             state_B32=torch.cat([p[0].state_B32 for p in prepared]),
             embodiment_id_B=torch.cat([p[0].embodiment_id_B for p in prepared]),
-            text_BLD=torch.cat([p[0].text_BLD for p in prepared]),
+            **_stack_text([p[0] for p in prepared]),
             action_mask_B32=torch.cat([p[0].action_mask_B32 for p in prepared]),
         )
         noise = torch.stack(
@@ -323,3 +336,17 @@ class Policy:
             )  # [1, 3, F, H, W]; the codec keeps its own precision
         u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())
+
+
+def _stack_text(contexts: list[Context]) -> dict[str, torch.Tensor | None]:
+    """The contexts' text states and masks as one batch, padded to the longest instruction."""
+    L = max(c.text_BLD.shape[1] for c in contexts)
+    if all(c.text_BLD.shape[1] == L and c.text_mask_BL is None for c in contexts):
+        return {"text_BLD": torch.cat([c.text_BLD for c in contexts]), "text_mask_BL": None}
+    states, masks = [], []
+    for c in contexts:
+        n = c.text_BLD.shape[1]
+        mask_1n = c.text_mask_BL if c.text_mask_BL is not None else torch.ones(1, n, dtype=torch.bool)
+        states.append(F.pad(c.text_BLD, (0, 0, 0, L - n)))
+        masks.append(F.pad(mask_1n.to(c.text_BLD.device), (0, L - n)))
+    return {"text_BLD": torch.cat(states), "text_mask_BL": torch.cat(masks)}

@@ -1,7 +1,7 @@
 """The GWP policy model: the action-centred transformer + a latent codec + the flow objective.
 
 Shape legend: B batch · P action chunk · 32 padded action/state dims · C, K, H, W latent video ·
-h, w latent grid · E stored text-embedding width · T text-encoder width (``model.text_dim``).
+h, w latent grid · L text tokens · E stored text-state width · T model text width (``model.text_dim``).
 
 Design (ARCHITECTURE.md, "Objective and sampling"):
 
@@ -30,10 +30,11 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
   frame) and is a plain attribute, not a submodule: its weights (a frozen VAE) are never
   trained, checkpointed or exported — but it follows the model's device (``.to()`` moves it),
   and latents come back on the model's device.
-* **Text.** The dataset stores one embedding per instruction, ``text_embedding [B, E]``; it
-  enters cross-attention as one text token, zero-padded from E to the model's text width T
-  (a zero-padded input to a linear layer is a smaller linear layer, so a 64-dim hashed embedding
-  works with a backbone built for 512-dim CLIP). Rows without an embedding get the zero vector.
+* **Text.** An instruction is a sequence of token states with a mask (``text_states [B, L, E]``,
+  ``text_mask [B, L]``, stored once per instruction beside the shards); cross-attention attends
+  over its tokens. E is zero-padded to the model's text width T (a zero-padded input to a linear
+  layer is a smaller linear layer: the CPU presets' 64-d hashed tokens feed a 512-wide text
+  embedder; umT5-XXL's 4096-d states enter Wan's embedder unchanged).
 * **Initialisation** (:meth:`GWPPolicyModel.from_backbone`): the transformer's weights from a
   local folder or a Hub model repo id of one of two kinds (``pretrain.init.resolve_init``):
   our checkpoint (:func:`load_backbone`) — ``model.safetensors`` and a ``config.json`` that
@@ -47,7 +48,7 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
   in the backbone's config.
 * **Everything inference needs travels in** :class:`PolicyConfig`: the composed image geometry
   of the dataset (curation's ``VideoConfig`` width/height/fit), how the dataset embedded
-  instructions (hashed fallback or a CLIP text tower), the embodiment specs (delta/absolute
+  instructions (the text encoder's identity), the embodiment specs (delta/absolute
   dims) and the normalisation settings; the statistics go to ``norm_stats.json`` via
   :class:`~pretrain.hub.HubMixin`.
 """
@@ -57,10 +58,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -72,15 +72,15 @@ from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sig
 from pretrain.hub import HubMixin
 from pretrain.init import check_init_codec, resolve_init
 from pretrain.model import ActionVideoTransformer, ModelOutput
+from pretrain.objective import text_states
 from pretrain.pixels import tensor_to_unit_range
 from schemas import EmbodimentSpec
 from schemas.compose import FIT_MODES
 from schemas.config import from_dict
 from schemas.hub.client import download_snapshot
 from schemas.normalize import NormConfig
+from schemas.text import TextEncoderConfig
 
-TextKind = Literal["fallback", "clip"]
-TEXT_KINDS: tuple[str, ...] = typing.get_args(TextKind)
 BACKBONE_FILES = ("model.safetensors", "config.json")
 _ANCHOR = "video_in.weight"  # a parameter every ActionVideoTransformer has, to find the name prefix
 
@@ -102,40 +102,24 @@ class ImageConfig:
             raise ValueError(f"ImageConfig: fit must be one of {list(FIT_MODES)}, got {self.fit!r}")
 
 
-@dataclass(frozen=True)
-class TextConfig:
-    """How the dataset embedded instructions; inference must do exactly the same.
+# how the dataset embedded instructions; inference embeds them with the same encoder
+TextConfig = TextEncoderConfig
 
-    ``fallback``: ``schemas.text.text_embedding_fallback(texts, dim)`` (the manifest's
-    ``config["caption"]`` is None). ``clip``: the open_clip text tower ``model`` / ``pretrained``.
-    """
 
-    kind: TextKind = "fallback"
-    dim: int = 64  # E, the stored embedding width
-    model: str | None = None
-    pretrained: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in TEXT_KINDS:
-            raise ValueError(f"TextConfig: kind must be one of {list(TEXT_KINDS)}, got {self.kind!r}")
-        if self.dim < 1:
-            raise ValueError(f"TextConfig: dim must be ≥ 1, got {self.dim}")
-        if self.kind == "clip" and not self.model:
-            raise ValueError("TextConfig: kind 'clip' needs the open_clip model name")
-
-    @classmethod
-    def from_manifest(cls, caption: dict[str, Any] | None, dim: int) -> TextConfig:
-        """From a manifest's ``config["caption"]`` (None → hashed fallback) and the stored width."""
-        if caption is None:
-            return cls(kind="fallback", dim=dim)
-        return cls(
-            kind="clip",
-            dim=dim,
-            model=caption["model"],
-            pretrained=caption.get("pretrained"),
-            seed=int(caption.get("seed", 0)),
+def text_config_from_manifest(index: dict[str, Any] | None, where: str) -> TextConfig:
+    """The encoder a dataset's manifest ``text`` entry names (``dim``: the stored width E)."""
+    if not index:
+        raise ValueError(
+            f"{where}: no instruction token states (manifest 'text'); curate again with this version"
         )
+    e = index["encoder"]
+    return TextConfig(
+        kind=e["kind"],
+        name=e["name"],
+        subfolder=e["subfolder"],
+        dim=int(index["dim"]),
+        max_tokens=e["max_tokens"],
+    )
 
 
 @dataclass(frozen=True)
@@ -187,6 +171,13 @@ class PolicyConfig:
     def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
         # embodiment specs have their own reader (action dims as names or records); the rest is plain
         specs = tuple(EmbodimentSpec.from_dict(s) for s in d.get("embodiments", []))
+        kind = (d.get("text") or {}).get("kind")
+        if kind in ("fallback", "clip"):
+            raise ValueError(
+                f"PolicyConfig.text: kind {kind!r} is the pooled single-token text of schema 2.x; this "
+                "version conditions on token sequences, so the policy must be fine-tuned again on data "
+                "curated with it"
+            )
         return from_dict(cls, {**d, "embodiments": specs}, "PolicyConfig")
 
 
@@ -258,16 +249,6 @@ def load_backbone(
 
 
 # ---------------------------------------------------------------- the model
-
-
-def text_tokens(emb_BE: Tensor, text_dim: int) -> Tensor:
-    """[B, E] stored embeddings → [B, 1, text_dim] text states (zero-padded)."""
-    B, E = emb_BE.shape
-    if text_dim < E:
-        raise ValueError(f"text embeddings have {E} dims, the model's text width is {text_dim}")
-    out = emb_BE.new_zeros(B, 1, text_dim)
-    out[:, 0, :E] = emb_BE
-    return out
 
 
 class GWPPolicyModel(HubMixin, nn.Module):
@@ -373,14 +354,10 @@ class GWPPolicyModel(HubMixin, nn.Module):
         lat = self.encode_frames(torch.cat([obs_B3HW[:, :, None], fut_B3KHW], dim=2))
         return lat[:, :, :1], lat[:, :, 1:]
 
-    def batch_text(self, batch: dict[str, Any], B: int, device: torch.device) -> Tensor:
-        """[B, 1, T] text states from ``text_embedding`` (zero vector for rows without one)."""
-        emb = batch.get("text_embedding")
-        if emb is None:
-            emb = torch.zeros(B, self.cfg.text.dim, device=device)
-        elif "text_embedding_mask" in batch:
-            emb = emb * batch["text_embedding_mask"].to(emb.dtype)[:, None]
-        return text_tokens(emb.float(), self.cfg.model.text_dim).to(self.transformer.dtype)
+    def batch_text(self, batch: dict[str, Any], device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(states [B, L, T] in the model's dtype, mask [B, L])`` from ``text_states``/``text_mask``."""
+        text_BLT, mask_BL = text_states(batch, self.cfg.model.text_dim, device)
+        return text_BLT.to(self.transformer.dtype), mask_BL
 
     # ------------------------------------------------------------ training
 
@@ -418,8 +395,7 @@ class GWPPolicyModel(HubMixin, nn.Module):
             add_noise(act_BP32, eps_a, s_a),
             s_a,
             s_v,
-            self.batch_text(batch, B, dev),
-            None,
+            *self.batch_text(batch, dev),
             "joint",
         )
         loss: FlowLoss = flow_loss(

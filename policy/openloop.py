@@ -64,12 +64,13 @@ def batch_context(model: GWPPolicyModel, batch: Mapping[str, Any]) -> Context:
         if frames.dtype == torch.uint8:
             frames = tensor_to_unit_range(frames)
         obs = model.encode_frames(frames[:, :, None])
-    B = obs.shape[0]
+    text_BLT, text_mask_BL = model.batch_text(dict(batch), obs.device)
     return Context(
         obs_latent_BC1hw=obs,
         state_B32=(batch["state"].float() * batch["state_mask"].float()).to(model.transformer.dtype),
         embodiment_id_B=batch["embodiment_id"],
-        text_BLD=model.batch_text(dict(batch), B, obs.device),
+        text_BLD=text_BLT,
+        text_mask_BL=text_mask_BL,
         action_mask_B32=batch["action_mask"].bool() if "action_mask" in batch else None,
     )
 

@@ -178,7 +178,7 @@ register_model_config(
         heads=4,
         head_dim=16,
         ffn_dim=128,
-        text_dim=512,  # CLIP ViT-B text embedding, the curation default
+        text_dim=512,  # wider than the CPU presets' 64-d hashed word tokens (zero-padded into it)
         mlp_hidden=64,
         freq_dim=64,
     )

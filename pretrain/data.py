@@ -1,9 +1,8 @@
 """Resumable training loader over curated shards (ARCHITECTURE.md, "Training").
 
-A curated dataset is ``<dir>/data/*.parquet`` (rows follow ``schemas.Sample.arrow_schema()``)
-plus ``<dir>/meta/manifest.json``; ``<dir>`` is a local folder or a Hub dataset repo id
-fetched at a revision with ``huggingface_hub.snapshot_download``. The manifest's and every
-shard's schema version are checked, failing with a message that names the file.
+Three modules: :mod:`pretrain.shards` opens a dataset (manifest, shards, text store, frame
+bytes), :mod:`pretrain.batching` turns rows into a batch of tensors, and this one decides the
+order and hands batches out; its public names are re-exported here.
 
 Order of an epoch — a pure function of ``(seed, epoch)``, never of wall-clock or worker
 timing, which is what makes exact resume possible:
@@ -35,30 +34,15 @@ settings, row count); ``load_state_dict()`` checks them and the next ``iter()`` 
 exactly at the following batch. The "RNG state" is the seed: the per-epoch generators are
 re-derived from ``(seed, epoch)``, so there is no hidden generator state to lose.
 
-Batch contents (B batch, p chunk, K future frames, E text dim; frames channel-first so that
-``torch.cat([obs[:, :, None], future], 2)`` is the codec's ``[B, 3, 1+K, H, W]`` input):
-
-    obs_frames [B, 3, H, W] and future_frames [B, 3, K, H, W]   float32 in [-1, 1] (or uint8)
-    obs_latents [B, C, 1, h, w] and future_latents [B, C, K', h, w]  from a latent cache or
-                                                                   ``video_format == "latent"``
-                                                     (K' = K frame by frame, K/t as one clip)
-    action [B, p, 32]  action_mask [B, 32]  state [B, 32]  state_mask [B, 32]  embodiment_id [B]
-    text_embedding [B, E] + text_embedding_mask [B]   when any row of the batch has one
-    sample_id, episode_id, embodiment, instruction, caption: lists of str
-
-Stored latents (``video_format == "latent"``) are raw little-endian float32 (or float16,
-told apart by the byte count) of shape ``latent_shape = (C, 1+K, h, w)``.
+Batch contents: :mod:`pretrain.batching`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -66,177 +50,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pretrain.pixels import tensor_to_unit_range
-from schemas import MAX_DIM, Manifest, Sample, SchemaError, check_schema_version
-from schemas.frames import decode_sample_frames
-from schemas.pixels import to_unit_range
+from pretrain.batching import collate, text_lookup
+from pretrain.shards import (
+    HUB_PATTERNS,
+    MANIFEST_FILE,
+    SHARD_GLOB,
+    ShardSet,
+    decode_latents,
+    decode_row_frames,
+    iter_shard_frames,
+    resolve_dataset,
+)
+from schemas import Sample
 
-SHARD_GLOB = "data/*.parquet"
-MANIFEST_FILE = "meta/manifest.json"
-HUB_PATTERNS = ("data/*.parquet", "meta/*")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-# ---- locating a dataset ----------------------------------------------------------------------
-
-
-def resolve_dataset(
-    source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
-) -> Path:
-    """A local folder as is; otherwise a Hub dataset repo id, downloaded at ``revision``."""
-    text = str(source)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise NotADirectoryError(f"dataset {text!r} is a file; expected a folder with {SHARD_GLOB}")
-        return local
-    if not _REPO_ID.match(text) or text.startswith((".", "~")):
-        raise FileNotFoundError(f"dataset {text!r}: no such local folder, and not a Hub repo id (owner/name)")
-    import huggingface_hub
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo_id=text,
-            repo_type="dataset",
-            revision=revision,
-            allow_patterns=list(HUB_PATTERNS),
-            cache_dir=cache_dir,
-        )
-    except (HfHubHTTPError, OSError, ValueError) as err:
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        raise RuntimeError(
-            f"dataset {text!r} (revision {revision or 'main'}): not a local folder, and downloading it as a "
-            f"Hub dataset repo from {endpoint} failed: {type(err).__name__}: {err}"
-        ) from err
-    return Path(path)
-
-
-@dataclass(frozen=True)
-class ShardSet:
-    """The shards of one curated dataset, in manifest order, with their row counts."""
-
-    root: Path
-    manifest: Manifest
-    shards: tuple[Path, ...]
-    rows: tuple[int, ...]
-    # rows kept of each shard (ascending row numbers), None = all rows; see :meth:`select`
-    selection: tuple[tuple[int, ...], ...] | None = field(default=None, compare=False)
-
-    @property
-    def num_rows(self) -> int:
-        return sum(self.rows)
-
-    def select(self, keep_rows: Sequence[Sequence[int]]) -> ShardSet:
-        """A view holding only ``keep_rows[i]`` (row numbers) of shard ``i`` (a held-out split, a subset).
-
-        The loader reads the whole shard and takes the kept rows, in ascending order; nothing is copied.
-        """
-        if len(keep_rows) != len(self.shards):
-            raise ValueError(f"{self.root}: select needs one row list per shard ({len(self.shards)})")
-        kept = []
-        for i, rows in enumerate(keep_rows):
-            base = self.selection[i] if self.selection is not None else range(self.rows[i])
-            r = sorted({int(x) for x in rows})
-            if r and (r[0] < 0 or r[-1] >= len(base)):
-                raise ValueError(f"{self.shards[i]}: selected rows outside [0, {len(base)})")
-            kept.append(tuple(base[x] for x in r))
-        return replace(self, rows=tuple(len(k) for k in kept), selection=tuple(kept))
-
-    @classmethod
-    def open(
-        cls, source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
-    ) -> ShardSet:
-        root = resolve_dataset(source, revision, cache_dir)
-        mpath = root / MANIFEST_FILE
-        if not mpath.is_file():
-            raise FileNotFoundError(
-                f"{mpath}: no manifest; the curation run did not finish (it is written last)"
-            )
-        try:
-            data = json.loads(mpath.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{mpath}: not valid JSON ({err})") from err
-        check_schema_version(data.get("schema_version"), str(mpath))
-        try:
-            manifest = Manifest.from_dict(data, str(mpath))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{mpath}: malformed manifest, missing or bad field {err}") from err
-        if manifest.shards:
-            shards = tuple(root / s.name for s in manifest.shards)
-            expected: list[int | None] = [s.rows for s in manifest.shards]
-        else:
-            shards = tuple(sorted(root.glob(SHARD_GLOB)))
-            expected = [None] * len(shards)
-        if not shards:
-            raise FileNotFoundError(f"{root}: no shards ({SHARD_GLOB})")
-        rows = []
-        for path, want in zip(shards, expected, strict=True):
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: listed in {mpath} but missing")
-            schema = pq.read_schema(path)
-            meta = schema.metadata or {}
-            found = meta.get(b"gwp_schema_version")
-            check_schema_version(found.decode() if found else None, str(path))
-            missing = set(Sample.arrow_schema().names) - set(schema.names)
-            if missing:
-                raise SchemaError(str(path), "columns", f"missing {sorted(missing)}")
-            n = pq.ParquetFile(path).metadata.num_rows
-            if want is not None and n != want:
-                raise ValueError(f"{path}: has {n} rows, {mpath} says {want}")
-            rows.append(n)
-        return cls(root, manifest, shards, tuple(rows))
-
-
-# ---- frames ------------------------------------------------------------------------------------
-
-
-def decode_row_frames(video: bytes, fmt: str, num_frames: int, height: int, width: int) -> np.ndarray:
-    """``uint8 [F, H, W, 3]`` RGB frames of one Sample's ``video`` bytes, checked against the row.
-
-    Decoding is the writer's own inverse, :func:`schemas.frames.decode_sample_frames`
-    (png: one tall PNG of F·H rows with a ``gwp_frames`` text chunk; mp4: PyAV).
-    """
-    frames = np.asarray(decode_sample_frames(video, fmt))
-    if frames.shape != (num_frames, height, width, 3) or frames.dtype != np.uint8:
-        raise ValueError(
-            f"decoded {fmt} frames have shape {frames.shape} {frames.dtype}, "
-            f"expected ({num_frames}, {height}, {width}, 3) uint8"
-        )
-    return frames
-
-
-def decode_latents(video: bytes, latent_shape: Sequence[int]) -> np.ndarray:
-    n = int(np.prod(latent_shape))
-    dtype = {4 * n: "<f4", 2 * n: "<f2"}.get(len(video))
-    if dtype is None:
-        raise ValueError(f"latent bytes: {len(video)} bytes do not fit latent_shape {tuple(latent_shape)}")
-    return np.frombuffer(video, dtype=dtype).astype(np.float32).reshape(tuple(latent_shape))
-
-
-def iter_shard_frames(
-    shard_path: str | os.PathLike, batch_size: int
-) -> Iterator[tuple[list[str], torch.Tensor]]:
-    """``(sample_ids, frames [N, 3, F, H, W] in [-1, 1])`` over one shard, in row order (latent caching)."""
-    pf = pq.ParquetFile(shard_path)
-    cols = ["sample_id", "video", "video_format", "frame_indices", "height", "width"]
-    for rb in pf.iter_batches(batch_size=batch_size, columns=cols):
-        rows = rb.to_pylist()
-        frames = []
-        for r in rows:
-            try:
-                f = decode_row_frames(
-                    r["video"], r["video_format"], len(r["frame_indices"]), r["height"], r["width"]
-                )
-            except ValueError as err:
-                raise ValueError(f"{shard_path}: sample {r['sample_id']}: {err}") from err
-            frames.append(f)
-        if len({f.shape for f in frames}) > 1:
-            raise ValueError(
-                f"{shard_path}: frames of different shapes in one batch: {sorted({f.shape for f in frames})}"
-            )
-        x_NFHWC = torch.from_numpy(to_unit_range(np.stack(frames)))
-        yield [r["sample_id"] for r in rows], x_NFHWC.permute(0, 4, 1, 2, 3).contiguous()
+__all__ = [
+    "HUB_PATTERNS",
+    "MANIFEST_FILE",
+    "SHARD_GLOB",
+    "LoaderConfig",
+    "ShardLoader",
+    "ShardSet",
+    "ShardStream",
+    "collate",
+    "decode_latents",
+    "decode_row_frames",
+    "epoch_order",
+    "iter_shard_frames",
+    "rank_positions",
+    "resolve_dataset",
+    "text_lookup",
+]
 
 
 # ---- the order of an epoch ---------------------------------------------------------------------
@@ -304,6 +147,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ValueError(
                 f"{shards.root}: {shards.num_rows} rows give rank {rank} of {world_size} no batch of {cfg.batch_size}"
             )
+        if shards.text is None:
+            raise ValueError(
+                f"{shards.root / MANIFEST_FILE}: no instruction token states (manifest 'text'); "
+                "curate the dataset again with this version"
+            )
         self._order: tuple[int, np.ndarray] | None = None
         self._tables: OrderedDict[int, pa.Table] = OrderedDict()
         self._latents: OrderedDict[int, Any] = OrderedDict()
@@ -363,72 +211,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         rows = [rows[i] for i in inv]
         where = [where[i] for i in inv]
         lat = torch.cat(latents)[torch.from_numpy(inv)] if latents else None
-        return collate(rows, where, self.cfg, lat)
-
-
-def _stack(name: str, values: list[np.ndarray], where: list[str], rows: list[dict[str, Any]]) -> torch.Tensor:
-    shapes = {v.shape for v in values}
-    if len(shapes) > 1:
-        first = values[0].shape
-        i = next(i for i, v in enumerate(values) if v.shape != first)
-        raise SchemaError(
-            where[i], name, f"sample {rows[i]['sample_id']} has shape {values[i].shape}, batch has {first}"
-        )
-    return torch.from_numpy(np.stack(values))
-
-
-def collate(
-    rows: list[dict[str, Any]], where: list[str], cfg: LoaderConfig, latents_BCFhw: torch.Tensor | None = None
-) -> dict[str, Any]:
-    """Shard rows (``Sample.to_row`` dicts) → one batch of tensors; see the module docstring."""
-    out: dict[str, Any] = {
-        k: [r[k] for r in rows] for k in ("sample_id", "episode_id", "embodiment", "instruction", "caption")
-    }
-    out["embodiment_id"] = torch.tensor([r["embodiment_id"] for r in rows], dtype=torch.long)
-    actions = [np.asarray(r["action"], dtype=np.float32).reshape(-1, MAX_DIM) for r in rows]
-    out["action"] = _stack("action", actions, where, rows)
-    for name, dtype in (("action_mask", bool), ("state", np.float32), ("state_mask", bool)):
-        out[name] = _stack(name, [np.asarray(r[name], dtype=dtype) for r in rows], where, rows)
-    embs = [r["text_embedding"] for r in rows]
-    if any(e is not None for e in embs):
-        dim = len(next(e for e in embs if e is not None))
-        vals = [np.zeros(dim, np.float32) if e is None else np.asarray(e, np.float32) for e in embs]
-        out["text_embedding"] = _stack("text_embedding", vals, where, rows)
-        out["text_embedding_mask"] = torch.tensor([e is not None for e in embs])
-
-    num_frames = [len(r["frame_indices"]) for r in rows]
-    if latents_BCFhw is None and rows[0]["video_format"] == "latent":
-        lat = []
-        for r, src in zip(rows, where, strict=True):
-            if r["video_format"] != "latent":
-                raise SchemaError(
-                    src, "video_format", f"sample {r['sample_id']} is {r['video_format']!r} in a latent batch"
-                )
-            lat.append(decode_latents(r["video"], r["latent_shape"]))
-        latents_BCFhw = _stack("latent_shape", lat, where, rows)
-    if latents_BCFhw is not None:
-        n_lat, n = latents_BCFhw.shape[2], num_frames[0]
-        if n_lat < 2 or (n - 1) % (n_lat - 1):  # frame by frame (n_lat = n) or one clip (1 + (n−1)/t)
-            raise ValueError(
-                f"{where[0]}: latents have {n_lat} frames for {n} sample frames; want {n} (frame by frame) "
-                "or 1 + (frames − 1)/t (one clip through a codec with t× temporal compression)"
-            )
-        out["obs_latents"] = latents_BCFhw[:, :, :1]
-        out["future_latents"] = latents_BCFhw[:, :, 1:]
-    elif cfg.load_frames:
-        frames = []
-        for r, src, n in zip(rows, where, num_frames, strict=True):
-            try:
-                frames.append(decode_row_frames(r["video"], r["video_format"], n, r["height"], r["width"]))
-            except ValueError as err:
-                raise ValueError(f"{src}: sample {r['sample_id']}: {err}") from err
-        f_BFHWC = _stack("video", frames, where, rows)
-        f_BCFHW = f_BFHWC.permute(0, 4, 1, 2, 3)
-        if not cfg.frames_uint8:
-            f_BCFHW = tensor_to_unit_range(f_BCFHW)
-        out["obs_frames"] = f_BCFHW[:, :, 0].contiguous()
-        out["future_frames"] = f_BCFHW[:, :, 1:].contiguous()
-    return out
+        return collate(rows, where, self.cfg, lat, self.shards.text)
 
 
 # ---- the resumable loader (training process) ------------------------------------------------------

@@ -1,7 +1,7 @@
 """The pretraining objective: action-conditioned future-video generation (ARCHITECTURE.md, "The model").
 
 Shape legend: B batch · P action chunk · 32 padded action/state dims · C, K, h, w latent video
-(K future frames) · E stored text-embedding width · T the model's text width (``text_dim``).
+(K future frames) · L text tokens · E stored text-state width · T the model's text width (``text_dim``).
 
 One training example is a curated sample: the current frame, K future frames, the action chunk
 that led there (normalised, padded to 32) and an instruction embedding. The transformer runs in
@@ -49,6 +49,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.codec import LatentCodec
@@ -58,20 +59,16 @@ from pretrain.objective_config import ObjectiveConfig
 from pretrain.pixels import tensor_to_unit_range
 
 
-def text_states(batch: dict[str, Any], B: int, text_dim: int, device: torch.device) -> Tensor:
-    """[B, 1, T] text states: ``text_embedding [B, E]`` zero-padded to T (zero rows where absent)."""
-    emb_BE = batch.get("text_embedding")
-    out_B1T = torch.zeros(B, 1, text_dim, device=device)
-    if emb_BE is None:
-        return out_B1T
-    E = emb_BE.shape[1]
+def text_states(batch: dict[str, Any], text_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(states [B, L, T], mask [B, L])``: the batch's ``text_states [B, L, E]`` zero-padded from E to
+    the model's text width T (E = T for umT5-XXL on Wan; the CPU presets' hashed tokens are narrower)."""
+    if "text_states" not in batch:
+        raise ValueError("batch has no text_states (the dataset's instruction token states)")
+    states_BLE = batch["text_states"].to(device, torch.float32)
+    E = states_BLE.shape[-1]
     if text_dim < E:
-        raise ValueError(f"text embeddings have {E} dims, more than the model's text width {text_dim}")
-    emb_BE = emb_BE.float()
-    if "text_embedding_mask" in batch:
-        emb_BE = emb_BE * batch["text_embedding_mask"].to(emb_BE)[:, None]
-    out_B1T[:, 0, :E] = emb_BE
-    return out_B1T
+        raise ValueError(f"text states have {E} dims, more than the model's text width {text_dim}")
+    return F.pad(states_BLE, (0, text_dim - E)), batch["text_mask"].to(device, torch.bool)
 
 
 class PretrainObjective:
@@ -109,15 +106,16 @@ class PretrainObjective:
     def conditioning(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The clean inputs of C and A: state, embodiment, masked actions, text."""
         act_BP32 = batch["action"].float() * batch["action_mask"].float()[:, None, :]
-        B, dev = act_BP32.shape[0], act_BP32.device
         state_B32 = None
         if self.cfg.use_state:
             state_B32 = batch["state"].float() * batch["state_mask"].float()
+        text_BLT, text_mask_BL = text_states(batch, self.text_dim, act_BP32.device)
         return {
             "state_B32": state_B32,
             "embodiment_id_B": batch["embodiment_id"],
             "actions_BP32": act_BP32,
-            "text_BLD": text_states(batch, B, self.text_dim, dev),
+            "text_BLD": text_BLT,
+            "text_mask_BL": text_mask_BL,
         }
 
     # ------------------------------------------------------------ loss

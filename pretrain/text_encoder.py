@@ -1,21 +1,27 @@
-"""The text encoder the model owns: captions, CLIP scores and instruction embeddings from ``open_clip``.
+"""The text encoders the model owns: umT5 token states for conditioning, and CoCa for captions and
+CLIP scores.
 
-One CoCa model does all three jobs: its image/text towers are trained contrastively, so
-they give CLIP text–image scores and the instruction's text embedding, and its multimodal
-decoder writes the caption. Captions come from a plain greedy decoding loop over the CoCa
-text decoder — ``CoCa.generate`` needs an old ``transformers``; this needs nothing.
+**umT5** (:class:`UMT5TextEncoder`): ``transformers``' ``UMT5EncoderModel`` and its tokenizer,
+as Wan2.2 conditions on umT5-XXL: an instruction becomes up to ``max_tokens`` token states
+(``last_hidden_state``, 4096-d for XXL) with the tokenizer's attention mask; padded positions
+are zeroed, as Wan's pipeline does. Loaded by Hub repo id or local folder — a transformers umT5
+folder, or a diffusers Wan folder with ``subfolder="text_encoder"`` (tokenizer from the sibling
+``tokenizer``). It implements :class:`schemas.text.TextEncoder`; :func:`text_encoder_from_config`
+is the picklable factory curation's driver passes to the job (it also builds the torch-free
+``hashed`` encoder, so callers need one entry point).
 
-Weights: ``pretrained`` is an ``open_clip`` tag (e.g. ``mscoco_finetuned_laion2b_s13b_b90k``),
-a local checkpoint file, or ``None`` for a randomly initialised model of the same
-architecture (tests, offline demos — captions are then noise and the embedding a fixed
-random feature map of the instruction, which still tells instructions apart). Weights that
-cannot be had offline fail at start-up with a message saying what to do.
+**CoCa** (:class:`Captioner`, ``open_clip``): its image/text towers give CLIP text–image scores
+and its multimodal decoder writes the caption. Captions come from a plain greedy decoding loop
+over the CoCa text decoder — ``CoCa.generate`` needs an old ``transformers``; this needs nothing.
+``pretrained`` is an ``open_clip`` tag, a local checkpoint file, or ``None`` for a randomly
+initialised model of the same architecture (tests, offline demos); the random initialisation is
+seeded without touching the caller's global torch RNG.
 
-Curation runs it (captions and the stored text embedding) without importing this package: the
-driver (``pipelines/curate.py``) hands :func:`captioner_from_config`, a picklable factory, to
-the job, and each Ray actor builds its own model from it (:class:`schemas.text.CaptionModel` is
-the interface). The deployed policy builds a :class:`Captioner` directly to embed instructions
-exactly as the dataset did.
+Weights that cannot be had offline fail at start-up with a message saying what to do.
+Curation runs both without importing this package: the driver (``pipelines/curate.py``) hands
+the factories to the job (:class:`schemas.text.CaptionModel` and :class:`schemas.text.TextEncoder`
+are the interfaces). The deployed policy builds its text encoder from the same factory and the
+encoder identity the dataset recorded.
 """
 
 from __future__ import annotations
@@ -28,9 +34,106 @@ from typing import Any
 import numpy as np
 import torch
 
+from schemas.text import HashedTokenEncoder, TextEncoder, TextEncoderConfig, WeightsUnavailableError
 
-class WeightsUnavailableError(RuntimeError):
-    pass
+__all__ = ["Captioner", "UMT5TextEncoder", "WeightsUnavailableError", "text_encoder_from_config"]
+
+
+def text_encoder_from_config(cfg: TextEncoderConfig) -> TextEncoder:
+    """The encoder ``cfg`` names; a module-level function, so Ray pickles it by name."""
+    return HashedTokenEncoder(cfg) if cfg.kind == "hashed" else UMT5TextEncoder(cfg)
+
+
+def _hub_reachable() -> str | None:
+    """None when the Hub can be reached; otherwise why not (offline mode, or no connection)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return None
+    except OSError as err:
+        return f"{host} cannot be reached ({err})"
+
+
+class UMT5TextEncoder:
+    """umT5 token states ``[N, L, E]`` and mask ``[N, L]`` (see the module docstring)."""
+
+    def __init__(self, cfg: TextEncoderConfig, device: str | torch.device = "cpu"):
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        if cfg.kind != "umt5":
+            raise ValueError(f"UMT5TextEncoder: config kind is {cfg.kind!r}")
+        self.cfg = cfg
+        tok_sub = "tokenizer" if cfg.subfolder == "text_encoder" else cfg.subfolder
+        local = Path(cfg.name).expanduser()
+        offline = not local.is_dir() and not self._cached(cfg.name, cfg.subfolder) and _hub_reachable()
+        if local.exists() and not local.is_dir():
+            raise WeightsUnavailableError(
+                f"umT5 text encoder {cfg.name!r}: is a file; expected a model folder"
+            )
+        if offline:
+            raise WeightsUnavailableError(
+                f"umT5 text encoder {cfg.name!r}: not a local folder, not in the Hugging Face cache, and "
+                f"cannot be downloaded ({offline}). Download it once where there is network "
+                f"(huggingface-cli download {cfg.name}) and copy the cache, or give a local folder as the "
+                "text encoder's name."
+            )
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(local) if local.is_dir() else cfg.name, subfolder=tok_sub
+            )
+            self.model = UMT5EncoderModel.from_pretrained(
+                str(local) if local.is_dir() else cfg.name, subfolder=cfg.subfolder
+            )
+        except (OSError, ValueError) as err:
+            raise WeightsUnavailableError(
+                f"umT5 text encoder {cfg.name!r} (subfolder {cfg.subfolder!r}) cannot be loaded: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+        self.model.eval().requires_grad_(False).to(device)
+
+    @staticmethod
+    def _cached(name: str, subfolder: str) -> bool:
+        from huggingface_hub import try_to_load_from_cache
+
+        path = f"{subfolder}/config.json" if subfolder else "config.json"
+        try:
+            return isinstance(try_to_load_from_cache(name, path), str)
+        except ValueError:  # not a valid repo id
+            return False
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        c = self.cfg
+        dim = int(self.model.config.d_model)
+        return {
+            "kind": "umt5",
+            "name": c.name,
+            "subfolder": c.subfolder,
+            "dim": dim,
+            "max_tokens": c.max_tokens,
+        }
+
+    def to(self, device: str | torch.device) -> UMT5TextEncoder:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        dev = next(self.model.parameters()).device
+        tok = self.tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.cfg.max_tokens, return_tensors="pt"
+        )
+        mask_NL = tok["attention_mask"].to(dev)
+        states_NLE = self.model(input_ids=tok["input_ids"].to(dev), attention_mask=mask_NL).last_hidden_state
+        states_NLE = states_NLE.float() * mask_NL[..., None]  # Wan zeroes the states past each prompt
+        return states_NLE.cpu().numpy(), mask_NL.bool().cpu().numpy()
 
 
 def load_open_clip(model: str, pretrained: str | None, device: str = "cpu", seed: int = 0):
@@ -50,11 +153,14 @@ def load_open_clip(model: str, pretrained: str | None, device: str = "cpu", seed
             )
         if not Path(pretrained).is_file():
             _check_reachable(model, pretrained)
-    torch.manual_seed(seed)
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=pretrained, device=device, pretrained_text=False
-        )
+        # the random initialisation draws from the global RNG: seed it inside a fork so that
+        # loading the captioner leaves the caller's random stream as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=pretrained, device=device, pretrained_text=False
+            )
     except Exception as err:
         where = os.environ.get("HF_HOME", "~/.cache/huggingface")
         raise WeightsUnavailableError(

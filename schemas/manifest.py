@@ -134,6 +134,8 @@ class Manifest:
     rejections: tuple[Rejection, ...]
     schema_version: str = SCHEMA_VERSION
     stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    # the instructions' token states beside the shards: schemas.text_store.TextStore.index
+    text: dict[str, Any] | None = None
 
     def validate(self) -> Manifest:
         check_schema_version(self.schema_version, "Manifest.schema_version")
@@ -178,6 +180,7 @@ class Manifest:
             "sources": [asdict(s) for s in self.sources],
             "shards": [asdict(s) for s in self.shards],
             "rejections": [r.to_row() for r in self.rejections],
+            "text": self.text,
         }
 
     @classmethod
@@ -193,6 +196,7 @@ class Manifest:
             sources=tuple(SourceInput(**s) for s in data["sources"]),
             shards=tuple(ShardInfo(**s) for s in data["shards"]),
             rejections=tuple(Rejection.from_row(r) for r in data["rejections"]),
+            text=data.get("text"),
         )
 
     def to_json(self) -> str:
@@ -240,6 +244,7 @@ class Manifest:
                     ),
                 ),
                 ("rejections", pa.list_(pa.struct(list(Rejection.arrow_schema())))),
+                ("text", pa.string()),
             ]
         )
 
@@ -251,6 +256,7 @@ class Manifest:
             "counts": list(d["counts"].items()),
             "stage_counts": json.dumps(d["stage_counts"], sort_keys=True),
             "stats": json.dumps(d["stats"], sort_keys=True),
+            "text": json.dumps(d["text"], sort_keys=True),
         }
 
     @classmethod
@@ -264,5 +270,6 @@ class Manifest:
                 "counts": counts,
                 "stage_counts": json.loads(row["stage_counts"]),
                 "stats": json.loads(row["stats"]),
+                "text": json.loads(row.get("text") or "null"),
             }
         )

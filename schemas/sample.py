@@ -8,15 +8,17 @@ A window of an episode starting at frame t (ARCHITECTURE.md, "Data model")::
     action_mask  [32]    bool     valid action dims of the embodiment
     state        [32]    float32  normalised state at t, padded
     state_mask   [32]    bool
-    text_embedding [E]   float32  CLIP text embedding of the instruction (optional)
 
 **Action-free samples** (windows of action-free video, see :mod:`schemas.episode`) have an
 all-False ``action_mask``, an all-zero ``action`` of the usual ``[p, 32]`` shape (so batches
 mixing both kinds stack) and no state either (``state_mask`` all False, ``state`` zero): the
 statistics that normalise a state come from the rows with actions only, and pretraining hides
-the state of such rows' actions anyway. The Arrow schema is unchanged; the mask is the marker.
+the state of such rows' actions anyway. The mask is the marker (no extra column).
 So a row is either action-free in full (no action dim, no state dim) or it carries actions; a
 row with state but no action dim is a mask that lost its actions, and stays an error.
+
+The instruction's token states are not per sample: they are stored once per unique instruction
+beside the shards (``schemas.text_store``).
 """
 
 from __future__ import annotations
@@ -68,7 +70,6 @@ class Sample:
     state: np.ndarray
     state_mask: np.ndarray
     quality: dict[str, float] = field(default_factory=dict)
-    text_embedding: np.ndarray | None = None
     latent_shape: tuple[int, ...] = ()
 
     @property
@@ -121,10 +122,6 @@ class Sample:
             require_choice(r, "quality", key, QUALITY_KEYS)
             if value is not None and not np.isfinite(value):
                 raise SchemaError(r, f"quality[{key}]", f"must be finite, got {value}")
-        if self.text_embedding is not None:
-            require_array(
-                r, "text_embedding", self.text_embedding, shape=(None,), dtype=np.float32, finite=True
-            )
         return self
 
     # ---- Arrow ---------------------------------------------------------------------
@@ -151,7 +148,6 @@ class Sample:
                 ("state", pa.list_(pa.float32())),
                 ("state_mask", pa.list_(pa.bool_())),
                 ("quality", quality),
-                ("text_embedding", pa.list_(pa.float32())),
                 ("latent_shape", pa.list_(pa.int32())),
             ]
         )
@@ -167,13 +163,11 @@ class Sample:
             k: None if self.quality.get(k) is None else float(np.float32(self.quality[k]))
             for k in QUALITY_KEYS
         }
-        row["text_embedding"] = None if self.text_embedding is None else self.text_embedding.tolist()
         row["latent_shape"] = list(self.latent_shape)
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Sample:
-        emb = row.get("text_embedding")
         quality = {k: float(np.float32(v)) for k, v in (row.get("quality") or {}).items() if v is not None}
         return cls(
             sample_id=row["sample_id"],
@@ -194,7 +188,6 @@ class Sample:
             state=np.asarray(row["state"], dtype=np.float32),
             state_mask=np.asarray(row["state_mask"], dtype=bool),
             quality=quality,
-            text_embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
             latent_shape=tuple(row.get("latent_shape") or ()),
         )
 
@@ -445,7 +438,7 @@ def _array_rules(table: pa.Table) -> list[_Rule]:
 
 
 def _quality_rules(table: pa.Table) -> list[_Rule]:
-    """quality values finite or null (a null struct is no scores); text_embedding finite."""
+    """quality values finite or null (a null struct is no scores)."""
     quality = table.column("quality").combine_chunks()
     rules: list[_Rule] = []
     for key, values in zip(QUALITY_KEYS, quality.flatten(), strict=True):
@@ -453,11 +446,6 @@ def _quality_rules(table: pa.Table) -> list[_Rule]:
         rules.append(
             (f"quality[{key}]", ~np.isfinite(value_N), lambda i, v=value_N: f"must be finite, got {v[i]}")
         )
-    emb = _Flat.of(table.column("text_embedding"))
-    rules += [
-        ("text_embedding", emb.rows_where(_is_null(emb.values)), "contains null value(s)"),
-        _nonfinite_rule("text_embedding", emb.row_of_value_V, emb.values, table.num_rows),
-    ]
     return rules
 
 

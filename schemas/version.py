@@ -11,15 +11,17 @@ from schemas.errors import SchemaVersionError
 
 # 2.0: episode and sample ids derive from the dataset's content fingerprint, no longer from its
 # name, so the same episode has another id than under 1.x, and two 1.x datasets may share ids.
-# 3.0: samples and episodes may carry no actions (action-free video: an Episode's action is
-# [T, 0], a Sample's action_mask all False). A 2.x reader refuses such rows ("no valid action
-# dim"), so it could not read 3.0 data: a major bump, which makes a 2.x reader say so up front.
-# Data written under 2.x is still read: every 2.x row is a valid 3.0 row (ids did not change).
+# 3.0: (a) instructions are token sequences stored once per unique instruction beside the shards
+# (meta/text_embeddings.safetensors, indexed in the manifest's "text"); samples no longer carry a
+# pooled text_embedding column, so a 2.x dataset has nothing to condition on; (b) samples and
+# episodes may carry no actions (action-free video: an Episode's action is [T, 0], a Sample's
+# action_mask all False), which a 2.x reader would refuse. Data written under 2.x is not read.
 SCHEMA_VERSION = "3.0"
 _MAJOR = SCHEMA_VERSION.split(".")[0]
-DATA_READABLE_MAJORS = ("2", _MAJOR)
-# A saved model's config and normalisation stats did not change in 2.0 or 3.0 (only data did):
-# a model saved under 1.x or 2.x still loads.
+DATA_READABLE_MAJORS = (_MAJOR,)
+# A saved model's weights, config and normalisation stats read as before under 2.0 and 3.0; the
+# one exception, a 2.x policy's pooled-text settings, is refused by PolicyConfig with its own
+# message (the model would need retraining on token sequences).
 MODEL_READABLE_MAJORS = ("1", "2", _MAJOR)
 
 

@@ -25,6 +25,7 @@ def build_manifest(
     outcome: Outcome,
     stats: dict[str, EmbodimentStats],
     shards: list[ShardInfo],
+    text: dict[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of a finished run: the episode counts, every stage's in/out/rejected,
     the statistics, the sources, the shards and the ledger."""
@@ -64,6 +65,7 @@ def build_manifest(
         shards=tuple(shards),
         rejections=tuple(sorted(outcome.rejections, key=lambda r: (r.stage, r.path, r.episode, r.window))),
         stage_counts=stage_counts,
+        text=text,
     )
 
 

@@ -247,8 +247,7 @@ def normalise_raw_table(
 
     Equal, value for value, to building each row with ``normalize_action`` /
     ``normalize_state`` and ``Sample(...).to_row()``: a null caption becomes ``""``, a null
-    latent_shape ``[]``, a null quality struct a struct of nulls; text_embedding passes
-    through (null stays null). The rows are not validated here: run
+    latent_shape ``[]``, a null quality struct a struct of nulls. The rows are not validated here: run
     :func:`schemas.validate_sample_table` on the result.
     """
     missing = [name for name in RAW_COLUMNS if name not in raw.column_names]

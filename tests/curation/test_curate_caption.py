@@ -26,7 +26,7 @@ from tests.support.helpers import make_episodes
 def test_caption_actor_fills_every_sample_of_the_part_rows(tmp_path):
     """The contract between the episode stage (rows of one part, not written: a caption stage
     follows) and the captioning actor of the job (called in-process here, on a tiny random
-    CoCa): every sample gets a caption, a CLIP score and a CLIP text embedding, the records
+    CoCa): every sample gets a caption and a CLIP score, the records
     and sketches pass through untouched, and with ``work`` set the actor writes the part."""
     from curation.parts import iter_sketches, part_path, read_part
 
@@ -46,7 +46,6 @@ def test_caption_actor_fills_every_sample_of_the_part_rows(tmp_path):
     assert [r["sample_id"] for r in after] == [r["sample_id"] for r in before]
     for r in after:
         assert isinstance(r["caption"], str) and "clip_score" in r["quality"]
-        assert len(r["text_embedding"]) == TINY["embed_dim"]
     written = PartCaptioner(cfg, captioner_from_config, work=str(tmp_path / "work"))(batch)
     assert written["table"][0] == b""
     table, records = read_part(part_path(tmp_path / "work", 3))
@@ -64,7 +63,8 @@ def register_tiny_coca() -> None:
 
 def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_path):
     """The whole job with the caption stage on (a Ray Data actor pool over the parts; the actor
-    writes each part): every shard row has a caption and the CLIP text embedding."""
+    writes each part): every shard row has a caption and a CLIP score; the instructions' token
+    states come from the job's text encoder (hashed here), not from the captioner."""
     import os
 
     import pyarrow.parquet as pq
@@ -111,7 +111,7 @@ def test_job_with_captions_runs_the_actor_pool_and_writes_captioned_shards(tmp_p
     table = pq.read_table(tmp_path / "out" / "data" / "shard-00000.parquet")
     assert table.num_rows == m.counts["samples"]
     assert all(isinstance(c, str) and c for c in table.column("caption").to_pylist())
-    assert {len(e) for e in table.column("text_embedding").to_pylist()} == {TINY["embed_dim"]}
+    assert m.text is not None and m.text["encoder"]["kind"] == "hashed"  # captions do not embed text
     assert all(q["clip_score"] is not None for q in table.column("quality").to_pylist())
 
 

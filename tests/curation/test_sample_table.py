@@ -61,7 +61,6 @@ def _raw_rows_and_stats():
                         else {
                             q: (None if (k + j) % 3 == 0 else 0.1 * k + j) for j, q in enumerate(QUALITY_KEYS)
                         },
-                        "text_embedding": None if k % 4 == 0 else [0.5 * k, -1.0, 3.25][: 1 + k % 3],
                         "latent_shape": None if k % 2 else [],
                         "raw_action": w.action.tolist(),
                         "raw_state": w.state.tolist(),
@@ -82,7 +81,6 @@ def old_path(raw: pa.Table, stats) -> tuple[pa.Table, list[int]]:
             np.asarray(row["raw_action"], np.float32), raw_state, spec, st, NORM
         )
         state, state_mask = normalize_state(raw_state, spec, st, NORM)
-        emb = row["text_embedding"]
         sample = Sample(
             sample_id=row["sample_id"],
             episode_id=row["episode_id"],
@@ -102,11 +100,10 @@ def old_path(raw: pa.Table, stats) -> tuple[pa.Table, list[int]]:
             state=state,
             state_mask=state_mask,
             quality={k: v for k, v in (row["quality"] or {}).items() if v is not None},
-            text_embedding=None if emb is None else np.asarray(emb, dtype=np.float32),
             latent_shape=tuple(row["latent_shape"] or ()),
         ).validate()
         rows.append(sample.to_row())
-        sizes.append(len(row["video"]) + 4 * (action.size + 2 * 32 + (0 if emb is None else len(emb))))
+        sizes.append(len(row["video"]) + 4 * (action.size + 2 * 32))
     return pa.Table.from_pylist(rows, schema=Sample.arrow_schema()), sizes
 
 
@@ -129,7 +126,7 @@ def test_table_path_equals_row_path_exactly(raw_and_stats):
     np.testing.assert_array_equal(row_nbytes(got), want_sizes)
     np.testing.assert_array_equal(row_nbytes(raw), want_sizes)  # the parts record it before normalising
     # the cases the data is meant to cover are there
-    assert got["text_embedding"].null_count > 0 and got["quality"].null_count == 0
+    assert got["quality"].null_count == 0
     assert raw["quality"].null_count > 0 and raw["caption"].null_count > 0
 
 
@@ -212,7 +209,6 @@ BAD_SAMPLES = [
     (lambda s: s.with_(state=s.state[:31]), "state"),
     (_pad_nonzero("state"), "state"),
     (lambda s: s.with_(state_mask=np.ones(33, dtype=bool)), "state_mask"),
-    (lambda s: s.with_(text_embedding=np.array([1.0, np.nan], dtype=np.float32)), "text_embedding"),
 ]
 
 
@@ -239,7 +235,7 @@ def test_table_accepts_good_rows_with_nulls_where_sample_allows_them():
     s = make_sample().validate()
     rows = [
         s,
-        s.with_(text_embedding=None, quality={}, caption="", instruction=""),
+        s.with_(quality={}, caption="", instruction=""),
         s.with_(video_format="latent", latent_shape=(4, 2, 2)),
     ]
     table = _table([r.validate() for r in rows])

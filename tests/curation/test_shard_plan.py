@@ -10,7 +10,7 @@ from curation.episode_samples import RAW_SCHEMA
 from curation.parts import part_path, read_layout, write_part
 from curation.phases.pack import ShardPlan, plan_shards
 
-ROW_BYTES = 100 + 4 * (1 * 32 + 2 * 32)  # 100 bytes of video, a 1-step chunk, no text embedding
+ROW_BYTES = 100 + 4 * (1 * 32 + 2 * 32)  # 100 bytes of video, a 1-step chunk
 
 
 def _part(work, index: int, episodes: list[tuple[str, int]]):

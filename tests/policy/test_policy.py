@@ -2,7 +2,7 @@
 
 The dataset is a tiny shard folder built here with curation's own pure stages (no Ray):
 simulated Meta-World episodes → ``curation.in_memory.curate_in_memory`` (compose views,
-window, encode, hashed text embedding → statistics → normalised shards → manifest). The "pretrained" backbone is a random ``debug`` transformer saved the way a
+window, encode, hashed instruction tokens → statistics → normalised shards → manifest). The "pretrained" backbone is a random ``debug`` transformer saved the way a
 pretraining export is (``model.safetensors`` + ``config.json`` holding the model config).
 """
 
@@ -105,7 +105,7 @@ def test_finetune_exports_a_loadable_policy(finetuned):
     cfg = meta["config"]
     assert cfg["model"]["chunk"] == 8 and cfg["model"]["num_future"] == 2  # P, K taken from the data
     assert cfg["image"] == {"width": 64, "height": 64, "fit": "stretch"}
-    assert cfg["text"]["kind"] == "fallback" and cfg["text"]["dim"] == 64
+    assert cfg["text"]["kind"] == "hashed" and cfg["text"]["dim"] == 64
     assert [e["name"] for e in cfg["embodiments"]] == ["metaworld_sawyer"]
     assert (final / "norm_stats.json").is_file() and (final / "training.json").is_file()
     hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -139,9 +139,11 @@ def test_policy_predicts_robot_units(finetuned):
     np.testing.assert_allclose(actions, y * (hi - lo) / 2 + (lo + hi) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(actions, y, atol=1e-3)  # really de-normalised
 
-    # joint decoding: same actions for the same seed (video cannot reach actions), plus frames
+    # joint decoding: same actions for the same seed (video cannot reach actions), plus frames; equal
+    # up to float rounding, as the cross-attention kernel blocks more queries otherwise over the
+    # instruction's several tokens (bit-exact with equal shapes: tests/test_policy_inference.py)
     pred = policy.predict(obs, with_video=True, seed=3)
-    np.testing.assert_array_equal(pred.actions_PDa, actions)
+    np.testing.assert_allclose(pred.actions_PDa, actions, rtol=0, atol=1e-6)
     assert pred.frames_KHW3.shape == (2, 64, 64, 3) and pred.frames_KHW3.dtype == np.uint8
     assert policy.predict(obs, with_video=False, seed=3).frames_KHW3 is None
     batch = policy.predict_action_batch([obs, observation(episodes[0], 2)], [3, 4])

@@ -41,15 +41,15 @@ def make_batch(seed: int = 0) -> dict:
         "state": torch.randn(B, 32, generator=g),
         "state_mask": torch.ones(B, 32, dtype=torch.bool),
         "embodiment_id": torch.tensor([SPECS[0].id, SPECS[1].id]),
-        "text_embedding": torch.randn(B, 64, generator=g),
-        "text_embedding_mask": torch.tensor([True, True]),
+        "text_states": torch.randn(B, 5, 64, generator=g),
+        "text_mask": torch.tensor([[True] * 5, [True] * 3 + [False] * 2]),
     }
 
 
 def context(model: GWPPolicyModel, seed: int = 1) -> Context:
     b = make_batch(seed)
     obs, _ = model.batch_latents(b)
-    return Context(obs, b["state"], b["embodiment_id"], model.batch_text(b, B, obs.device))
+    return Context(obs, b["state"], b["embodiment_id"], *model.batch_text(b, obs.device))
 
 
 def test_training_pass_actions_ignore_future_video(model):
@@ -67,12 +67,12 @@ def test_training_pass_actions_ignore_future_video(model):
     g = torch.Generator().manual_seed(9)
     acts = torch.randn(B, P, 32, generator=g)
     s_a, s_v = torch.tensor([0.3, 0.9]), torch.tensor([0.6, 0.2])
-    text = model.batch_text(base, B, obs.device)
+    text, text_mask = model.batch_text(base, obs.device)
 
     def run(fut_noisy, attention="block_causal"):
         with torch.no_grad():
             return model.transformer(
-                obs, fut_noisy, base["state"], base["embodiment_id"], acts, s_a, s_v, text,
+                obs, fut_noisy, base["state"], base["embodiment_id"], acts, s_a, s_v, text, text_mask,
                 mode="joint", attention=attention,
             )  # fmt: skip
 

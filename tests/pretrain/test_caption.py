@@ -1,4 +1,4 @@
-"""CoCa captions, CLIP scores and text embeddings on a tiny randomly initialised CoCa."""
+"""CoCa captions and CLIP scores on a tiny randomly initialised CoCa; the hashed token encoder."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from curation.config import CaptionConfig
 from pretrain.text_encoder import WeightsUnavailableError, captioner_from_config
-from schemas.text import text_embedding_fallback
+from schemas.text import HashedTokenEncoder, TextEncoderConfig
 
 TINY = {
     "embed_dim": 64,
@@ -104,14 +104,11 @@ def test_the_caption_actor_runs_whatever_model_the_factory_builds():
     """Curation knows the caption model only through schemas.text.CaptionModel: any object with
     its two methods, built by the factory from the job's caption config, is what the job's
     caption actor (:class:`curation.episode_samples.PartCaptioner`) uses: its score and caption
-    of each sample's observation frame, and its embedding of the instruction."""
+    of each sample's observation frame."""
     from curation.episode_samples import RAW_SCHEMA, PartCaptioner, table_from_bytes, table_to_bytes
     from schemas.frames import encode_sample_frames
 
     class Fixed:
-        def embed_text(self, texts):
-            return np.asarray([[len(t), 0.0, 0.0] for t in texts], np.float32)
-
         def score_and_caption(self, images_NHWC, texts):
             return images_NHWC.mean(axis=(1, 2, 3)).astype(np.float32), [t.upper() for t in texts]
 
@@ -138,7 +135,7 @@ def test_the_caption_actor_runs_whatever_model_the_factory_builds():
         [r["quality"]["clip_score"] for r in got], imgs.mean(axis=(1, 2, 3)), rtol=1e-6
     )
     assert [r["quality"]["motion"] for r in got] == [1.0, 1.0]  # the filters' scores are kept
-    np.testing.assert_allclose([r["text_embedding"] for r in got], [[2.0, 0, 0], [3.0, 0, 0]])
+    assert all("text_embedding" not in r for r in got)  # instructions: once per dataset, beside the shards
 
 
 def test_unavailable_weights_fail_fast_with_a_clear_message(monkeypatch):
@@ -165,7 +162,30 @@ def test_unknown_model_and_tag():
         captioner_from_config(CaptionConfig(pretrained="laion9"))
 
 
-def test_fallback_embedding_separates_instructions():
-    e = text_embedding_fallback(["open the drawer", "push the puck", "open the drawer"])
-    np.testing.assert_array_equal(e[0], e[2])
-    assert not np.allclose(e[0], e[1])
+def test_loading_the_captioner_leaves_the_global_rng_alone(tiny_coca):
+    """Its random initialisation is seeded (the same weights every time) without reseeding the
+    caller's global torch RNG, which a training or inference process draws its noise from."""
+    torch.manual_seed(123)
+    want = torch.rand(4)
+    torch.manual_seed(123)
+    cfg = CaptionConfig(model=tiny_coca, pretrained=None, captions=False, seed=5)
+    first = captioner_from_config(cfg)
+    assert torch.equal(torch.rand(4), want)
+    again = captioner_from_config(cfg)
+    np.testing.assert_array_equal(
+        first.embed_text(["open the drawer"]), again.embed_text(["open the drawer"])
+    )
+
+
+def test_hashed_tokens_separate_instructions_word_by_word():
+    enc = HashedTokenEncoder(TextEncoderConfig(dim=16, max_tokens=5))
+    states, mask = enc.encode(["Open the drawer", "push", "open the drawer!", "a b c d e f"])
+    assert states.shape == (4, 5, 16) and states.dtype == np.float32
+    # words, then the end token; cut to max_tokens; padded positions are zero and masked out
+    assert mask.sum(axis=1).tolist() == [4, 2, 5, 5]
+    assert not states[1, 2:].any()
+    np.testing.assert_array_equal(states[0, :3], states[2, :3])  # case does not matter
+    assert not np.allclose(states[0, 3], states[2, 3])  # "!" is a token of its own, not the end
+    np.testing.assert_array_equal(states[0, 3], states[1, 1])  # the shared end token
+    assert not np.allclose(states[0, 0], states[1, 0])
+    np.testing.assert_allclose(np.linalg.norm(states[mask], axis=-1), 1.0, rtol=1e-5)

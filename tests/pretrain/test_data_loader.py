@@ -24,9 +24,13 @@ from pretrain.data import (
     resolve_dataset,
 )
 from schemas import DimStats, EmbodimentStats, Manifest, Sample, SchemaVersionError, ShardInfo
+from schemas.text import HashedTokenEncoder, TextEncoderConfig
+from schemas.text_store import TextStore
 
 H, W, K, P = 8, 8, 2, 3
 SHARD_ROWS = (5, 4, 3)
+
+TEXT = HashedTokenEncoder(TextEncoderConfig(dim=8))
 
 
 def frames_for(i: int) -> np.ndarray:
@@ -79,7 +83,6 @@ def make_row(i: int, fmt: str = "png") -> Sample:
         action_mask=mask,
         state=state,
         state_mask=mask.copy(),
-        text_embedding=np.full(4, i, dtype=np.float32) if i % 3 else None,
         latent_shape=latent_shape,
     )
 
@@ -88,11 +91,12 @@ def write_dataset(root: Path, shard_rows=SHARD_ROWS, fmt: str = "png") -> dict[s
     """Shards + manifest; returns sample_id -> row number."""
     (root / "data").mkdir(parents=True)
     (root / "meta").mkdir()
-    ids, infos, i = {}, [], 0
+    ids, infos, i, instructions = {}, [], 0, []
     for s, n in enumerate(shard_rows):
         rows = [make_row(i + j, fmt) for j in range(n)]
         for j, r in enumerate(rows):
             ids[r.sample_id] = i + j
+            instructions.append(r.instruction)
         i += n
         name = f"data/shard-{s:05d}.parquet"
         pq.write_table(schemas.to_table(rows), root / name)
@@ -107,6 +111,7 @@ def write_dataset(root: Path, shard_rows=SHARD_ROWS, fmt: str = "png") -> dict[s
         sources=(),
         shards=tuple(infos),
         rejections=(),
+        text=TextStore.encode(instructions, TEXT).write(root),
     )
     (root / MANIFEST_FILE).write_text(manifest.validate().to_json())
     return ids
@@ -146,8 +151,10 @@ def test_batch_content(dataset):
         torch.testing.assert_close(batch["action"][j], torch.from_numpy(make_row(i).action))
         assert batch["instruction"][j] == f"task {i}"
         assert batch["embodiment_id"][j] == i % 2
-        assert bool(batch["text_embedding_mask"][j]) == bool(i % 3)
-        assert float(batch["text_embedding"][j, 0]) == (i if i % 3 else 0)
+        states, mask = TEXT.encode([f"task {i}"])  # ["task", str(i), "</s>"]
+        n = int(mask.sum())
+        assert int(batch["text_mask"][j].sum()) == n == 3
+        torch.testing.assert_close(batch["text_states"][j, :n], torch.from_numpy(states[0, :n]))
     assert batch["obs_frames"].min() >= -1 and batch["obs_frames"].max() <= 1
 
 

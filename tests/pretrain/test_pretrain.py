@@ -1,8 +1,8 @@
 """Pretraining end to end: objective, CLI, golden loss curve, learning, 2-process ZeRO-2/3 resume.
 
 Data: a tiny curated shard folder built here with curation's own pure stages
-(``curation.in_memory.curate_in_memory``: windows → composed 64² PNG frames → hashed
-text embedding → statistics → normalised shards → manifest; no Ray) from the deterministic
+(``curation.in_memory.curate_in_memory``: windows → composed 64² PNG frames → statistics →
+normalised shards → hashed instruction tokens → manifest; no Ray) from the deterministic
 simulated episodes of ``tests.support.helpers.make_episodes`` — 15 samples, debug curation geometry
 (P = 8 actions, K = 2 future frames). The learning test uses real Meta-World expert rollouts.
 

@@ -75,7 +75,6 @@ def make_sample(p: int = 5) -> Sample:
         state=state,
         state_mask=mask.copy(),
         quality={"motion": 0.5, "brightness": 0.4},
-        text_embedding=np.ones(8, dtype=np.float32),
     )
 
 
