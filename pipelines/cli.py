@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pipelines.pretrain", "DeepSpeed pretraining of the action-conditioned video model"),
     "finetune": ("pipelines.finetune", "DeepSpeed fine-tuning of the GWP policy (joint action + video)"),
     "evaluate": ("pipelines.evaluate", "closed-loop evaluation in simulation, with reports"),
+    "serve": ("pipelines.serve", "serve a policy to robots over openpi's websocket protocol"),
     "publish": ("pipelines.publish", "push a curated dataset or a saved model folder to the Hub"),
     "demo": ("pipelines.demo", "every stage end to end on the embedded default data"),
 }
