@@ -46,6 +46,7 @@ COMMANDS = (
     "evaluate",
     "publish",
     "demo",
+    "serve",
 )
 
 

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("OPENPI_CLIENT_VENV", ROOT / ".venvs" / "openpi-client"))
 SPEC = get_embodiment("metaworld_sawyer")
 CHUNK = 8
+PORT_ANY = ("--port", "0", "--threads", "1")
 
 
 def _stats(spec, rng) -> EmbodimentStats:
@@ -90,8 +91,7 @@ class ServeProcess:
     def __init__(self, policy_dir: Path):
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "serve", "--policy", str(policy_dir), "--port", "0"]
-            + ["--threads", "1"],
+            [sys.executable, "-m", "pipelines.cli", "serve", "--policy", str(policy_dir), *PORT_ANY],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -119,13 +119,13 @@ def test_openpi_client_from_pypi_drives_gwp_serve(policy_dir, local, tmp_path):
         prompt=obs["instruction"],
         **{f"image_{r}": img for r, img in obs["images"].items()},
     )
+    files = (str(tmp_path / "obs.npz"), str(tmp_path / "out.npz"))
     server = ServeProcess(policy_dir)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10) as r:
             assert r.status == 200 and r.read() == b"OK\n"
         run = subprocess.run(
-            [str(python), str(ROOT / "tests/policy/openpi_client_driver.py"), str(server.port)]
-            + [str(tmp_path / "obs.npz"), str(tmp_path / "out.npz")],
+            [str(python), str(ROOT / "tests/policy/openpi_client_driver.py"), str(server.port), *files],
             capture_output=True,
             text=True,
             timeout=300,
@@ -263,3 +263,52 @@ def test_cli_errors_are_one_line(tmp_path):
     bad_dir = run("--policy", str(tmp_path), "--port", "0")  # exists, but holds no policy
     assert bad_dir.returncode == 1 and "cannot load policy" in bad_dir.stderr
     assert "Traceback" not in missing.stderr + port.stderr + bad_dir.stderr
+
+
+def test_a_served_policy_evaluates_exactly_as_the_local_one(served, local, tmp_path, capsys):
+    from pipelines.evaluate import main as evaluate_main
+    from policy.client import PolicyClient
+    from policy.eval_workers import EnvWorkers
+    from policy.evaluate import EvalConfig, evaluate
+    from policy.execution import ExecutionConfig
+
+    task, size, steps = "drawer-open-v3", 64, 16
+    url = f"ws://127.0.0.1:{served.bound_port}"
+    with EnvWorkers(1, (task,), size, steps) as pool:
+        for execution in (None, ExecutionConfig(mode="rtc", horizon=4, delay=2)):
+            cfg = EvalConfig(
+                tasks=(task,), episodes=1, image_size=size, max_steps=steps, replan_every=4, videos_per_task=0
+            )
+            cfg = dataclasses.replace(cfg, execution=execution)
+            here = evaluate(local, cfg, workers=pool)
+            with PolicyClient(url) as client:
+                there = evaluate(client, cfg, workers=pool)
+            np.testing.assert_allclose(
+                [e.final_state for e in there.episodes], [e.final_state for e in here.episodes], atol=1e-4
+            )
+            assert there.policy_calls == here.policy_calls or execution is None  # batch vs one by one
+            if execution is not None:
+                assert there.boundary["switches"] == here.boundary["switches"] > 0
+
+    argv = ["--server", f"served={url}", "--tasks", task, "--episodes", "1", "--image-size", str(size)]
+    argv += ["--max-steps", str(steps), "--replan-every", "4", "--execution", "rtc", "--delay", "2"]
+    argv += ["--videos-per-task", "0", "--no-progress", "--out", str(tmp_path / "eval")]
+    assert evaluate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "served: rtc execution, delay 2: mean |Δa| at chunk switches" in out
+    result = json.loads((tmp_path / "eval" / "served" / "results.json").read_text())
+    assert result["boundary"]["switches"] > 0
+    bad = [
+        "--server",
+        url,
+        "--execution",
+        "naive",
+        "--delay",
+        "5",
+        "--replan-every",
+        "4",
+        "--out",
+        str(tmp_path),
+    ]
+    assert evaluate_main(bad) == 2
+    assert "delay <= horizon <= chunk - delay" in capsys.readouterr().err
