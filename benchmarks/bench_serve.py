@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
     args = p.parse_args(argv)
     r = run(args)
-    print(f"policy: {r['policy']}; request payload {r['request_bytes']} bytes of arrays")
+    load = os.getloadavg()
+    print(f"policy: {r['policy']}; request payload {r['request_bytes']} bytes of arrays; load avg {load[0]:.1f}")
     print(
         "| round trip p50 / p95 | server inference p50 / p95 | overhead p50 / p95 | in-process predict p50 | req/s, 1 client | req/s, 4 clients |"
     )

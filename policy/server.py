@@ -84,6 +84,8 @@ def respond(policy: Any, msg: Any) -> dict[str, Any]:
         raise WireError(f"'with_video' must be true or false, got {with_video!r}")
     t0 = time.perf_counter()
     out: dict[str, Any] = {}
+    if "prev_actions" in opt and with_video:
+        raise WireError("'with_video' and 'prev_actions' cannot be combined (RTC samples actions only)")
     if "prev_actions" in opt:
         delay = opt.get("inference_delay", 0)
         if isinstance(delay, bool) or not isinstance(delay, int | np.integer):

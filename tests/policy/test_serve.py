@@ -193,6 +193,7 @@ def test_package_client_matches_local_policy(served, local):
             ({**obs, "prompt": "x"}, "mixes openpi's flat keys"),
             ({**obs, "seed": "zero"}, "'seed' must be an integer"),
             ({**obs, "prev_actions": np.zeros((9, 4)), "inference_delay": 1}, "prev_actions must have shape"),
+            ({**obs, "prev_actions": np.zeros((4, 4)), "with_video": True}, "cannot be combined"),
         ]:
             with pytest.raises(ServerError, match=match):
                 client.infer(bad)
