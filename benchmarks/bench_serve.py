@@ -178,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     r = run(args)
     load = os.getloadavg()
-    print(f"policy: {r['policy']}; request payload {r['request_bytes']} bytes of arrays; load avg {load[0]:.1f}")
+    print(
+        f"policy: {r['policy']}; request payload {r['request_bytes']} bytes of arrays; load avg {load[0]:.1f}"
+    )
     print(
         "| round trip p50 / p95 | server inference p50 / p95 | overhead p50 / p95 | in-process predict p50 | req/s, 1 client | req/s, 4 clients |"
     )
