@@ -48,6 +48,7 @@ def run_table(
                 s_mode = s if s is not None else (min(args.horizon, chunk) if mode == "sync" else None)
                 if s_mode is None:
                     rows.append({"delay": d, "mode": mode, "horizon": None})
+                    print(_row_md(rows[-1]), flush=True)
                     continue
                 ex = ExecutionConfig(
                     mode=mode,
