@@ -10,7 +10,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.torch_extensions
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup system-deps venv lock check-lock test lint format demo check-formats check-formats-all bench clean
+.PHONY: setup system-deps venv lock check-lock test lint format demo check-formats check-formats-all bench clean openpi-client
 
 setup: system-deps venv
 
@@ -44,8 +44,13 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint check-lock
+test: setup lint check-lock openpi-client
 	$(BIN)/pytest
+
+# openpi's own client (PyPI) in its own venv: the robot side of tests/policy/test_serve.py
+# (a few small wheels; instant once made). The test makes it too when it is missing.
+openpi-client: venv
+	PYTHON=$(BIN)/python bash scripts/make_openpi_client_venv.sh
 
 demo: setup
 	$(BIN)/gwp demo --out $(OUT)

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.model_info",
         "parameters, tokens, attention FLOPs and ZeRO memory of a model preset",
     ),
+    "serve": ("pipelines.serve", "serve a policy to robots over openpi's websocket protocol"),
     "publish": ("pipelines.publish", "push a curated dataset or a saved model folder to the Hub"),
     "demo": ("pipelines.demo", "every stage end to end on the embedded default data"),
 }

@@ -3,11 +3,16 @@
     python -m pipelines.evaluate --policy runs/gwp --policy expert --policy random \\
         --env metaworld --tasks drawer-open-v3,push-v3 --episodes 20 --seed 0 \\
         --replan-every 8 --workers 2 --out reports/eval
+    gwp evaluate --server ws://gpu-box:8000 --execution rtc --delay 4 --replan-every 4 --out reports/rtc
 
 Top to bottom:
 
 1. parse the policy specs ``[label=]<expert | random | local folder | Hub repo id>``; trained
    policies load through ``policy.Policy.from_pretrained``, imported only when one is asked for;
+   ``--server ws://host:port`` evaluates a policy served by ``gwp serve`` through
+   :class:`policy.client.PolicyClient`, exactly as the same policy would be evaluated locally
+   (each query's seed travels with it). ``--execution sync|naive|rtc --delay d`` runs the
+   episodes with a simulated inference delay (:mod:`policy.execution`);
 2. start one pool of env workers (:class:`policy.eval_workers.EnvWorkers`) shared by every policy,
    so all of them see the same seeded episodes;
 3. evaluate each policy in turn (:func:`policy.evaluate.evaluate`): success per task with a
@@ -55,6 +60,13 @@ def load_policy(target: str, random_chunk: int = 8, seed: int = 0) -> Any:
         return ExpertPolicy()
     if target == "random":
         return RandomPolicy(chunk_size=random_chunk, seed=seed)
+    if target.startswith(("ws://", "wss://")):
+        from policy.client import PolicyClient
+
+        try:
+            return PolicyClient(target)
+        except (ConnectionError, OSError) as err:
+            raise PolicyLoadError(str(err)) from err
     try:
         import policy as policy_pkg
 
@@ -68,6 +80,19 @@ def load_policy(target: str, random_chunk: int = 8, seed: int = 0) -> Any:
         return policy_cls.from_pretrained(target)
     except Exception as err:  # a missing folder, a bad repo id, a config mismatch: say which policy
         raise PolicyLoadError(f"cannot load policy {target!r}: {type(err).__name__}: {err}") from err
+
+
+def _check_execution(name: str, pol: Any, execution: Any) -> None:
+    """The execution mode fits the policy (chunk length, guided sampling), before any rollout."""
+    model = getattr(pol, "model", None)
+    chunk = model.cfg.model.chunk if model is not None else getattr(pol, "chunk", None)
+    if chunk is not None:
+        try:
+            execution.check_chunk(int(chunk))
+        except ValueError as err:
+            raise UsageError(f"policy {name}: {err}") from None
+    if execution.mode == "rtc" and not callable(getattr(pol, "predict_action_guided", None)):
+        raise UsageError(f"policy {name} cannot run --execution rtc: it has no guided sampling")
 
 
 def _label(label: str | None, target: str, taken: set[str]) -> str:
@@ -87,9 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--policy",
         action="append",
-        required=True,
-        help="[label=]expert | random | local folder | Hub repo id; repeat to compare several",
+        default=[],
+        help="[label=]expert | random | local folder | Hub repo id | ws://host:port; repeat to compare several",
     )
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        help="[label=]ws://host:port of a `gwp serve`: evaluate the served policy (repeatable)",
+    )
+    p.add_argument(
+        "--execution",
+        default=None,
+        choices=["sync", "naive", "rtc"],
+        help="simulate inference time: sync (hold still), naive async (switch), rtc (real-time chunking)",
+    )
+    p.add_argument("--delay", type=int, default=0, help="inference delay in control steps (with --execution)")
+    p.add_argument("--rtc-schedule", default="exp", choices=["exp", "linear", "ones"])
+    p.add_argument("--max-guidance-weight", type=float, default=5.0, help="RTC's clip β on the guidance")
     p.add_argument("--env", default="metaworld", choices=ENVS)
     p.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated Meta-World v3 tasks")
     p.add_argument("--episodes", type=int, default=10, help="episodes per task")
@@ -119,15 +159,35 @@ def build_parser() -> argparse.ArgumentParser:
 @command("gwp evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.policy and not args.server:
+        raise UsageError("give at least one --policy or --server")
+    for spec in args.server:
+        if not parse_policy_spec(spec)[1].startswith(("ws://", "wss://")):
+            raise UsageError(f"--server {spec}: expected ws://host:port")
     taken: set[str] = set()
-    specs = [(lambda lt: (_label(lt[0], lt[1], taken), lt[1]))(parse_policy_spec(s)) for s in args.policy]
+    specs = [
+        (lambda lt: (_label(lt[0], lt[1], taken), lt[1]))(parse_policy_spec(s))
+        for s in args.policy + args.server
+    ]
     for _, target in specs:
-        if target not in BASELINES:
+        if target not in BASELINES and not target.startswith(("ws://", "wss://")):
             local_or_repo_id("--policy", target)
+    if args.execution is None and args.delay:
+        raise UsageError("--delay needs --execution sync|naive|rtc")
     from policy.eval_workers import EnvWorkers
     from policy.evaluate import EvalConfig, evaluate
+    from policy.execution import ExecutionConfig
 
     try:
+        execution = None
+        if args.execution is not None:
+            execution = ExecutionConfig(
+                mode=args.execution,
+                horizon=args.replan_every,
+                delay=args.delay,
+                schedule=args.rtc_schedule,
+                max_guidance_weight=args.max_guidance_weight,
+            )
         cfg = EvalConfig(
             tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
             episodes=args.episodes,
@@ -137,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size,
             workers=args.workers,
             videos_per_task=args.videos_per_task,
+            execution=execution,
         )
         if args.random_chunk < 1:
             raise ValueError(f"--random-chunk must be >= 1, got {args.random_chunk}")
@@ -152,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         policies = [(name, load_policy(target, args.random_chunk, args.seed)) for name, target in specs]
     except PolicyLoadError as err:
         raise JobFailed(str(err)) from err
+    if execution is not None:
+        for name, pol in policies:
+            _check_execution(name, pol, execution)
     out = Path(args.out)
     results = []
     try:
@@ -169,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                 paths = write_report(result, out / name)
                 results.append(result)
                 lo, hi = result.ci95
+                if result.boundary is not None:
+                    b = result.boundary
+                    print(
+                        f"{name}: {args.execution} execution, delay {args.delay}: mean |Δa| at chunk switches "
+                        f"{b['switch_mean']:.4f}, elsewhere {b['elsewhere_mean']:.4f} ({b['switches']} switches)"
+                    )
                 print(
                     f"{name}: success {100 * result.success_rate:.1f} % ({result.successes}/{len(result.episodes)}, "
                     f"95 % CI {100 * lo:.1f}–{100 * hi:.1f} %), latency p50 {result.latency_ms['p50']:.2f} ms "

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policy.inference import Context, sample_actions, sample_joint
+from policy.inference import Context, Guide, sample_actions, sample_joint
 from policy.model import GWPPolicyModel
 from pretrain.objective import text_states
 from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
@@ -58,7 +58,7 @@ from pretrain.text_encoder import text_encoder_from_config
 from schemas import EmbodimentSpec, EmbodimentStats
 from schemas.compose import compose_views
 from schemas.embodiment import MAX_DIM
-from schemas.normalize import denormalize_action, normalize_state
+from schemas.normalize import denormalize_action, normalize_action, normalize_state
 
 # smaller camera images carry no usable view (0×0 is empty, 1×1 one colour): refused, not upscaled
 MIN_IMAGE_SIDE = 8
@@ -279,6 +279,60 @@ class Policy:
             generator=self._generator(seed),
         )
         return self._to_robot(a, state, spec)
+
+    def predict_action_guided(
+        self,
+        observation: Mapping[str, Any],
+        prev_actions: np.ndarray,
+        delay: int,
+        *,
+        schedule: str = "exp",
+        max_guidance_weight: float = 5.0,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Real-time chunking: ``[p, Da]`` actions that continue ``prev_actions``.
+
+        ``prev_actions`` ``[p − s, Da]`` (robot units) are the old chunk's actions from the step
+        this observation was taken on; the first ``delay`` of them run while this inference does,
+        so the returned chunk starts with them exactly, and the rest of the overlap is guided
+        toward them (:mod:`policy.execution`, :class:`policy.inference.Guide`).
+        """
+        from policy.execution import prefix_weights
+
+        ctx, spec, state = self.prepare(observation)
+        P = self.model.cfg.model.chunk
+        prev = np.asarray(prev_actions, dtype=np.float64)
+        if prev.ndim != 2 or prev.shape[1] != spec.action_dim or not 1 <= prev.shape[0] < P:
+            raise ObservationError(
+                f"observation: prev_actions must have shape [q, {spec.action_dim}] with 1 <= q < {P} "
+                f"(the old chunk's remaining actions), got {list(prev.shape)}"
+            )
+        if not np.isfinite(prev).all():
+            raise ObservationError("observation: prev_actions has NaN/inf values")
+        if not 0 <= delay <= prev.shape[0]:
+            raise ObservationError(
+                f"observation: inference delay must be in [0, {prev.shape[0]}] (the old chunk's "
+                f"remaining actions), got {delay}"
+            )
+        stats = self.model.norm_stats[spec.name]
+        y, mask = normalize_action(prev, state, spec, stats, self.model.cfg.norm)
+        q = prev.shape[0]
+        target = torch.zeros(1, P, y.shape[-1])
+        target[0, :q] = torch.from_numpy(y)
+        w = prefix_weights(P, delay, P - q, schedule)  # type: ignore[arg-type]
+        weights = torch.from_numpy(w)[None, :, None] * torch.from_numpy(mask.astype(np.float32))[None, None]
+        fc = self.model.cfg.flow
+        a = sample_actions(
+            self.model.transformer,
+            ctx,
+            num_steps=self.num_steps,
+            shift=fc.action_shift,
+            generator=self._generator(seed),
+            guide=Guide(target.to(self.device), weights.to(self.device), max_guidance_weight),
+        )
+        out = self._to_robot(a, state, spec)
+        out[:delay] = prev[:delay]
+        return out
 
     def reseed(self, seed: int) -> None:
         """Seed the global torch RNG the next ``predict_action`` draws its noise from."""

@@ -94,6 +94,8 @@ class EvalResult:
     episodes_per_s: float
     env_steps_per_s: float
     sheet: list[SheetRow] = field(default_factory=list)
+    # with an execution mode (policy.execution): mean ‖a_t − a_{t−1}‖ at chunk switches and elsewhere
+    boundary: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record (everything but the contact-sheet pixels)."""

@@ -23,6 +23,12 @@ Design:
   ``predict_action_batch(observations, seeds)``, or to ``policy.reseed(seed)`` and numpy's and
   torch's global RNGs before ``predict_action``. Neither env seeds nor query seeds depend on
   which worker ran an episode or when, so results are identical for any ``W`` (tested).
+* **Execution modes** (``EvalConfig.execution``, :mod:`policy.execution`): by default a chunk's
+  first ``replan_every`` actions run and the env waits for the next chunk (inference is free).
+  With an :class:`~policy.execution.ExecutionConfig` the inference takes ``delay`` control
+  steps of env time: ``sync`` holds the robot still meanwhile, ``naive`` keeps running the old
+  chunk and switches, ``rtc`` does the same with the new chunk guided to continue the old one
+  (``predict_action_guided``). The result then carries the boundary discontinuity.
 * **Measurements and recording.** Latency of each policy call, episode lengths and
   throughput are summarised by :mod:`policy.eval_metrics`; the first ``videos_per_task``
   episodes of each task are recorded by their worker (mp4 + contact-sheet frames).
@@ -46,6 +52,7 @@ import numpy as np
 from policy.envs import EMBODIMENT, TASK_INSTRUCTIONS, MetaWorldConfig
 from policy.eval_metrics import EpisodeResult, EvalResult, SheetRow, summarise
 from policy.eval_workers import EnvWorkers, EpisodeJob
+from policy.execution import EpisodeExecution, ExecutionConfig
 
 EVAL_SEED_BASE = 10**9  # evaluation env seeds start here
 EPISODE_STRIDE = 10**5  # env seeds of one evaluation seed s: base + s·stride + [0, stride)
@@ -87,6 +94,7 @@ class EvalConfig:
     videos_per_task: int = 2  # first episodes of each task recorded as mp4 + contact-sheet rows
     sheet_frames: int = 6  # frames per contact-sheet row
     video_codec: str = "h264"
+    execution: ExecutionConfig | None = None  # None: inference takes no env time (see the module doc)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -103,6 +111,10 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.videos_per_task < 0:
             raise ValueError(f"videos_per_task must be >= 0, got {self.videos_per_task}")
+        if self.execution is not None and self.execution.horizon != self.replan_every:
+            raise ValueError(
+                f"execution.horizon ({self.execution.horizon}) must equal replan_every ({self.replan_every})"
+            )
 
 
 # ---- policy side ----------------------------------------------------------------------------
@@ -168,10 +180,41 @@ def _jobs(cfg: EvalConfig, video_dir: Path | None, privileged: bool, images: boo
     return jobs
 
 
+def hold_still(last_action: np.ndarray | None) -> np.ndarray:
+    """Meta-World's no-motion action: zero end-effector displacement, the last gripper command."""
+    hold = np.zeros(ACTION_DIM, dtype=np.float32)
+    if last_action is not None:
+        hold[3] = last_action[3]
+    return hold
+
+
 @dataclass
 class _Running:
     job: EpisodeJob
     queries: int = 0
+    execution: EpisodeExecution | None = None
+
+
+def _query_guided(
+    policy: Any, waiting: list[tuple[Any, _Running, dict[str, Any]]], seeds: list[int], who: str
+) -> tuple[list[np.ndarray], list[float]]:
+    """RTC queries, one observation at a time: each carries its own episode's old chunk."""
+    chunks, latencies = [], []
+    for (_, run, obs), seed in zip(waiting, seeds, strict=True):
+        ex = run.execution
+        _seed_globals(policy, seed)
+        t0 = time.perf_counter()
+        chunk = policy.predict_action_guided(
+            obs,
+            ex.guidance(),
+            ex.cfg.delay,
+            schedule=ex.cfg.schedule,
+            max_guidance_weight=ex.cfg.max_guidance_weight,
+            seed=seed,
+        )
+        latencies.append(time.perf_counter() - t0)
+        chunks.append(_as_chunk(chunk, who))
+    return chunks, latencies
 
 
 def evaluate(
@@ -230,11 +273,20 @@ def _run(
     sheet: list[SheetRow] = []
     latencies: list[float] = []
     chunks_answered = 0
+    execution = cfg.execution
+    jumps: tuple[list[float], list[float]] = ([], [])
+    if (
+        execution is not None
+        and execution.mode == "rtc"
+        and not callable(getattr(policy, "predict_action_guided", None))
+    ):
+        raise TypeError(f"policy {name!r} has no predict_action_guided(): it cannot run rtc execution")
     bar = tqdm(total=n_total, desc=f"eval {name}", disable=not progress)
 
     def start(worker: Any) -> None:
         job = jobs.popleft()
-        running[worker.index] = _Running(job)
+        ex = None if execution is None else EpisodeExecution(execution, hold_still)
+        running[worker.index] = _Running(job, execution=ex)
         worker.send(("reset", job))
 
     t0 = time.perf_counter()
@@ -264,6 +316,10 @@ def _run(
                         payload["video"],
                     )
                 )
+                if run.execution is not None:
+                    at_switch, elsewhere = run.execution.discontinuity(payload["length"])
+                    jumps[0].extend(at_switch)
+                    jumps[1].extend(elsewhere)
                 if payload["sheet"] is not None:
                     steps, frames = payload["sheet"]
                     sheet.append(
@@ -286,12 +342,39 @@ def _run(
         if not waiting:
             continue
         seeds = [query_seed(run.job.task, run.job.env_seed, obs.pop("_step")) for _, run, obs in waiting]
-        chunks, call_s = _query(policy, [obs for _, _, obs in waiting], seeds, name)
-        latencies += call_s
+        guided = [
+            i
+            for i, (_, run, _) in enumerate(waiting)
+            if run.execution and run.execution.guidance() is not None
+        ]
+        plain = [i for i in range(len(waiting)) if i not in guided]
+        chunks: list[np.ndarray | None] = [None] * len(waiting)
+        if plain:
+            got, call_s = _query(policy, [waiting[i][2] for i in plain], [seeds[i] for i in plain], name)
+            latencies += call_s
+            for i, c in zip(plain, got, strict=True):
+                chunks[i] = c
+        if guided:
+            got, call_s = _query_guided(
+                policy, [waiting[i] for i in guided], [seeds[i] for i in guided], name
+            )
+            latencies += call_s
+            for i, c in zip(guided, got, strict=True):
+                chunks[i] = c
         chunks_answered += len(chunks)
         for (w, run, _), chunk_p4 in zip(waiting, chunks, strict=True):
             run.queries += 1
-            w.send(("act", chunk_p4[: cfg.replan_every]))
+            if run.execution is None:
+                w.send(("act", chunk_p4[: cfg.replan_every]))
+            else:
+                w.send(("act", run.execution.next_actions(chunk_p4)))
     wall = time.perf_counter() - t0
     bar.close()
-    return summarise(name, cfg, results, sheet, latencies, chunks_answered, wall, startup)
+    result = summarise(name, cfg, results, sheet, latencies, chunks_answered, wall, startup)
+    if execution is not None:
+        result.boundary = {
+            "switch_mean": float(np.mean(jumps[0])) if jumps[0] else float("nan"),
+            "elsewhere_mean": float(np.mean(jumps[1])) if jumps[1] else float("nan"),
+            "switches": len(jumps[0]),
+        }
+    return result

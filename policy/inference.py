@@ -27,6 +27,15 @@ time tables of all its σ once (``ActionVideoTransformer.action_steps``); each s
 
 Noise: pass ``action_noise_BP32`` / ``video_noise_BCKhw`` for fixed-noise runs (tests), or a
 ``generator``; otherwise the global torch RNG is used.
+
+**Real-time chunking** (``guide=``, :class:`Guide`; Black, Galliker & Levine 2025): the new chunk
+is inpainted so that it continues the previous one. At every step the clean chunk the model
+currently predicts, x̂ = x − σ·v(x), is pulled toward the target Y (the previous chunk's
+remaining actions) on the positions and dims ``weights_BP32`` selects, by the vector-Jacobian
+product g = ((Y − x̂)·W)ᵀ ∂x̂/∂x, scaled by the paper's weight min(β, ((1−σ)² + σ²) / (σ(1−σ)))
+(its τ is our 1 − σ; at σ = 1 the weight is β). The step becomes x += (σ' − σ)·(v − w·g). With
+the cached context a VJP costs one backward through the P action tokens only. Without a guide
+the loop is the plain one above, unchanged.
 """
 
 from __future__ import annotations
@@ -72,6 +81,33 @@ def _masked(x: Tensor, valid_B1D: Tensor | None) -> Tensor:
     return x if valid_B1D is None else x * valid_B1D
 
 
+@dataclass(frozen=True)
+class Guide:
+    """The inpainting target of real-time chunking, in the model's normalised action space."""
+
+    target_BP32: Tensor  # Y: the previous chunk's actions re-indexed to the new chunk's steps
+    weights_BP32: Tensor  # W in [0, 1]: 1 on the frozen prefix, decaying over the overlap, 0 after
+    max_weight: float = 5.0  # β, the clip on the guidance weight
+
+
+def guidance_weight(sigma: float, max_weight: float) -> float:
+    """The paper's min(β, (1−τ) / (τ·r²)), r² = (1−τ)² / (τ² + (1−τ)²), with τ = 1 − σ."""
+    if sigma >= 1.0 or sigma <= 0.0:
+        return max_weight if sigma >= 1.0 else 0.0
+    return min(max_weight, ((1 - sigma) ** 2 + sigma**2) / (sigma * (1 - sigma)))
+
+
+def _guided(velocity, guide: Guide, x: Tensor, s: Tensor, i: int) -> Tensor:
+    """v − w·g at (x, σ = s, Euler step i): the velocity with the inpainting correction folded in."""
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        v = velocity(x_in, i)
+        x_clean = x_in - s * v
+        err = (guide.target_BP32 - x_clean) * guide.weights_BP32
+        (g,) = torch.autograd.grad(x_clean, x_in, grad_outputs=err.detach())
+    return v.detach() - guidance_weight(float(s), guide.max_weight) * g
+
+
 def _noise(
     shape: tuple[int, ...], given: Tensor | None, generator: torch.Generator | None, like: Tensor
 ) -> Tensor:
@@ -92,8 +128,9 @@ def sample_actions(
     action_noise_BP32: Tensor | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    guide: Guide | None = None,
 ) -> Tensor:
-    """Normalised actions [B, P, 32] (float32) by action-only decoding."""
+    """Normalised actions [B, P, 32] (float32) by action-only decoding (``guide``: real-time chunking)."""
     cfg = model.cfg
     B = ctx.batch
     x = _noise((B, cfg.chunk, cfg.action_dim), action_noise_BP32, generator, ctx.obs_latent_BC1hw)
@@ -131,7 +168,8 @@ def sample_actions(
             return out.action_velocity_BP32.float()
 
     for i, (s, s_next) in enumerate(itertools.pairwise(sigmas)):
-        x = x + (s_next - s) * _masked(velocity(x, i), valid)
+        v = velocity(x, i) if guide is None else _guided(velocity, guide, x, s, i)
+        x = x + (s_next - s) * _masked(v, valid)
     return x
 
 

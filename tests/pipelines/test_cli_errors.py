@@ -47,6 +47,7 @@ COMMANDS = (
     "model-info",
     "publish",
     "demo",
+    "serve",
 )
 
 
