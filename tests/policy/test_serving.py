@@ -83,7 +83,8 @@ def loader_batch(dim_by_row=(4, 14), seed=0) -> dict:
         "state": torch.randn(Bn, 32, generator=g) * mask,
         "state_mask": mask,
         "embodiment_id": torch.tensor([SPECS[i % 2].id for i in range(Bn)]),
-        "text_embedding": torch.randn(Bn, 64, generator=g),
+        "text_states": torch.randn(Bn, 3, 64, generator=g),  # 3 instruction tokens of 64 dims
+        "text_mask": torch.tensor([[True, True, False], [True, True, True]])[:Bn],
     }
 
 
