@@ -22,7 +22,8 @@ rerun when its folder holds a ``done.json`` with the same commands (an unfinishe
 the trainers continue from their checkpoints; one whose commands changed starts over):
 
 1. ``data/``        expert demonstrations (``gwp generate-sim``), the action-free video of the
-                    other tasks (``--no-actions``), and two curations: with and without that video;
+                    other tasks (``--no-actions``), and the curations: with that video (every
+                    fine-tune reads its demonstrations there) and, for ``no_actionfree``, without;
 2. ``pretrain/<data>/seed<k>/``  the pretrainings, ``--jobs`` at a time (one thread each);
 3. ``cells/<arm>/seed<k>/``      fine-tune + closed-loop evaluation, ``--jobs`` at a time;
 4. ``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``--out``: success per task and arm
@@ -130,50 +131,70 @@ def py(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def run_step(folder: Path, commands: list[list[str]], env: dict[str, str]) -> bool:
-    """Runs ``commands`` in order unless ``folder/done.json`` says they ran; True if they ran now."""
+@dataclass(frozen=True)
+class Step:
+    commands: list[list[str]]
+    inputs: object = None  # what else decides the result (a curation job's content)
+
+    def plan(self) -> dict:
+        return json.loads(json.dumps({"commands": self.commands, "inputs": self.inputs}))
+
+
+def run_step(folder: Path, step: Step, env: dict[str, str], stale: bool = False) -> bool:
+    """Runs the step's commands in order unless ``folder/done.json`` says they ran with the same
+    plan and ``stale`` (a step it reads from ran again) is false; True if they ran now."""
+    plan = step.plan()
     done = folder / "done.json"
-    if done.exists() and json.loads(done.read_text())["commands"] == commands:
+    if done.exists() and json.loads(done.read_text())["plan"] == plan and not stale:
         return False
-    planned = folder / "commands.json"
-    if planned.exists() and json.loads(planned.read_text()) != commands:
-        shutil.rmtree(folder)  # another recipe's checkpoints must not be resumed from
+    planned = folder / "plan.json"
+    if stale or (planned.exists() and json.loads(planned.read_text()) != plan):
+        shutil.rmtree(folder, ignore_errors=True)  # old checkpoints or shards must not be resumed from
+    done.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
-    planned.write_text(json.dumps(commands))
+    planned.write_text(json.dumps(plan))
     start = time.time()
     with open(folder / "log.txt", "a") as out:  # two steps run at once: their logs apart
-        for cmd in commands:
+        for cmd in step.commands:
             out.write("$ " + " ".join(cmd) + "\n")
             out.flush()
             code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
             if code != 0:
                 raise JobFailed(f"{folder}: exit {code} from {' '.join(cmd)} (log: {folder / 'log.txt'})")
-    done.write_text(json.dumps({"commands": commands, "seconds": time.time() - start}))
+    done.write_text(json.dumps({"plan": plan, "seconds": time.time() - start}))
     return True
 
 
-def data_commands(cfg: AblationConfig, data: Path) -> tuple[list[list[str]], dict[str, Path]]:
-    """Commands writing the sources and the two curations; the curated folders by name."""
+def data_steps(cfg: AblationConfig, data: Path) -> tuple[dict[Path, Step], dict[str, Path]]:
+    """The steps writing the sources and the curations the arms need; the curated folders by name."""
     common = ["--image-size", str(cfg.image_size), "--no-progress", "--workers", "1", "--codec", "h264"]
     demos, video = data / "sources" / "demos", data / "sources" / "video_only"
-    cmds = [
-        py("pipelines.generate_sim", "--tasks", ",".join(cfg.tasks), "--episodes-per-task",
-           str(cfg.episodes_per_task), "--seed", "0", "--out", str(demos), *common),
-        py("pipelines.generate_sim", "--tasks", ",".join(cfg.video_tasks), "--episodes-per-task",
-           str(cfg.video_episodes), "--seed", "200000", "--no-actions", "--out", str(video), *common),
-    ]  # fmt: skip
+    steps = {
+        data / "sources": Step([
+            py("pipelines.generate_sim", "--tasks", ",".join(cfg.tasks), "--episodes-per-task",
+               str(cfg.episodes_per_task), "--seed", "0", "--out", str(demos), *common),
+            py("pipelines.generate_sim", "--tasks", ",".join(cfg.video_tasks), "--episodes-per-task",
+               str(cfg.video_episodes), "--seed", "200000", "--no-actions", "--out", str(video), *common),
+        ])
+    }  # fmt: skip
     from pipelines.demo import get_demo_config  # the demo's curation settings: the same samples
 
     curation = get_demo_config("default").curation.to_dict()
-    shards = {"with_video": data / "shards_with_video", "demos_only": data / "shards_demos_only"}
+    # every fine-tune reads the demonstrations from the curation with video (it leaves the
+    # action-free rows out); the one without is for the no_actionfree arms' pretraining only
+    needed = {"with_video"} | {d for a in cfg.arms if (d := arm_recipe(a)[0])}
+    shards = {}
     for name, sources in (("with_video", [demos, video]), ("demos_only", [demos])):
+        if name not in needed:
+            continue
+        shards[name] = data / name / "shards"
         job = {"sources": [str(s) for s in sources], "out": str(shards[name]), "curation": curation,
                "run": {"progress": False}}  # fmt: skip
         path = data / f"curate_{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(job, indent=2))
-        cmds.append(py("pipelines.curate", "--config", str(path)))
-    return cmds, shards
+        steps[data / name] = Step([py("pipelines.curate", "--config", str(path))], inputs=job)
+    return steps, shards
 
 
 def arm_recipe(arm: str) -> tuple[str | None, float]:
@@ -192,9 +213,7 @@ def train_args(cfg: AblationConfig, shards: Path, seed: int) -> list[str]:
             "--no-progress", "--threads", "1"]  # fmt: skip
 
 
-def cell_commands(
-    cfg: AblationConfig, out: Path, shards: dict[str, Path], arm: str, seed: int
-) -> list[list[str]]:
+def cell_step(cfg: AblationConfig, out: Path, shards: dict[str, Path], arm: str, seed: int) -> Step:
     pre_data, video_weight = arm_recipe(arm)
     cell = out / "cells" / arm / f"seed{seed}"
     init = ["--init", "none", "--model", cfg.model] if pre_data is None else [
@@ -207,7 +226,7 @@ def cell_commands(
                   "--episodes", str(cfg.eval_episodes), "--max-steps", str(cfg.eval_max_steps), "--replan-every",
                   str(cfg.replan_every), "--image-size", str(cfg.image_size), "--workers", "1", "--threads", "1",
                   "--videos-per-task", "0", "--no-progress", "--out", str(cell / "eval"))  # fmt: skip
-    return [finetune, evaluate]
+    return Step([finetune, evaluate])
 
 
 def cell_successes(cell: Path, arm: str) -> dict[str, tuple[int, int]]:
@@ -330,29 +349,40 @@ def main(argv: list[str] | None = None) -> int:
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}  # fmt: skip
     started = time.time()
 
-    cmds, shards = data_commands(cfg, out / "data")
-    log("data: " + ("generated and curated" if run_step(out / "data", cmds, env) else "done before, skipped"))
+    data, shards = data_steps(cfg, out / "data")
+    data_ran = False  # then every step after it reads data that changed: it runs again too
+    for folder, step in data.items():  # one after the other: the curations read the sources
+        data_ran |= run_step(folder, step, env, stale=data_ran)
+        log(f"{folder.relative_to(out)}: " + ("finished" if data_ran else "done before, skipped"))
 
     pretrains = {}
     for arm in cfg.arms:
         pre_data = arm_recipe(arm)[0]
         for seed in range(cfg.seeds if pre_data else 0):
             folder = out / "pretrain" / pre_data / f"seed{seed}"
-            pretrains[folder] = [py("pipelines.pretrain", "--preset", cfg.model, "--train-preset", cfg.train_preset,
+            pretrains[folder] = Step([py("pipelines.pretrain", "--preset", cfg.model, "--train-preset", cfg.train_preset,
                                     "--steps", str(cfg.pretrain_steps), *train_args(cfg, shards[pre_data], seed),
-                                    "--out", str(folder))]  # fmt: skip
+                                    "--out", str(folder))])  # fmt: skip
     cells = {
-        out / "cells" / arm / f"seed{seed}": cell_commands(cfg, out, shards, arm, seed)
+        out / "cells" / arm / f"seed{seed}": cell_step(cfg, out, shards, arm, seed)
         for arm in cfg.arms
         for seed in range(cfg.seeds)
     }
+    reads = {  # the pretraining each cell starts from
+        out / "cells" / arm / f"seed{seed}": out / "pretrain" / str(arm_recipe(arm)[0]) / f"seed{seed}"
+        for arm in cfg.arms
+        for seed in range(cfg.seeds)
+    }
+    ran_now: set[Path] = set()
     steps = [*pretrains.items(), *cells.items()]
     lock, finished = threading.Lock(), [0]
 
-    def one(item: tuple[Path, list[list[str]]]) -> None:
-        folder, commands = item
-        ran = run_step(folder, commands, env)
+    def one(item: tuple[Path, Step]) -> None:
+        folder, step = item
+        ran = run_step(folder, step, env, stale=data_ran or reads.get(folder) in ran_now)
         with lock:
+            if ran:
+                ran_now.add(folder)
             finished[0] += 1
             elapsed = time.time() - started
             log(f"{finished[0]}/{len(steps)} {folder.relative_to(out)}: "

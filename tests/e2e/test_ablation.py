@@ -54,7 +54,8 @@ def test_ablation_summarises_real_cells_and_resumes(tmp_path):
     assert (out / "ablation.png").stat().st_size > 0
 
     done = {p: p.stat().st_mtime_ns for p in out.rglob("done.json")}
-    assert len(done) == 1 + 2 + 4  # data, two pretrainings, four cells
+    assert len(done) == 2 + 2 + 4  # sources and their curation, two pretrainings, four cells
+    assert not (out / "data" / "demos_only").exists()  # only the no_actionfree arms need it
     second = run_ablation(out)
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.count("skipped") == len(done)
