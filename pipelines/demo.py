@@ -254,7 +254,11 @@ class Stages:
             start = time.time()
             for cmd in stage.commands:
                 log(f"  {stage.name} $ " + " ".join(cmd) if tag else "  $ " + " ".join(cmd))
-                code = _call(cmd, env, prefix=f"[{stage.name}] " if tag else None)
+                try:
+                    code = _call(cmd, env, prefix=f"[{stage.name}] " if tag else None)
+                except OSError as e:  # raised in this thread, it would not reach the demo
+                    failures.append(f"stage {stage.name} could not start {cmd[0]}: {e}")
+                    return
                 if code != 0:
                     failures.append(f"stage {stage.name} failed (exit {code}): {' '.join(cmd)}")
                     return
