@@ -62,3 +62,46 @@ def test_a_stage_finished_under_another_schema_runs_again(tmp_path):
     assert log.read_text() == "aa"
     Stages(out).run("a", [touch(log, "a")])  # finished under this schema now: skipped
     assert log.read_text() == "aa"
+
+
+def waits_for(mine: Path, other: Path) -> list[str]:
+    """A command that creates ``mine`` and exits 0 once ``other`` exists, 1 after 60 s without it:
+    two of them both succeed only when they run at the same time."""
+    code = (
+        "import pathlib, sys, time\n"
+        f"pathlib.Path({str(mine)!r}).touch()\n"
+        "end = time.time() + 60\n"
+        f"while not pathlib.Path({str(other)!r}).exists():\n"
+        "    if time.time() > end: sys.exit(1)\n"
+        "    time.sleep(0.05)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+def test_independent_stages_run_at_the_same_time(tmp_path):
+    """The demo's two fine-tunes: both at once, each with its own marker; a rerun skips both."""
+    from pipelines.demo import Stage
+
+    out, a, b = tmp_path / "demo", tmp_path / "a", tmp_path / "b"
+    Stages(out).run_together([Stage("a", [waits_for(a, b)]), Stage("b", [waits_for(b, a)])])
+    assert (out / "stages" / "a.done").exists() and (out / "stages" / "b.done").exists()
+    log = tmp_path / "log.txt"
+    st = Stages(out)
+    st.run_together([Stage("a", [waits_for(a, b)]), Stage("b", [waits_for(b, a)])])
+    st.run("c", [touch(log, "c")])
+    assert set(st.times) == {"a", "b", "c"} and log.read_text() == "c"
+
+
+def test_a_failed_stage_of_a_group_keeps_the_others_work(tmp_path):
+    import pytest
+
+    from pipelines.demo import Stage
+    from pipelines.usage import JobFailed
+
+    out, log = tmp_path / "demo", tmp_path / "log.txt"
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    with pytest.raises(JobFailed, match="stage bad failed \\(exit 3\\)"):
+        Stages(out).run_together([Stage("good", [touch(log, "g")]), Stage("bad", [fail])])
+    assert (out / "stages" / "good.done").exists() and not (out / "stages" / "bad.done").exists()
+    Stages(out).run_together([Stage("good", [touch(log, "g")]), Stage("bad", [touch(log, "b")])])
+    assert log.read_text() == "gb"  # the finished one is skipped on the rerun
