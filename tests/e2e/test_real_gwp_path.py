@@ -136,6 +136,7 @@ def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
         ca = block.cross_attn
         g = {n: getattr(ca, n).weight.grad.norm().item() for n in ("q", "k", "v")}
         assert g["q"] > 1e-3 * g["v"] and g["k"] > 1e-3 * g["v"], f"block {i}: {g}"
+        assert ca.q_norm.weight.grad.norm() > 0 and ca.k_norm.weight.grad.norm() > 0
     model.zero_grad(set_to_none=True)
     model.eval()
 
@@ -156,7 +157,8 @@ def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
     assert blocks[0].self_attn.q.weight.dtype == blocks[0].cross_attn.k.weight.dtype == torch.bfloat16
     a16 = bf16.predict_action(obs, seed=3)
     assert np.isfinite(a16).all()
-    # bf16 keeps 8 mantissa bits; over the sampler's steps the actions (robot units, |a| <= 1) stay close
-    span = float(np.abs(a32).max()) + 1e-6
-    assert np.abs(a16 - a32).max() <= 0.1 * span, (a16, a32)
+    # bf16 keeps 8 mantissa bits: over the sampler's steps the actions (robot units, range [-1, 1]) stay
+    # within 0.01 of fp32's (less than another instruction moves them), yet not identical
+    assert not np.array_equal(a16, a32)
+    np.testing.assert_allclose(a16, a32, rtol=0, atol=0.01)
     assert not np.allclose(bf16.predict_action({**obs, "instruction": INSTRUCTIONS[1]}, seed=3), a16)
