@@ -121,6 +121,8 @@ class ShardSet:
     rows: tuple[int, ...]
     # rows kept of each shard (ascending row numbers), None = all rows; see :meth:`select`
     selection: tuple[tuple[int, ...], ...] | None = field(default=None, compare=False)
+    # a streamed dataset's row-group source (``pretrain.stream``); None = local files
+    stream: Any = field(default=None, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -144,8 +146,19 @@ class ShardSet:
 
     @classmethod
     def open(
-        cls, source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+        cls,
+        source: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        stream: Any = None,
     ) -> ShardSet:
+        """``stream`` (a ``pretrain.stream.StreamConfig``) streams a Hub repo id; a URL always streams."""
+        from pretrain.stream import is_url, open_streaming
+
+        if stream is not None or is_url(str(source)):
+            if stream is not None and Path(str(source)).expanduser().is_dir():
+                return cls.open(source, revision, cache_dir)  # a local folder is read in place
+            return open_streaming(str(source), revision, stream)
         root = resolve_dataset(source, revision, cache_dir)
         mpath = root / MANIFEST_FILE
         if not mpath.is_file():
@@ -320,6 +333,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             self._tables.move_to_end(shard)
             return self._tables[shard]
         cols = [n for n in Sample.arrow_schema().names if self.cfg.load_frames or n != "video"]
+        if self.shards.stream is not None:  # fetches only the row groups a batch takes
+            sel = None if self.shards.selection is None else self.shards.selection[shard]
+            return self.shards.stream.shard(shard, cols, sel)
         table = pq.read_table(self.shards.shards[shard], columns=cols)
         if self.shards.selection is not None:
             table = table.take(pa.array(self.shards.selection[shard], type=pa.int64()))
@@ -467,6 +483,10 @@ class ShardLoader:
         self.cfg = cfg.validate()
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.latent_cache = latent_cache
+        if latent_cache is not None and self.shards.stream is not None:
+            raise ValueError(
+                f"{self.shards.root}: a latent cache needs local shards; this dataset is streamed"
+            )
         self._probe = ShardStream(self.shards, cfg, rank, world_size)
         self.batches_per_epoch = self._probe.batches_per_epoch
         self._next = 0  # global index of the next batch to hand out
@@ -508,12 +528,18 @@ class ShardLoader:
         else:
             shard, row = -1, -1
         c = asdict(self.cfg)
+        where = {}
+        if self.shards.stream is not None and shard >= 0:  # streamed: the row group it starts in
+            actual = row if self.shards.selection is None else self.shards.selection[shard][row]
+            group, in_group = self.shards.stream.locate(shard, actual)
+            where = {"row_group": group, "row_in_group": in_group}
         return {
             "version": 1,
             "epoch": epoch,
             "batch_in_epoch": b,
             "shard_index": shard,  # informational: where the next batch's first row lives
             "row_offset": row,
+            **where,
             "rng": {"kind": "numpy.PCG64([seed, epoch(, buffer)])", "seed": c["seed"]},
             **{k: c[k] for k in _ORDER_KEYS if k in c},
             "rank": self.rank,
