@@ -260,6 +260,7 @@ def open_streaming(source: str, revision: str | None = None, cfg: StreamConfig |
     murl = f"{text}/{MANIFEST_FILE}"
     try:
         fs, mpath = _url_fs(murl)
+        fs.invalidate_cache()  # fsspec keeps listings per filesystem instance: see the dataset as it is now
         with fs.open(mpath, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
@@ -298,9 +299,13 @@ def _footer(shard: RemoteShard, fs: Any) -> tuple[int, list[int]]:
     try:
         with fs.open(path, "rb", block_size=READ_BLOCK) as f:
             meta = pq.ParquetFile(f).metadata
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{shard.url}: listed in the manifest but missing") from None
-    except (OSError, pa.ArrowException) as err:
+    except Exception as err:
+        # a missing file surfaces at open (FileNotFoundError) or, from HTTP filesystems, at the
+        # first read as their own "entry not found" error
+        if isinstance(err, FileNotFoundError) or "EntryNotFound" in type(err).__name__:
+            raise FileNotFoundError(f"{shard.url}: listed in the manifest but missing") from None
+        if not isinstance(err, (OSError, pa.ArrowException)):
+            raise
         raise ValueError(f"{shard.url}: not a readable Parquet file ({type(err).__name__}: {err})") from err
     schema = meta.schema.to_arrow_schema()
     found = (schema.metadata or {}).get(b"gwp_schema_version")
