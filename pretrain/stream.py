@@ -267,7 +267,9 @@ def open_streaming(source: str, revision: str | None = None, cfg: StreamConfig |
         raise FileNotFoundError(
             f"{murl}: no manifest; the curation run did not finish (it is written last)"
         ) from None
-    except (OSError, ValueError, ImportError) as err:
+    except (ValueError, ImportError) as err:  # an unknown protocol, or its fsspec package missing
+        raise ValueError(f"{murl}: cannot open this URL: {err}") from err
+    except OSError as err:  # the storage did not answer: a failed job, not a wrong argument
         raise RuntimeError(f"{murl}: cannot read the manifest: {type(err).__name__}: {err}") from err
     try:
         data = json.loads(raw)

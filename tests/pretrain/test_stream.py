@@ -163,3 +163,21 @@ def test_streaming_errors_name_the_file(dataset, tmp_path):
         ShardSet.open(f"file://{bad}")
     with pytest.raises(ValueError, match="cache_mb"):
         ShardSet.open(f"file://{dataset}", stream=StreamConfig(cache_mb=0))
+
+
+def test_cli_mistakes_about_streaming_are_one_line_and_exit_2(dataset, tmp_path, capsys):
+    from pipelines import finetune
+
+    base = ["--preset", "debug", "--init", "none", "--out", str(tmp_path / "o"), "--no-progress"]
+    cases = {
+        "--data-revision applies to a Hub repo id": ["--data", f"file://{dataset}", "--data-revision", "v1"],
+        "cache_mb must be > 0": ["--data", f"file://{dataset}", "--stream-cache-mb", "0"],
+        "cannot open this URL": ["--data", "nosuchprotocol://bucket/set"],
+        "shard-00000.parquet: listed in the manifest but missing": ["--data", f"file://{tmp_path / 'half'}"],
+    }
+    (tmp_path / "half" / "meta").mkdir(parents=True)
+    (tmp_path / "half" / "meta/manifest.json").write_text((dataset / "meta/manifest.json").read_text())
+    for message, argv in cases.items():
+        assert finetune.main(base + argv) == 2, message
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("gwp finetune: error:") and message in err, err
