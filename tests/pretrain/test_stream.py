@@ -9,6 +9,7 @@ local Hub server; every way must give the same batches, in the same order, on ev
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,15 @@ def test_cli_mistakes_about_streaming_are_one_line_and_exit_2(dataset, tmp_path,
         assert finetune.main(base + argv) == 2, message
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("gwp finetune: error:") and message in err, err
+
+
+def test_dataloader_workers_stream_the_same_batches_each_with_its_cache_share(dataset, tmp_path):
+    cfg = StreamConfig(cache_mb=0.2, cache_dir=str(tmp_path / "cache"))
+    lc = LoaderConfig(batch_size=4, seed=4)
+    want = batches(ShardLoader(dataset, lc), 6)
+    got = batches(ShardLoader(ShardSet.open(f"file://{dataset}", stream=cfg), replace(lc, num_workers=2)), 6)
+    assert_same_batches(got, want)
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert folders == ["rank00000-worker000", "rank00000-worker001"]
+    for f in (tmp_path / "cache").iterdir():
+        assert sum(p.stat().st_size for p in f.glob("*.arrow")) <= cfg.cache_mb * 2**20 / 2
