@@ -86,6 +86,7 @@ class RemoteShard:
 
     url: str
     name: str
+    sha256: str = ""  # the manifest's content hash: cached row groups of an older version never match
 
     def __str__(self) -> str:
         return self.url
@@ -207,7 +208,8 @@ class RowGroupSource:
 
     def row_group(self, shard: int, group: int, columns: Sequence[str]) -> pa.Table:
         src = self.shards[shard]
-        key = hashlib.sha256(f"{self._identity}|{src.url}|{group}|{','.join(columns)}".encode()).hexdigest()
+        key = f"{self._identity}|{src.url}|{src.sha256}|{group}|{','.join(columns)}"
+        key = hashlib.sha256(key.encode()).hexdigest()
 
         def fetch() -> pa.Table:
             fs, p = _url_fs(src.url)
@@ -284,7 +286,7 @@ def open_streaming(source: str, revision: str | None = None, cfg: StreamConfig |
         raise ValueError(f"{murl}: lists no shards; a streamed dataset needs them in its manifest")
     shards, rows, groups = [], [], []
     for info in manifest.shards:
-        shard = RemoteShard(f"{text}/{info.name}", info.name)
+        shard = RemoteShard(f"{text}/{info.name}", info.name, info.sha256 or "")
         n, g = _footer(shard, fs)
         if n != info.rows:
             raise ValueError(f"{shard.url}: has {n} rows, {murl} says {info.rows}")

@@ -194,3 +194,19 @@ def test_dataloader_workers_stream_the_same_batches_each_with_its_cache_share(da
     assert folders == ["rank00000-worker000", "rank00000-worker001"]
     for f in (tmp_path / "cache").iterdir():
         assert sum(p.stat().st_size for p in f.glob("*.arrow")) <= cfg.cache_mb * 2**20 / 2
+
+
+def test_cached_row_groups_of_an_older_version_are_not_served(dataset, tmp_path):
+    from pretrain.stream import RowGroupSource
+
+    cfg = StreamConfig(cache_mb=10, cache_dir=str(tmp_path / "cache"))
+    shards = ShardSet.open(f"file://{dataset}", stream=cfg)
+    assert shards.shards[0].sha256 == file_sha256(dataset / "data/shard-00000.parquet")
+    groups = [[ROW_GROUP] * shards.stream.num_groups(i) for i in range(3)]  # layout as the footers say
+    same = RowGroupSource(shards.shards, groups, cfg)
+    same.row_group(0, 0, ["sample_id"])
+    same.row_group(0, 0, ["sample_id"])
+    newer = [replace(s, sha256="0" * 64) for s in shards.shards]  # the repo moved on: new content
+    other = RowGroupSource(newer, groups, cfg)
+    other.row_group(0, 0, ["sample_id"])
+    assert (same.cache().fetches, other.cache().fetches) == (1, 1)
