@@ -265,9 +265,10 @@ def open_streaming(source: str, revision: str | None = None, cfg: StreamConfig |
         fs.invalidate_cache()  # fsspec keeps listings per filesystem instance: see the dataset as it is now
         with fs.open(mpath, "rb") as f:
             raw = f.read()
-    except FileNotFoundError:
+    except FileNotFoundError as err:
         raise FileNotFoundError(
-            f"{murl}: no manifest; the curation run did not finish (it is written last)"
+            f"{murl}: no manifest (no such repo, revision or folder, or the curation run did not finish: "
+            f"the manifest is written last) [{err}]"
         ) from None
     except (ValueError, ImportError) as err:  # an unknown protocol, or its fsspec package missing
         raise ValueError(f"{murl}: cannot open this URL: {err}") from err

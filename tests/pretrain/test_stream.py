@@ -150,6 +150,12 @@ def test_hub_repo_streams_by_range_requests(dataset, hub_env, tmp_path):
     col = read_shard_columns(shards.shards[1], ["episode_id"])
     assert col.equals(pq.read_table(dataset / "data/shard-00001.parquet", columns=["episode_id"]))
     assert not any((Path(hub_env.home) / "hub").rglob("*.parquet"))  # nothing landed in the Hub cache
+    sha = api.dataset_info(repo).sha
+    pinned = ShardSet.open(repo, revision=sha, stream=cfg)
+    assert pinned.rows == shards.rows and f"@{sha}/" in str(pinned.shards[0])
+    with pytest.raises((FileNotFoundError, RuntimeError), match="no-such-branch") as err:
+        ShardSet.open(repo, revision="no-such-branch", stream=cfg)
+    assert "no such repo, revision or folder" in str(err.value)
 
 
 def test_streaming_errors_name_the_file(dataset, tmp_path):
