@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from curation.config import VideoConfig
 from pipelines import train_cli
@@ -53,6 +52,7 @@ from pipelines.config_flags import name_flag
 from pipelines.usage import ArgumentParser, command, local_or_repo_id, reading
 from pretrain.config import MODEL_PRESETS, get_model_config
 from pretrain.run_config import TRAIN_PRESETS
+from pretrain.stream import read_shard_columns
 from schemas import get_embodiment
 from schemas.normalize import NormConfig
 
@@ -74,9 +74,9 @@ def data_settings(shards: ShardSet) -> dict[str, Any]:
 
     cfg = shards.manifest.config or {}
     cur = cfg.get("curation") or {}
-    first = pq.read_table(shards.shards[0], columns=["action", "frame_indices", "height", "width"]).slice(
-        0, 1
-    )
+    first = read_shard_columns(  # local or streamed
+        shards.shards[0], ["action", "frame_indices", "height", "width"]
+    ).slice(0, 1)
     row = first.to_pylist()[0]
     chunk = np.asarray(row["action"], dtype=np.float32).reshape(-1, 32).shape[0]
     video = cur.get("video") or {}
@@ -106,7 +106,7 @@ def rows_with_actions(shards: ShardSet) -> tuple[ShardSet, int]:
     ValueError naming the dataset when no row has actions."""
     keep, dropped = [], 0
     for i, path in enumerate(shards.shards):
-        mask_N32 = np.asarray(pq.read_table(path, columns=["action_mask"]).column(0).to_pylist(), dtype=bool)
+        mask_N32 = np.asarray(read_shard_columns(path, ["action_mask"]).column(0).to_pylist(), dtype=bool)
         rows = np.arange(len(mask_N32)) if shards.selection is None else np.asarray(shards.selection[i])
         has_N = mask_N32.reshape(len(mask_N32), -1).any(axis=1)[rows] if len(rows) else np.zeros(0, bool)
         keep.append(np.flatnonzero(has_N).tolist())
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             "revision": args.data_revision,
             "rows": shards.num_rows,
             "action_free_rows_left_out": action_free,
+            "stream": train_cli.stream_record(args),
         },
         "heldout": split.record(args.heldout_fraction, args.heldout_seed),
     }

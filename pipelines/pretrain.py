@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipelines import train_cli
 from pipelines.config_flags import add_field_flags, field_overrides, name_flag, parse_field_value
@@ -51,6 +50,7 @@ from pipelines.usage import ArgumentParser, UsageError, command, local_or_repo_i
 from pretrain.config import MODEL_PRESETS, ModelConfig, get_model_config
 from pretrain.objective_config import ObjectiveConfig
 from pretrain.run_config import TRAIN_PRESETS
+from pretrain.stream import read_shard_columns
 from schemas import MAX_DIM
 from schemas.config import ConfigError
 from schemas.registry import did_you_mean
@@ -71,7 +71,7 @@ def data_geometry(shards: ShardSet) -> dict[str, Any]:
     """P, K, frame size (or stored latent shape) and text width of a curated dataset's first row."""
     first = shards.shards[0]
     cols = ["action", "frame_indices", "height", "width", "video_format", "latent_shape"]
-    row = pq.read_table(first, columns=cols).slice(0, 1).to_pylist()
+    row = read_shard_columns(first, cols).slice(0, 1).to_pylist()  # local or streamed
     if not row:
         raise ValueError(f"{first}: shard has no rows")
     row = row[0]
@@ -303,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         "objective": ocfg.to_dict(),
         "codec": {"name": codec.name, **codec_kw, "latent_grid": [h, w]},
         "init": init,
-        "data": {"source": str(args.data), "revision": args.data_revision, "rows": shards.num_rows},
+        "data": {
+            "source": str(args.data),
+            "revision": args.data_revision,
+            "rows": shards.num_rows,
+            "stream": train_cli.stream_record(args),
+        },
         "tokens_per_sample": tokens,
         "parameters": param_count(model),
     }

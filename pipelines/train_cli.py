@@ -28,6 +28,7 @@ from pretrain.run_config import TrainConfig, get_train_config
 if TYPE_CHECKING:
     from pretrain.codec import LatentCache
     from pretrain.data import ShardLoader, ShardSet
+    from pretrain.stream import StreamConfig
 
 # TrainConfig fields a flag may override (``--batch-size`` → ``batch_size``)
 TRAIN_OVERRIDES: tuple[str, ...] = (
@@ -52,17 +53,59 @@ def open_shards(args: argparse.Namespace) -> ShardSet:
     from pretrain.data import ShardSet
 
     with reading("--data", args.data):
-        return ShardSet.open(args.data, args.data_revision)
+        return ShardSet.open(args.data, args.data_revision, stream=stream_config(args))
+
+
+def stream_config(args: argparse.Namespace) -> StreamConfig | None:
+    """The streaming settings when ``--data`` streams (a URL, or ``--stream``), else None."""
+    from pretrain.stream import StreamConfig, is_url
+
+    if not (args.stream or is_url(str(args.data))):
+        return None
+    try:
+        return StreamConfig(cache_mb=args.stream_cache_mb, cache_dir=args.stream_cache_dir).validate()
+    except ValueError as err:
+        raise UsageError(f"--stream-cache-mb: {err}") from None
+
+
+def stream_record(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The streaming settings as the run record keeps them (None: the dataset is read locally)."""
+    from dataclasses import asdict
+
+    cfg = stream_config(args)
+    return None if cfg is None else asdict(cfg)
 
 
 def check_data_arg(args: argparse.Namespace) -> None:
-    """A ``--data`` that is neither an existing folder nor a Hub repo id fails before any work."""
+    """A ``--data`` that is neither an existing folder, a Hub repo id nor a URL fails before any work."""
+    from pretrain.stream import is_url
+
+    if is_url(str(args.data)):  # any fsspec URL: streamed; its errors come when it is opened
+        if args.data_revision:
+            raise UsageError(f"--data-revision applies to a Hub repo id, not to the URL {args.data}")
+        return
     local_or_repo_id("--data", str(args.data), bare_name_ok=True)  # as pretrain.data.resolve_dataset
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="curated shards folder or dataset repo id")
+    p.add_argument(
+        "--data", required=True, help="curated shards folder, dataset repo id, or fsspec URL (streamed)"
+    )
     p.add_argument("--data-revision", default=None)
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream a Hub dataset repo by Parquet row group instead of downloading it first",
+    )
+    p.add_argument(
+        "--stream-cache-mb",
+        type=float,
+        default=1024.0,
+        help="local disk for streamed row groups (LRU, per process; StreamConfig.cache_mb)",
+    )
+    p.add_argument(
+        "--stream-cache-dir", default=None, help="folder of the streaming cache (default: a temporary one)"
+    )
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final/)")
 
 

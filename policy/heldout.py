@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from policy.model import GWPPolicyModel
 from policy.openloop import OpenLoopConfig, evaluate_openloop
 from pretrain.data import ShardSet
+from pretrain.stream import read_shard_columns
 
 HELDOUT_FILE = "heldout.jsonl"
 
@@ -75,7 +75,7 @@ def episode_column(shards: ShardSet) -> list[np.ndarray]:
     """``episode_id`` of every row, per shard (honouring an existing selection)."""
     out = []
     for i, path in enumerate(shards.shards):
-        col = np.asarray(pq.read_table(path, columns=["episode_id"]).column(0).to_pylist(), dtype=object)
+        col = np.asarray(read_shard_columns(path, ["episode_id"]).column(0).to_pylist(), dtype=object)
         out.append(col if shards.selection is None else col[list(shards.selection[i])])
     return out
 

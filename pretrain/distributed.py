@@ -11,6 +11,11 @@ The training code runs the same way under three launchers:
   no ``--num_nodes``, hostfile or core binding is needed. Pass ``--master_port`` when
   several jobs share a machine (default 29500).
 * ``torchrun --nproc_per_node N -m pipelines.pretrain …`` — sets the same variables.
+* several nodes: ``torchrun --nnodes N --nproc-per-node M --rdzv-backend c10d --rdzv-endpoint
+  HOST:PORT …`` on every node, or ``deepspeed --hostfile H …`` (with ``--no_ssh --node_rank i
+  --master_addr HOST`` on every node when there is no passwordless ssh). ``RANK`` is global,
+  ``LOCAL_RANK`` per node; nothing here assumes the ranks share a machine (the recipes:
+  ``scripts/launch_slurm.sh``, ``scripts/launch_kuberay.sh``).
 * plain ``python -m …`` — no variables at all: :func:`init_distributed` then forms a
   world of one on 127.0.0.1 with a free port, so DeepSpeed never goes looking for MPI.
 

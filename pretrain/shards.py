@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -82,6 +83,8 @@ class ShardSet:
     selection: tuple[tuple[int, ...], ...] | None = field(default=None, compare=False)
     # the instructions' token states; None for a manifest without a text index (refused by the loader)
     text: TextStore | None = field(default=None, compare=False)
+    # a streamed dataset's row-group source (``pretrain.stream``); None = local files
+    stream: Any = field(default=None, compare=False)
 
     @property
     def num_rows(self) -> int:
@@ -105,8 +108,19 @@ class ShardSet:
 
     @classmethod
     def open(
-        cls, source: str | os.PathLike, revision: str | None = None, cache_dir: str | None = None
+        cls,
+        source: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        stream: Any = None,
     ) -> ShardSet:
+        """``stream`` (a ``pretrain.stream.StreamConfig``) streams a Hub repo id; a URL always streams."""
+        from pretrain.stream import is_url, open_streaming
+
+        if stream is not None or is_url(str(source)):
+            if stream is not None and Path(str(source)).expanduser().is_dir():
+                return cls.open(source, revision, cache_dir)  # a local folder is read in place
+            return open_streaming(str(source), revision, stream)
         root = resolve_dataset(source, revision, cache_dir)
         mpath = root / MANIFEST_FILE
         if not mpath.is_file():

@@ -83,15 +83,19 @@ class TextStore:
     @classmethod
     def read(cls, root: Path, index: Mapping[str, Any] | None, where: str) -> TextStore:
         """The store a manifest (``where``) indexes; every mismatch names the file."""
-        from safetensors import SafetensorError
-        from safetensors.numpy import load
-
         if not index:
             raise SchemaError(where, "text", "no text-embedding index (the dataset cannot condition on text)")
         path = Path(root) / index["file"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: instruction embeddings listed in {where} but missing")
-        data = path.read_bytes()
+        return cls.from_bytes(path.read_bytes(), index, str(path), where)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, index: Mapping[str, Any], path: str, where: str) -> TextStore:
+        """The store from the file's bytes (``path`` names it in errors: a local file or a URL)."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load
+
         if hashlib.sha256(data).hexdigest() != index["sha256"]:
             raise SchemaError(
                 str(path), "sha256", f"does not match {where} (the file was changed or truncated)"
