@@ -169,6 +169,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             self._tables.move_to_end(shard)
             return self._tables[shard]
         cols = [n for n in Sample.arrow_schema().names if self.cfg.load_frames or n != "video"]
+        if self.shards.stream is not None:  # fetches only the row groups a batch takes
+            sel = None if self.shards.selection is None else self.shards.selection[shard]
+            return self.shards.stream.shard(shard, cols, sel)
         table = pq.read_table(self.shards.shards[shard], columns=cols)
         if self.shards.selection is not None:
             table = table.take(pa.array(self.shards.selection[shard], type=pa.int64()))
@@ -252,6 +255,10 @@ class ShardLoader:
         self.cfg = cfg.validate()
         self.rank, self.world_size, self.epochs = rank, world_size, epochs
         self.latent_cache = latent_cache
+        if latent_cache is not None and self.shards.stream is not None:
+            raise ValueError(
+                f"{self.shards.root}: a latent cache needs local shards; this dataset is streamed"
+            )
         self._probe = ShardStream(self.shards, cfg, rank, world_size)
         self.batches_per_epoch = self._probe.batches_per_epoch
         self._next = 0  # global index of the next batch to hand out
@@ -293,12 +300,18 @@ class ShardLoader:
         else:
             shard, row = -1, -1
         c = asdict(self.cfg)
+        where = {}
+        if self.shards.stream is not None and shard >= 0:  # streamed: the row group it starts in
+            actual = row if self.shards.selection is None else self.shards.selection[shard][row]
+            group, in_group = self.shards.stream.locate(shard, actual)
+            where = {"row_group": group, "row_in_group": in_group}
         return {
             "version": 1,
             "epoch": epoch,
             "batch_in_epoch": b,
             "shard_index": shard,  # informational: where the next batch's first row lives
             "row_offset": row,
+            **where,
             "rng": {"kind": "numpy.PCG64([seed, epoch(, buffer)])", "seed": c["seed"]},
             **{k: c[k] for k in _ORDER_KEYS if k in c},
             "rank": self.rank,

@@ -46,6 +46,8 @@ def reshard(src: Path, out: Path, shards: int = 3, row_group: int = ROW_GROUP) -
                       "sha256": file_sha256(out / name), "bytes": (out / name).stat().st_size})  # fmt: skip
     manifest["shards"] = infos
     (out / "meta/manifest.json").write_text(json.dumps(manifest))
+    if manifest.get("text"):  # the instructions' token states travel beside the shards
+        (out / manifest["text"]["file"]).write_bytes((src / manifest["text"]["file"]).read_bytes())
     return out
 
 
@@ -69,7 +71,7 @@ def assert_same_batches(a: list[dict], b: list[dict]) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b, strict=True):
         assert x["sample_id"] == y["sample_id"]
-        for k in ("obs_frames", "future_frames", "action", "state", "text_embedding"):
+        for k in ("obs_frames", "future_frames", "action", "state", "text_states", "text_mask"):
             assert torch.equal(x[k], y[k]), k
 
 
