@@ -117,6 +117,7 @@ def write_planned_shard(
                 # a part's pieces (several where a duplicate left a gap) are consecutive: only the
                 # current part is kept open, so memory holds one row group whatever the shard spans
                 if rows is None or rows.path != part:
+                    rows = None  # the previous part and its row group go before the next is read
                     rows = PartRows(part)
                 for raw in rows.chunks(start, stop, sc.row_group_rows):
                     table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
