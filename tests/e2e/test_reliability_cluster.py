@@ -141,12 +141,15 @@ def test_worker_node_killed_mid_job_gives_the_single_node_shards(source, tmp_pat
         driver.start()
         parts = out / ".work" / "parts"
         deadline = time.time() + 120
-        victim, busy = None, []
+        victim, busy = None, {}
+        # once a part is written, the first moment a worker node is running a task (between
+        # two tasks both may be idle for an instant)
         while time.time() < deadline and driver.is_alive():
             if any(parts.glob("part-*.parquet")):
                 busy = {id(n): busy_workers(n) for n in workers}
                 victim = max(workers, key=lambda n: len(busy[id(n)]))
-                break
+                if busy[id(victim)]:
+                    break
             time.sleep(0.05)
         assert victim is not None, f"no work part appeared ({result.get('error')!r})"
         parts_at_kill = len(list(parts.glob("part-*.parquet")))
