@@ -1,23 +1,27 @@
-"""Curation throughput: samples per second of the Ray Data job against a plain decode + resize.
+"""Curation throughput and peak memory against the corpus size: the Ray Data job against a plain decode + resize.
 
-    python -m benchmarks.bench_curate [--episodes 16] [--steps 120] [--size 128] [--rounds 3]
+    python -m benchmarks.bench_curate [--episodes 64 256 1024] [--steps 120] [--size 64] [--rounds 3]
 
-One synthetic dataset (``tests.support.helpers.make_episodes``: two 128² cameras, smooth frames,
-LeRobot v3.0 with h264) is curated by the real job (``curation.pipeline.run``, in-process Ray
-on every core, the ``default`` preset, captions off) and, in the same run, the *ceiling*: a
-plain loop that loads each episode, decodes every frame of its videos and composes/resizes
-the frames the job uses (those of its windows) to the sample size, with no Ray, no filters,
-no encoding and no writing; in one process (before and after the jobs: the mean is used) and
-split over every core. The job runs on one Ray instance, each time into a fresh folder: first
-with cold workers (they import Ray Data and the curation code inside the timed region), then
+For each size N, one synthetic dataset (N episodes like ``tests.support.helpers.make_episodes``:
+two cameras of smooth frames, LeRobot v3.0 with h264, written one episode at a time by a child
+process, so neither the frames nor the generation count in the job's memory) is curated by the
+real job (``curation.pipeline.run``, in-process Ray on every core, the ``default`` preset,
+captions off) and, in the same run, the *ceiling*: a plain loop that loads each episode,
+decodes every frame of its videos and composes/resizes the frames the job uses (those of its
+windows) to the sample size, with no Ray, no filters, no encoding and no writing; in one
+process (before and after the jobs: the mean is used) and split over every core. Each size
+gets its own Ray instance, on which the job runs each time into a fresh folder: first with
+cold workers (they import Ray Data and the curation code inside the timed region), then
 ``--rounds`` times with warm ones, each warm job right after an all-core ceiling run, so that
 the load changes of a shared machine hit both sides of each ratio alike (the medians are
 reported, and the round-by-round ratios). The data report is timed on its own: it is a
 fixed cost of plotting, not throughput. Ray's own start (``ray.init``) is outside every
-timing. Peak memory is the largest sum of the proportional set sizes (PSS: shared pages
-split between the processes that map them) of the driver and every Ray process, sampled
-every second; the RSS sum, which counts Ray's shared object store once per process, is
-printed beside it. Prints a Markdown table.
+timing; its object store spills to the benchmark's work folder. Peak memory is the largest
+sum of the proportional set sizes (PSS, from ``/proc/<pid>/smaps_rollup``: shared pages split
+between the processes that map them) of the driver and every process under it (Ray's GCS,
+raylet and workers), sampled every second; the driver's own PSS at that moment and the RSS
+sum, which counts Ray's shared object store once per process, are printed beside it. Prints
+a Markdown table per size, then one row per size, with the peak's growth from the smallest.
 """
 
 from __future__ import annotations
@@ -35,34 +39,53 @@ from pathlib import Path
 import psutil
 
 
-def _memory_of_job(pid: int) -> tuple[int, int]:
-    """(sum of RSS, sum of PSS) over the driver and every Ray process. RSS counts a shared page
+def _smaps_rollup(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in bytes of one process, from ``/proc/<pid>/smaps_rollup``."""
+    rss = pss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as fh:
+        for line in fh:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
+
+
+def _memory_of_job(pid: int) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, the driver's PSS) over the driver and every process under it:
+    the in-process Ray's GCS and raylet are its children, the workers the raylet's. Only this
+    tree, so that another Ray on a shared machine is not counted. RSS counts a shared page
     (Ray's object store in /dev/shm, shared libraries) once per process that maps it; PSS
     splits it between them, so the PSS sum is the job's real footprint."""
-    rss = pss = 0
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    rss = pss = driver = 0
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0, 0
+    for proc in procs:
         try:
-            cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.info["pid"] == pid or "ray::" in cmd or "raylet" in cmd or "gcs_server" in cmd:
-                info = proc.memory_full_info()
-                rss += info.rss
-                pss += getattr(info, "pss", info.rss)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, TypeError):
-            continue
-    return rss, pss
+            r, p = _smaps_rollup(proc.pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # gone between the listing and the read
+        rss, pss = rss + r, pss + p
+        driver = p if proc.pid == pid else driver
+    return rss, pss, driver
 
 
 class PeakMemory:
     def __init__(self) -> None:
         self.peak = 0  # of the PSS sum
         self.peak_rss = 0
+        self.driver = 0  # the driver's PSS when the sum peaked
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            rss, pss = _memory_of_job(os.getpid())
-            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
+            rss, pss, driver = _memory_of_job(os.getpid())
+            if pss > self.peak:
+                self.peak, self.driver = pss, driver
+            self.peak_rss = max(self.peak_rss, rss)
             time.sleep(1.0)  # reading every smaps costs CPU: sample sparsely
 
     def __enter__(self) -> PeakMemory:
@@ -97,12 +120,26 @@ def _refs(src: Path):
     return discover(SourceSpec(str(src)))[0]
 
 
-def ceiling_pass(src: Path, cfg) -> tuple[float, int]:
-    """Seconds and composed frames of the plain loop in one process (no Ray; listed first)."""
-    refs = _refs(src)
+def _ceiling_pass(src: str, cfg, results) -> None:
+    refs = _refs(Path(src))
     start = time.perf_counter()
     composed = _plain_loop(refs, cfg)
-    return time.perf_counter() - start, composed
+    results.put((time.perf_counter() - start, composed))
+
+
+def ceiling_pass(src: Path, cfg) -> tuple[float, int]:
+    """Seconds and composed frames of the plain loop in one process (no Ray; listed first),
+    a child process: what its decoding leaves in the heap must not count as the job's driver's
+    (it grew with the corpus)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    child = ctx.Process(target=_ceiling_pass, args=(str(src), cfg, results))
+    child.start()
+    seconds, composed = results.get()
+    child.join()
+    return seconds, composed
 
 
 def _ceiling_worker(src: str, cfg, first: int, stop: int, ready, go, results) -> None:
@@ -137,11 +174,42 @@ def ceiling_parallel(src: Path, cfg, episodes: int, procs: int) -> float:
     return seconds
 
 
+def _episodes(episodes: int, steps: int, size: int):
+    """The episodes of ``make_episodes([steps] * episodes, size=size)``, one at a time: at 1,024
+    episodes the whole list would hold gigabytes of frames."""
+    import numpy as np
+
+    from schemas import Episode, FrameRef, episode_id_for
+    from tests.support.helpers import EMBODIMENT, TASKS, smooth_frames
+
+    rng = np.random.default_rng(0)
+    fps = 10.0
+    for i in range(episodes):
+        state_TD = np.cumsum(rng.normal(scale=0.01, size=(steps, 4)), axis=0) + np.array([0.0, 0.6, 0.2, 0.5])
+        action_TD = np.clip(rng.normal(scale=0.5, size=(steps, 4)), -1, 1)
+        yield Episode(
+            episode_id=episode_id_for("synthetic", "memory", i),
+            source="synthetic",
+            embodiment=EMBODIMENT,
+            instruction=TASKS[i % len(TASKS)],
+            fps=fps,
+            state=state_TD.astype(np.float32),
+            action=action_TD.astype(np.float32),
+            timestamps=np.arange(steps, dtype=np.float64) / fps,
+            cameras={
+                "high": FrameRef(kind="inline", array=smooth_frames(steps, 13.0 * i, size, size), fps=fps),
+                "wrist": FrameRef(
+                    kind="inline", array=smooth_frames(steps, 7.0 * i + 50, size, size), fps=fps
+                ),
+            },
+            source_index=i,
+        ).validate()
+
+
 def _write_source(out: str, episodes: int, steps: int, size: int) -> None:
     from curation.formats.lerobot_v3 import write_lerobot_v3
-    from tests.support.helpers import make_episodes
 
-    write_lerobot_v3(make_episodes([steps] * episodes, size=size), Path(out), codec="h264")
+    write_lerobot_v3(_episodes(episodes, steps, size), Path(out), codec="h264")
 
 
 def make_source(out: Path, episodes: int, steps: int, size: int) -> Path:
@@ -160,26 +228,46 @@ def make_source(out: Path, episodes: int, steps: int, size: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--episodes", type=int, nargs="+", default=[64, 256, 1024], help="corpus sizes")
     p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument(
+        "--size", type=int, default=64, help="camera frame side (the job composes to its own size)"
+    )
     p.add_argument(
         "--rounds", type=int, default=3, help="warm jobs, each run right after an all-core ceiling"
     )
     p.add_argument("--episodes-per-task", type=int, default=None, help="RunConfig.episodes_per_task")
     p.add_argument("--keep", action="store_true", help="keep the work folder (source, outputs) in /tmp")
     args = p.parse_args(argv)
-    work = Path(tempfile.mkdtemp(prefix="gwp-bench-curate-"))
-    try:
-        return _bench(args, work)
-    finally:  # the source and the job outputs: 1 GB at 192 episodes, 3 GB at 512
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept {work}")
+    if min(args.episodes) < 1 or args.rounds < 1:
+        p.error("--episodes and --rounds must be at least 1")
+    rows = []
+    for n in args.episodes:
+        work = Path(tempfile.mkdtemp(prefix="gwp-bench-curate-"))
+        try:
+            rows.append(_bench(args, n, work))
+        finally:  # the source and the job outputs: 1 GB at 192 episodes, 3 GB at 512
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                print(f"kept {work}")
+    first = rows[0]
+    print(f"\n## by corpus size ({args.steps} steps × 2 cameras at {args.size}², {platform.node()}, "
+          f"{os.cpu_count()} cores)\n")  # fmt: skip
+    print("| episodes | samples | all-core ceiling | job cold | job warm | cold ÷ all-core | warm ÷ all-core "
+          "(median of pairs) | peak PSS cold | peak PSS warm | driver PSS at the peak | peak ÷ first size's |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        peak = max(r["cold_pss"], r["warm_pss"])
+        print(f"| {r['episodes']} | {r['samples']} | {r['parallel_s']:.2f} s | {r['cold_s']:.2f} s | "
+              f"{r['warm_s']:.2f} s | {r['cold_ratio']:.2f} | {r['warm_ratio']:.2f} | "
+              f"{r['cold_pss'] / 2**30:.2f} GiB | {r['warm_pss'] / 2**30:.2f} GiB | "
+              f"{r['driver_pss'] / 2**30:.2f} GiB | "
+              f"{peak / max(first['cold_pss'], first['warm_pss']):.2f} |")  # fmt: skip
+    return 0
 
 
-def _bench(args: argparse.Namespace, work: Path) -> int:
+def _bench(args: argparse.Namespace, episodes: int, work: Path) -> dict:
     import ray
 
     from curation.config import get_preset
@@ -187,11 +275,11 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     from curation.pipeline import CurateJob, RunConfig, run
     from curation.report import write_report
 
-    src = make_source(work / "src", args.episodes, args.steps, args.size)
+    src = make_source(work / "src", episodes, args.steps, args.size)
     cfg = get_preset("default")
     run_kw = {} if args.episodes_per_task is None else {"episodes_per_task": args.episodes_per_task}
 
-    def curate(name: str) -> tuple[float, tuple[int, int], int]:
+    def curate(name: str) -> tuple[float, tuple[int, int, int], int]:
         job = CurateJob(
             sources=(SourceSpec(str(src)),),
             out=str(work / f"out-{name}"),
@@ -203,19 +291,25 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
             start = time.perf_counter()
             manifest = run(job)
             seconds = time.perf_counter() - start
-        return seconds, (mem.peak, mem.peak_rss), manifest.counts["samples"]
+        return seconds, (mem.peak, mem.peak_rss, mem.driver), manifest.counts["samples"]
 
     cores = os.cpu_count() or 1
     ceiling_before, frames = ceiling_pass(src, cfg)
-    parallel = [ceiling_parallel(src, cfg, args.episodes, cores)]
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    parallel = [ceiling_parallel(src, cfg, episodes, cores)]
+    # spilling to a local folder of the benchmark's, so that the object store spills, not grows
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        object_spilling_directory=str(work / "spill"),
+    )
     cold = curate("cold")  # the first job on a fresh Ray: its workers start cold
     # then, so that load changes on a shared machine hit both sides of each ratio alike,
     # rounds of (all-core ceiling, warm job) back to back
     warm = []
     for r in range(args.rounds):
         if r:
-            parallel.append(ceiling_parallel(src, cfg, args.episodes, cores))
+            parallel.append(ceiling_parallel(src, cfg, episodes, cores))
         warm.append(curate(f"warm{r}"))
     start = time.perf_counter()
     write_report(work / "out-cold")
@@ -231,7 +325,7 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     warm_s = statistics.median([w[0] for w in warm])
     warm_peak = max(w[1] for w in warm)
     w = cfg.windows
-    print(f"\n{args.episodes} episodes × {args.steps} steps × 2 cameras at {args.size}², {samples} samples "
+    print(f"\n{episodes} episodes × {args.steps} steps × 2 cameras at {args.size}², {samples} samples "
           f"(p={w.chunk}, Δ={w.frame_stride}, K={w.num_future}, stride {w.stride}), {platform.node()} "
           f"{cores} cores, load {os.getloadavg()[0]:.1f} (1-min average at the end)\n")  # fmt: skip
     print(
@@ -258,7 +352,18 @@ def _bench(args: argparse.Namespace, work: Path) -> int:
     print(f"job ÷ ceiling (1 process / all {cores} cores): {ceiling_s / cold[0]:.2f} / {parallel_s / cold[0]:.2f} cold, "
           f"{ceiling_s / warm_s:.2f} / {parallel_s / warm_s:.2f} warm (the job also filters, fingerprints, windows, "
           "encodes PNGs, computes stats, writes parts, shards and manifest; Ray's start is outside the timing)")  # fmt: skip
-    return 0
+    return {
+        "episodes": episodes,
+        "samples": samples,
+        "parallel_s": parallel_s,
+        "cold_s": cold[0],
+        "warm_s": warm_s,
+        "cold_ratio": parallel_s / cold[0],
+        "warm_ratio": statistics.median(pair_ratios),
+        "cold_pss": cold[1][0],
+        "warm_pss": warm_peak[0],
+        "driver_pss": max(cold[1], warm_peak)[2],
+    }
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class RunConfig:
     caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running
     caption_actors: int = 1
     num_cpus: int | None = None  # in-process Ray only; None = all cores
+    # in-process Ray only: a local folder the object store spills to when full (None: Ray's
+    # temp folder); on a cluster each node's `ray start --object-spilling-directory` decides
+    spill_dir: str | None = None
     progress: bool = True
     report: bool = True  # write the data report (meta/report/) after the manifest
 

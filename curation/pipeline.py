@@ -114,7 +114,13 @@ def start_ray(run_cfg: RunConfig) -> int:
         if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`, or pointed at a cluster
             ray.init(log_to_driver=True)
         else:  # in-process; "local" so a cluster left running on this machine is not joined
-            ray.init(address="local", num_cpus=run_cfg.num_cpus, include_dashboard=False, log_to_driver=True)
+            ray.init(
+                address="local",
+                num_cpus=run_cfg.num_cpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                object_spilling_directory=run_cfg.spill_dir,
+            )
     cpus = int(ray.cluster_resources().get("CPU", 1))
     warm_workers(cpus, run_cfg.episode_num_cpus)  # their imports overlap the driver's start
     ray.data.DataContext.get_current().enable_progress_bars = run_cfg.progress

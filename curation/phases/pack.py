@@ -112,12 +112,20 @@ def write_planned_shard(
     if not shard_is_complete(path, plan.rows):
         schema = Sample.arrow_schema().with_metadata(SAMPLE_METADATA)
         with atomic_parquet_writer(path, schema, compression=sc.compression) as writer:
-            parts: dict[str, PartRows] = {}  # a part with a gap (a duplicate) gives several pieces
+            rows: PartRows | None = None
             for part, start, stop in plan.pieces:
-                rows = parts.setdefault(part, PartRows(part))
+                # a part's pieces (several where a duplicate left a gap) are consecutive: only the
+                # current part is kept open, so memory holds one row group whatever the shard spans
+                if rows is None or rows.path != part:
+                    rows = None  # the previous part and its row group go before the next is read
+                    rows = PartRows(part)
                 for raw in rows.chunks(start, stop, sc.row_group_rows):
                     table = validate_sample_table(normalise_raw_table(raw, stats, cfg.norm), where=part)
                     writer.write_table(table.replace_schema_metadata(SAMPLE_METADATA))
+            del rows
+        # Arrow's allocator keeps freed pages for reuse: hand them back, or each worker that has
+        # written a shard keeps the peak of its largest row groups for the rest of the job
+        pa.default_memory_pool().release_unused()
     return shard_info(Path(out), plan.index, plan.rows)
 
 
@@ -126,6 +134,7 @@ class PartRows:
     so the pieces either side of a gap share its read."""
 
     def __init__(self, path: str):
+        self.path = path
         self.file = pq.ParquetFile(path)
         sizes = [self.file.metadata.row_group(i).num_rows for i in range(self.file.num_row_groups)]
         self.stops = list(itertools.accumulate(sizes))

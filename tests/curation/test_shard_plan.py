@@ -107,6 +107,47 @@ def test_a_shard_reads_each_row_group_once_across_a_gap(tmp_path, monkeypatch):
     ]
 
 
+def test_a_shard_over_several_parts_keeps_one_part_open(tmp_path, monkeypatch):
+    """A shard task's memory must not grow with the parts its shard spans: it opens the parts
+    one after the other, each dropped (with its row group) before the next is opened, and
+    writes every row of every part in order."""
+    import gc
+    import weakref
+
+    import pyarrow.parquet as pq
+
+    import curation.phases.pack as pack
+    from curation.config import get_preset
+    from curation.in_memory import curate_in_memory
+    from curation.phases.statistics import merge_sketches
+    from tests.support.helpers import make_episodes
+
+    parts = [
+        part_path(curate_in_memory(make_episodes([20, 22], source=f"s{i}"), tmp_path / f"ds{i}") / ".work", 0)
+        for i in range(3)
+    ]
+    (plan,) = plan_shards(parts, ShardConfig())
+    assert [piece[0] for piece in plan.pieces] == [str(p) for p in parts]
+    opened: list[weakref.ref] = []
+    most_alive = 0
+
+    class Counted(pack.PartRows):
+        def __init__(self, path: str):
+            nonlocal most_alive
+            gc.collect()
+            most_alive = max(most_alive, 1 + sum(r() is not None for r in opened))
+            super().__init__(path)
+            opened.append(weakref.ref(self))
+
+    monkeypatch.setattr(pack, "PartRows", Counted)
+    stats = merge_sketches(parts, get_preset("debug").norm)
+    info = pack.write_planned_shard(str(tmp_path / "out"), plan, stats, get_preset("debug"))
+    assert len(opened) == 3 and most_alive == 1
+    ids = pq.read_table(tmp_path / "out" / info.name, columns=["sample_id"]).column("sample_id").to_pylist()
+    want = [i for p in parts for i in pq.read_table(p, columns=["sample_id"]).column("sample_id").to_pylist()]
+    assert ids == want and info.rows == len(want)
+
+
 @pytest.mark.parametrize(
     ("start", "stop", "rows"), [(0, 23, 4), (3, 17, 5), (5, 10, 5), (7, 8, 100), (4, 4, 3)]
 )
