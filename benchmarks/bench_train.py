@@ -60,12 +60,15 @@ BYTES_PER_PARAM = (
 TEXT_TOKENS = 64  # instruction tokens per sample: GWP's prompt length (umT5 states)
 
 
-def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: int, device: Any) -> dict:
-    """Latent batch [B, C, 1|K, h, w] + normalised actions/state of one embodiment (fixed seed)."""
+def synthetic_batch(
+    mcfg: ModelConfig, batch: int, grid: tuple[int, int], text: int, device: Any, dims: int = 7
+) -> dict:
+    """Latent batch [B, C, 1|K, h, w] + normalised actions/state of one ``dims``-dim embodiment +
+    umT5-like instruction token states [B, TEXT_TOKENS, text] (fixed seed)."""
     g = torch.Generator().manual_seed(0)
     C, K, P, (h, w) = mcfg.latent_channels, mcfg.future_latent_frames, mcfg.chunk, grid
     mask = torch.zeros(batch, 32, dtype=torch.bool)
-    mask[:, :7] = True
+    mask[:, :dims] = True
     out = {
         "obs_latents": torch.randn(batch, C, 1, h, w, generator=g),
         "future_latents": torch.randn(batch, C, K, h, w, generator=g),

@@ -39,29 +39,16 @@ from typing import Any
 
 import torch
 
+from benchmarks.bench_train import synthetic_batch
 from policy.inference import Context, sample_actions, sample_joint
 from policy.model import GWPPolicyModel, PolicyConfig, TextConfig
 from pretrain.config import ModelConfig, get_model_config
 from pretrain.model import param_count
 from pretrain.run_config import TrainConfig
+from tests.pretrain.wan_tiny import WAN22_VAE  # Wan2.2's VAE layout at base width 8
 
-# Wan2.2's VAE layout (z 48, patch 2, three spatial and two temporal downsamplings) at base width 8
-VAE_LAYOUT = {
-    "base_dim": 8,
-    "z_dim": 48,
-    "dim_mult": [1, 1, 1, 1],
-    "num_res_blocks": 1,
-    "temperal_downsample": [False, True, True],
-    "is_residual": True,
-    "in_channels": 12,
-    "out_channels": 12,
-    "patch_size": 2,
-    "scale_factor_spatial": 16,
-    "scale_factor_temporal": 4,
-    "latents_mean": [0.0] * 48,
-    "latents_std": [1.0] * 48,
-}
-TEXT_DIM = 64  # width of the synthetic stored text embedding
+TEXT_DIM = 64  # width of the synthetic instruction token states
+DIMS = 14  # action/state dims of the synthetic embodiment (a dual arm)
 STEPS = 10  # Euler steps per chunk
 
 
@@ -79,29 +66,11 @@ def build_policy(mcfg: ModelConfig, device: torch.device) -> GWPPolicyModel:
     cfg = PolicyConfig(
         model=mcfg,
         codec="wan-vae",
-        codec_kwargs={"config": VAE_LAYOUT, "seed": 0},
+        codec_kwargs={"config": WAN22_VAE, "seed": 0},
         text=TextConfig(dim=TEXT_DIM),
     )
     with torch.device(device):
         return GWPPolicyModel(cfg)
-
-
-def synthetic_batch(mcfg: ModelConfig, batch: int, grid: tuple[int, int], device: Any) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(0)
-    C, K, P, (h, w) = mcfg.latent_channels, mcfg.future_latent_frames, mcfg.chunk, grid
-    mask = torch.zeros(batch, 32, dtype=torch.bool)
-    mask[:, :14] = True
-    out = {
-        "obs_latents": torch.randn(batch, C, 1, h, w, generator=g),
-        "future_latents": torch.randn(batch, C, K, h, w, generator=g),
-        "action": torch.randn(batch, P, 32, generator=g) * mask[:, None],
-        "action_mask": mask,
-        "state": torch.randn(batch, 32, generator=g) * mask,
-        "state_mask": mask,
-        "embodiment_id": torch.zeros(batch, dtype=torch.long),
-        "text_embedding": torch.randn(batch, TEXT_DIM, generator=g),
-    }
-    return {k: v.to(device) for k, v in out.items()}
 
 
 def train_flops(mcfg: ModelConfig, batch: int, grid: tuple[int, int]) -> int:
@@ -109,7 +78,7 @@ def train_flops(mcfg: ModelConfig, batch: int, grid: tuple[int, int]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     model = build_policy(mcfg, torch.device("meta"))
-    b = synthetic_batch(mcfg, batch, grid, "meta")
+    b = synthetic_batch(mcfg, batch, grid, TEXT_DIM, "meta", dims=DIMS)
     b["embodiment_id"] = torch.zeros(batch, dtype=torch.long)  # range-checked on the host
     with FlopCounterMode(display=False) as counter:
         loss, _ = model.joint_loss(b)
@@ -137,7 +106,7 @@ def check_training(
     torch.manual_seed(0)
     model = build_policy(mcfg, device)
     te = build_engine(model, cfg, dd.init_distributed("nccl" if cuda else "gloo"))
-    batch = synthetic_batch(mcfg, args.batch, grid, te.device)
+    batch = synthetic_batch(mcfg, args.batch, grid, TEXT_DIM, te.device, dims=DIMS)
     engine = te.engine
     engine.train()
     times, losses = [], []

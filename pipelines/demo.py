@@ -124,6 +124,12 @@ class DemoConfig:
 # Fine-tunes of a fifth of its steps left the policy undertrained.
 PRESETS: Registry[DemoConfig] = Registry("demo preset")
 _DEBUG = get_preset("debug")
+# the curation of the 64-pixel presets: 8-action chunks, two future frames 4 steps apart
+_CURATION_64 = replace(
+    _DEBUG,
+    windows=replace(_DEBUG.windows, chunk=8, frame_stride=4, num_future=2, stride=2),
+    video=replace(_DEBUG.video, width=64, height=64),
+)
 PRESETS.register(
     "default",
     DemoConfig(
@@ -131,11 +137,7 @@ PRESETS.register(
         tasks=("drawer-open-v3", "button-press-topdown-v3"),
         episodes_per_task=30,
         image_size=64,
-        curation=replace(
-            _DEBUG,
-            windows=replace(_DEBUG.windows, chunk=8, frame_stride=4, num_future=2, stride=2),
-            video=replace(_DEBUG.video, width=64, height=64),
-        ),
+        curation=_CURATION_64,
     ),
 )
 PRESETS.register(
@@ -172,11 +174,7 @@ PRESETS.register(
         tasks=("button-press-topdown-v3",),
         episodes_per_task=5,
         image_size=64,
-        curation=replace(
-            _DEBUG,
-            windows=replace(_DEBUG.windows, chunk=8, frame_stride=4, num_future=2, stride=2),
-            video=replace(_DEBUG.video, width=64, height=64),
-        ),
+        curation=_CURATION_64,
         train=DemoTraining(
             train_preset="demo",
             pretrain_steps=20,

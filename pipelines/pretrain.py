@@ -144,14 +144,10 @@ def build_transformer(
     src = resolve_init(init, revision)
     if src.kind == "gwp":
         from policy.model import load_backbone
-        from pretrain.wan_adapter import BACKBONE_FIELDS
+        from pretrain.wan_adapter import backbone_mismatch
 
         theirs, sd = load_backbone(src.folder)
-        diff = [
-            f"{f} {getattr(theirs, f)} vs {getattr(mcfg, f)}"
-            for f in BACKBONE_FIELDS
-            if getattr(theirs, f) != getattr(mcfg, f)
-        ]
+        diff = backbone_mismatch(theirs, mcfg)
         if diff:
             raise ValueError(
                 f"{init}: checkpoint geometry differs from model preset {mcfg.name!r}: " + "; ".join(diff)

@@ -267,18 +267,30 @@ class Policy:
             )
         return out
 
-    def predict_action(self, observation: Mapping[str, Any], *, seed: int | None = None) -> np.ndarray:
-        """float32 ``[p, Da]`` actions in the robot's units (action-only decoding)."""
-        ctx, spec, state = self.prepare(observation)
-        fc = self.model.cfg.flow
-        a = sample_actions(
+    def _sample_actions(
+        self,
+        ctx: Context,
+        *,
+        seed: int | None = None,
+        action_noise_BP32: torch.Tensor | None = None,
+        guide: Guide | None = None,
+    ) -> torch.Tensor:
+        """Action-only decoding ``[B, p, 32]`` (normalised) at the policy's steps and shift; the noise
+        comes from ``action_noise_BP32`` when given, else from ``seed``."""
+        return sample_actions(
             self.model.transformer,
             ctx,
             num_steps=self.num_steps,
-            shift=fc.action_shift,
+            shift=self.model.cfg.flow.action_shift,
+            action_noise_BP32=action_noise_BP32,
             generator=self._generator(seed),
+            guide=guide,
         )
-        return self._to_robot(a, state, spec)
+
+    def predict_action(self, observation: Mapping[str, Any], *, seed: int | None = None) -> np.ndarray:
+        """float32 ``[p, Da]`` actions in the robot's units (action-only decoding)."""
+        ctx, spec, state = self.prepare(observation)
+        return self._to_robot(self._sample_actions(ctx, seed=seed), state, spec)
 
     def predict_action_guided(
         self,
@@ -321,16 +333,8 @@ class Policy:
         target[0, :q] = torch.from_numpy(y)
         w = prefix_weights(P, delay, P - q, schedule)  # type: ignore[arg-type]
         weights = torch.from_numpy(w)[None, :, None] * torch.from_numpy(mask.astype(np.float32))[None, None]
-        fc = self.model.cfg.flow
-        a = sample_actions(
-            self.model.transformer,
-            ctx,
-            num_steps=self.num_steps,
-            shift=fc.action_shift,
-            generator=self._generator(seed),
-            guide=Guide(target.to(self.device), weights.to(self.device), max_guidance_weight),
-        )
-        out = self._to_robot(a, state, spec)
+        guide = Guide(target.to(self.device), weights.to(self.device), max_guidance_weight)
+        out = self._to_robot(self._sample_actions(ctx, seed=seed, guide=guide), state, spec)
         out[:delay] = prev[:delay]
         return out
 
@@ -359,13 +363,7 @@ class Policy:
                 for s in seeds
             ]
         )
-        a = sample_actions(
-            self.model.transformer,
-            ctx,
-            num_steps=self.num_steps,
-            shift=self.model.cfg.flow.action_shift,
-            action_noise_BP32=noise,
-        )
+        a = self._sample_actions(ctx, action_noise_BP32=noise)
         return [self._to_robot(a[i : i + 1], st, sp) for i, (_, sp, st) in enumerate(prepared)]
 
     def predict(

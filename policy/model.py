@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from pretrain.codec import LatentCodec, make_model_codec
 from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
-from pretrain.hub import HubMixin
+from pretrain.hub import HubMixin, local_model_folder
 from pretrain.init import check_init_codec, resolve_init
 from pretrain.model import ActionVideoTransformer, ModelOutput
 from pretrain.objective import text_states
@@ -200,15 +200,12 @@ def _find_model_config(node: Any) -> dict[str, Any] | None:
 
 def resolve_model_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local folder as is; otherwise a Hub model repo id, downloaded (cached) at ``revision``."""
-    text = str(path_or_repo_id)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise NotADirectoryError(f"{text}: is a file; expected a model folder or a Hub repo id")
+    local = local_model_folder(path_or_repo_id)
+    if local is not None:
         return local
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{text!r}: no such local folder, and not a Hub repo id (owner/name)")
-    return download_snapshot(text, repo_type="model", revision=revision, allow_patterns=BACKBONE_FILES)
+    return download_snapshot(
+        str(path_or_repo_id), repo_type="model", revision=revision, allow_patterns=BACKBONE_FILES
+    )
 
 
 def load_backbone(

@@ -214,7 +214,9 @@ def read_model_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _local_or_repo(path_or_repo_id: str | os.PathLike) -> Path | None:
+def local_model_folder(path_or_repo_id: str | os.PathLike) -> Path | None:
+    """The local folder ``path_or_repo_id`` names, or None when it is a Hub repo id (owner/name);
+    anything else is refused with the path in the message."""
     text = str(path_or_repo_id)
     local = Path(text).expanduser()
     if local.exists():
@@ -288,7 +290,7 @@ class HubMixin:
         device: str | torch.device = "cpu",
     ) -> Any:
         """Rebuild from a folder written by :meth:`save_pretrained` or a model repo id (downloaded, cached)."""
-        folder = _local_or_repo(path_or_repo_id)
+        folder = local_model_folder(path_or_repo_id)
         if folder is None:
             folder = download_snapshot(
                 str(path_or_repo_id),

@@ -247,6 +247,15 @@ BACKBONE_FIELDS = (
 )
 
 
+def backbone_mismatch(theirs: ModelConfig, ours: ModelConfig) -> list[str]:
+    """``"field: checkpoint X vs model Y"`` for each backbone field the two configs disagree on."""
+    return [
+        f"{f}: checkpoint {getattr(theirs, f)} vs model {getattr(ours, f)}"
+        for f in BACKBONE_FIELDS
+        if getattr(theirs, f) != getattr(ours, f)
+    ]
+
+
 def load_wan_backbone(
     model: ActionVideoTransformer, source: str | Path | dict[str, Tensor], strict: bool = True
 ) -> WanLoadReport:
@@ -260,12 +269,7 @@ def load_wan_backbone(
     if not isinstance(source, dict):
         wan_cfg = read_wan_config(source)
         if wan_cfg is not None:
-            theirs = model_config_from_wan(wan_cfg, cfg)
-            diff = [
-                f"{f}: checkpoint {getattr(theirs, f)} vs model {getattr(cfg, f)}"
-                for f in BACKBONE_FIELDS
-                if getattr(theirs, f) != getattr(cfg, f)
-            ]
+            diff = backbone_mismatch(model_config_from_wan(wan_cfg, cfg), cfg)
             if diff:
                 raise ValueError(
                     f"load_wan_backbone: {where} does not match model config {cfg.name!r}: " + "; ".join(diff)

@@ -259,6 +259,15 @@ class RawVideoReader(SourceReader):
             )
         return cameras
 
+    def _fps(self, meta: dict[str, Any], control_hz: float, sidecar: Path, name: str) -> float:
+        """The sidecar's fps, else the mapping's, else the embodiment's control rate."""
+        try:
+            return float(meta.get("fps") or self.mapping.extra.get("fps") or control_hz)
+        except (TypeError, ValueError) as err:
+            raise LoadError(
+                "bad_sidecar", f"fps is not a number: {meta.get('fps')!r}", sidecar, name
+            ) from err
+
     def load(self, ref: EpisodeRef) -> Episode:
         name = ref.locator["name"]
         json_path, csv_path = self.root / f"{name}.json", self.root / f"{name}.csv"
@@ -295,12 +304,7 @@ class RawVideoReader(SourceReader):
             timestamps = timestamps if timestamps is not None else csv_timestamps
             instruction = instruction or csv_instruction
         instruction = instruction or self.mapping.instruction
-        try:
-            fps = float(meta.get("fps") or self.mapping.extra.get("fps") or spec.control_hz)
-        except (TypeError, ValueError) as err:
-            raise LoadError(
-                "bad_sidecar", f"fps is not a number: {meta.get('fps')!r}", sidecar, name
-            ) from err
+        fps = self._fps(meta, spec.control_hz, sidecar, name)
         if timestamps is not None:
             timestamps = np.asarray(timestamps, dtype=np.float64)
             if timestamps.ndim != 1:
@@ -337,12 +341,7 @@ class RawVideoReader(SourceReader):
         """An episode of video only: T from the videos' frame count, ``action``/``state`` [T, 0]."""
         sidecar = self._sidecar_of(name)
         spec = get_embodiment(embodiment)
-        try:
-            fps = float(meta.get("fps") or self.mapping.extra.get("fps") or spec.control_hz)
-        except (TypeError, ValueError) as err:
-            raise LoadError(
-                "bad_sidecar", f"fps is not a number: {meta.get('fps')!r}", sidecar, name
-            ) from err
+        fps = self._fps(meta, spec.control_hz, sidecar, name)
         timestamps = meta.get("timestamps")
         if timestamps is not None:
             timestamps = np.asarray(timestamps, dtype=np.float64)

@@ -8,7 +8,6 @@ pretraining export is (``model.safetensors`` + ``config.json`` holding the model
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -22,11 +21,12 @@ from pipelines import finetune
 from policy import Policy
 from policy.api import ObservationError
 from policy.inference import sample_actions
-from policy.model import GWPPolicyModel, PolicyConfig, load_backbone
+from policy.model import GWPPolicyModel, load_backbone
 from pretrain.config import get_model_config
 from pretrain.model import build_model
-from schemas import DimStats, EmbodimentStats, get_embodiment
+from schemas import get_embodiment
 from tests.support.helpers import make_episodes
+from tests.support.tiny_policy import tiny_policy_model
 
 LENGTHS = (24, 30)
 
@@ -153,25 +153,10 @@ def test_policy_predicts_robot_units(finetuned):
 # ---------------------------------------------------------------- errors and delta dims
 
 
-def _stats(spec, rng) -> EmbodimentStats:
-    def dims(n):
-        lo = rng.normal(size=n)
-        hi = lo + rng.uniform(0.5, 2.0, size=n)
-        t = lambda a: tuple(float(v) for v in a)  # noqa: E731
-        return DimStats(t((lo + hi) / 2), t(hi - lo), t(lo - 1), t(hi + 1), t(lo), t(hi), 100)
-
-    return EmbodimentStats(spec.name, dims(spec.action_dim), dims(spec.state_dim))
-
-
 @pytest.fixture(scope="module")
 def small_policy() -> Policy:
-    torch.manual_seed(0)
     specs = (get_embodiment("metaworld_sawyer"), get_embodiment("agilex_dual_arm"))
-    cfg = PolicyConfig(model=dataclasses.replace(get_model_config("debug"), chunk=6), embodiments=specs)
-    model = GWPPolicyModel(cfg)
-    rng = np.random.default_rng(0)
-    model.norm_stats = {s.name: _stats(s, rng) for s in specs}
-    return Policy(model)
+    return Policy(tiny_policy_model(specs, chunk=6))
 
 
 def _obs(spec, **over):

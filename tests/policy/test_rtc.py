@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 
 import numpy as np
@@ -28,12 +27,10 @@ from policy.execution import (
     prefix_weights,
 )
 from policy.inference import Context, Guide, guidance_weight, sample_actions
-from policy.model import GWPPolicyModel, PolicyConfig
-from pretrain.config import get_model_config
 from schemas import get_embodiment
 from schemas.errors import ConfigError
 from schemas.registry import UnknownNameError
-from tests.policy.test_serve import _stats
+from tests.support.tiny_policy import tiny_policy_model
 
 P = 8
 SMALL_ENV = ("--max-steps", "24", "--image-size", "64", "--tasks", "drawer-open-v3")
@@ -42,11 +39,7 @@ SPEC = get_embodiment("metaworld_sawyer")
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    torch.manual_seed(0)
-    cfg = PolicyConfig(model=dataclasses.replace(get_model_config("debug"), chunk=P), embodiments=(SPEC,))
-    model = GWPPolicyModel(cfg)
-    model.norm_stats = {SPEC.name: _stats(SPEC, np.random.default_rng(0))}
-    return Policy(model)
+    return Policy(tiny_policy_model((SPEC,), chunk=P))
 
 
 def obs(seed: int = 1) -> dict:

@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from policy.api import Policy
-from policy.model import GWPPolicyModel, PolicyConfig
 from policy.server import PolicyServer, policy_metadata
 from policy.wire import WireError, packb, to_observation, unpackb
-from pretrain.config import get_model_config
-from schemas import DimStats, EmbodimentStats, get_embodiment
+from schemas import get_embodiment
+from tests.support.tiny_policy import tiny_policy_model
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("OPENPI_CLIENT_VENV", ROOT / ".venvs" / "openpi-client"))
@@ -40,22 +38,9 @@ CHUNK = 8
 PORT_ANY = ("--port", "0", "--threads", "1")
 
 
-def _stats(spec, rng) -> EmbodimentStats:
-    def dims(n):
-        lo = rng.normal(size=n)
-        hi = lo + rng.uniform(0.5, 2.0, size=n)
-        t = lambda a: tuple(float(v) for v in a)  # noqa: E731
-        return DimStats(t((lo + hi) / 2), t(hi - lo), t(lo - 1), t(hi + 1), t(lo), t(hi), 100)
-
-    return EmbodimentStats(spec.name, dims(spec.action_dim), dims(spec.state_dim))
-
-
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    cfg = PolicyConfig(model=dataclasses.replace(get_model_config("debug"), chunk=CHUNK), embodiments=(SPEC,))
-    model = GWPPolicyModel(cfg)
-    model.norm_stats = {SPEC.name: _stats(SPEC, np.random.default_rng(0))}
+    model = tiny_policy_model((SPEC,), chunk=CHUNK)
     return Path(model.save_pretrained(tmp_path_factory.mktemp("served") / "policy"))
 
 

@@ -6,8 +6,6 @@ synthetic statistics; nothing is trained or downloaded.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -15,34 +13,17 @@ import torch
 from policy import Policy
 from policy.api import MIN_IMAGE_SIDE, ObservationError, PredictionError
 from policy.inference import sample_actions, sample_joint
-from policy.model import GWPPolicyModel, PolicyConfig
-from pretrain.config import get_model_config
-from schemas import DimStats, EmbodimentStats, get_embodiment
+from policy.model import GWPPolicyModel
+from schemas import get_embodiment
+from tests.support.tiny_policy import tiny_policy_model
 
 SPECS = (get_embodiment("metaworld_sawyer"), get_embodiment("agilex_dual_arm"))
 SAWYER, DUAL = SPECS
 P = 6
 
 
-def _stats(spec, rng) -> EmbodimentStats:
-    def dims(n):
-        lo = rng.normal(size=n)
-        hi = lo + rng.uniform(0.5, 2.0, size=n)
-        t = lambda a: tuple(float(v) for v in a)  # noqa: E731
-        return DimStats(t((lo + hi) / 2), t(hi - lo), t(lo - 1), t(hi + 1), t(lo), t(hi), 100)
-
-    return EmbodimentStats(spec.name, dims(spec.action_dim), dims(spec.state_dim))
-
-
 def tiny_model(seed: int = 0) -> GWPPolicyModel:
-    torch.manual_seed(seed)
-    cfg = PolicyConfig(
-        model=dataclasses.replace(get_model_config("debug"), chunk=P, num_future=2), embodiments=SPECS
-    )
-    model = GWPPolicyModel(cfg)
-    rng = np.random.default_rng(seed)
-    model.norm_stats = {s.name: _stats(s, rng) for s in SPECS}
-    return model
+    return tiny_policy_model(SPECS, seed, chunk=P, num_future=2)
 
 
 def obs_of(spec, size=(48, 40), **over) -> dict:

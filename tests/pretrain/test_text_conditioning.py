@@ -32,6 +32,7 @@ from pretrain.data import LoaderConfig, ShardLoader, ShardSet
 from pretrain.text_encoder import UMT5TextEncoder, text_encoder_from_config
 from schemas import SchemaError, get_embodiment
 from schemas.text import TextEncoderConfig, WeightsUnavailableError
+from tests.pretrain.wan_tiny import WAN22_TRANSFORMER
 from tests.support.helpers import make_episodes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -287,21 +288,8 @@ def test_wan_text_embedder_takes_umt5_states_unchanged(umt5):
     from pretrain.wan_adapter import load_wan_backbone, model_config_from_wan
 
     torch.manual_seed(0)
-    wan = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=8,
-        out_channels=8,
-        text_dim=D_MODEL,
-        freq_dim=32,
-        ffn_dim=40,
-        num_layers=1,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=64,
-    ).eval()
+    tiny = {"in_channels": 8, "out_channels": 8, "text_dim": D_MODEL, "ffn_dim": 40, "num_layers": 1}
+    wan = WanTransformer3DModel(**{**WAN22_TRANSFORMER, **tiny}).eval()
     ours = build_model(model_config_from_wan(dict(wan.config), get_model_config("debug"))).eval()
     load_wan_backbone(ours, wan.state_dict())
     states, _ = UMT5TextEncoder(umt5).encode(["open the drawer", "push the red puck to the goal"])

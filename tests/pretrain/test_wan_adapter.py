@@ -20,22 +20,9 @@ from pretrain.wan_adapter import (
     model_config_from_wan,
     read_wan_state_dict,
 )
+from tests.pretrain.wan_tiny import WAN22_TRANSFORMER
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=8,
-    out_channels=8,
-    text_dim=24,
-    freq_dim=32,
-    ffn_dim=40,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=64,
-)
+TINY = {**WAN22_TRANSFORMER, "in_channels": 8, "out_channels": 8, "text_dim": 24, "ffn_dim": 40}
 B, K, H, W, L = 2, 3, 6, 8, 5
 
 
@@ -188,20 +175,11 @@ def test_fused_projections_convert_like_unfused(pair):
 
 def test_wan22_5b_geometry_maps_completely_on_meta():
     """The real Wan2.2-TI2V-5B geometry: every diffusers tensor maps, shapes agree, nothing allocated."""
-    five_b = dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=24,
-        attention_head_dim=128,
-        in_channels=48,
-        out_channels=48,
-        text_dim=4096,
-        freq_dim=256,
-        ffn_dim=14336,
-        num_layers=30,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-    )
+    five_b = {
+        **WAN22_TRANSFORMER,
+        **dict(num_attention_heads=24, attention_head_dim=128, text_dim=4096, freq_dim=256),
+        **dict(ffn_dim=14336, num_layers=30, rope_max_seq_len=1024),
+    }
     with torch.device("meta"):
         wan = WanTransformer3DModel(**five_b)
     cfg = get_model_config("wan22-5b")

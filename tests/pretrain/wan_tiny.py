@@ -3,6 +3,7 @@
 Shapes follow the real ones where they matter to our code — 48 latent channels, VAE patch 2 and
 three spatial downsamplings (16×), two temporal downsamplings (4×), transformer patch (1, 2, 2),
 umT5-width text — and everything else is shrunk so a forward pass takes milliseconds.
+benchmarks/gpu_check.py builds its policy's (never run) codec from the same VAE layout.
 """
 
 from __future__ import annotations

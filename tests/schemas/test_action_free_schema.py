@@ -9,29 +9,24 @@ import pytest
 
 from schemas import MAX_DIM, Episode, Sample, SchemaError, SchemaVersionError, validate_sample_table
 from schemas.version import SCHEMA_VERSION, check_schema_version
+from tests.schemas.test_schemas import make_sample
 from tests.support.helpers import make_episodes
 
 
 def _sample(**changes) -> Sample:
-    return Sample(
-        sample_id="s0",
-        episode_id="e0",
-        source="human",
-        embodiment="metaworld_sawyer",
-        embodiment_id=0,
-        start_frame=0,
-        frame_indices=(0, 4, 8),
-        instruction="open the drawer",
-        caption="",
-        video=b"png",
-        video_format="png",
-        height=8,
-        width=8,
-        action=np.zeros((8, MAX_DIM), np.float32),
-        action_mask=np.zeros(MAX_DIM, bool),
-        state=np.zeros(MAX_DIM, np.float32),
-        state_mask=np.zeros(MAX_DIM, bool),
-    ).with_(**changes)
+    """test_schemas' sample as action-free video: every mask False, zero action and state."""
+    return (
+        make_sample(8)
+        .with_(
+            sample_id="s0",
+            source="human",
+            action=np.zeros((8, MAX_DIM), np.float32),
+            action_mask=np.zeros(MAX_DIM, bool),
+            state=np.zeros(MAX_DIM, np.float32),
+            state_mask=np.zeros(MAX_DIM, bool),
+        )
+        .with_(**changes)
+    )
 
 
 def test_an_episode_without_actions_validates_and_round_trips():

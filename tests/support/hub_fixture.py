@@ -57,15 +57,18 @@ class HubEnv:
         return f"{self.user}/{prefix}-{next(_repo_counter)}"
 
 
+def _hub_caches(home: Path) -> dict[str, str]:
+    """huggingface_hub's home and caches under ``home``: one layout for the variables and the patch."""
+    return {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_ASSETS_CACHE": str(home / "assets")}
+
+
 def hub_variables(endpoint: str, home: Path, token: str = TOKEN) -> dict[str, str]:
     """Environment variables that point both clients at ``endpoint`` with caches under ``home``."""
     return {
         "HF_ENDPOINT": endpoint,
         "HF_HUB_DISABLE_XET": "1",  # the test server speaks plain LFS, not Xet
         "HF_TOKEN": token,
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_ASSETS_CACHE": str(home / "assets"),
+        **_hub_caches(home),
         "HF_DATASETS_CACHE": str(home / "datasets"),
         "HF_MODULES_CACHE": str(home / "modules"),
         "HF_HUB_OFFLINE": "0",
@@ -88,9 +91,7 @@ def _patch_clients(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path) -
         "HF_URL_HOSTS": hconst.HF_URL_HOSTS | {urlsplit(endpoint).hostname},
         "HF_HUB_DISABLE_XET": True,
         "HF_HUB_OFFLINE": False,
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_ASSETS_CACHE": str(home / "assets"),
+        **_hub_caches(home),
         "HF_XET_CACHE": str(home / "xet"),
         "HF_TOKEN_PATH": str(home / "token"),
         "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),

@@ -38,10 +38,10 @@ WRITERS = {"lerobot_v3": write_lerobot_v3, "lerobot_v2": write_lerobot_v2}
 REC = Recorder()
 
 
-def assert_refused(
-    rejected: list[Rejection], got: list[Episode], case: str, injected: str, reason: str, path: Path
-) -> Rejection:
-    """The source is one discover-stage rejection with ``reason`` naming ``path``; recorded as a row."""
+def assert_refused(source: Path | SourceSpec, case: str, injected: str, reason: str, path: Path) -> Rejection:
+    """Reading ``source`` gives one discover-stage rejection with ``reason`` naming ``path`` and no
+    episode; recorded as a row."""
+    got, rejected = read(source, decode=False)
     observed = [(r.stage, r.reason, r.path) for r in rejected]
     ok = got == [] and observed == [("discover", reason, str(path))]
     REC.add(
@@ -116,10 +116,8 @@ def test_hand_written_mapping_reads_names_no_alias_knows(tmp_path: Path, capsys)
     keys = {"high": "observation.images.kinect", "wrist": "observation.images.gopro"}
     root, episodes = lerobot_without_sidecar(tmp_path, keys=keys)
     # without a mapping: no camera name means a role, so the source is refused at discover
-    got, rejected = read(root, decode=False)
     r = assert_refused(
-        rejected,
-        got,
+        root,
         "LeRobot cameras no alias knows, no mapping",
         "LeRobot v3.0 without gwp_source.json, cameras observation.images.kinect / .gopro",
         "no_camera",
@@ -177,35 +175,34 @@ def test_embodiment_flag_names_the_robot(tmp_path: Path, embodiment_folder: Path
     from pipelines.curate import build_parser
 
     assert build_parser().parse_args(["--embodiment", "aloha"]).embodiment == "aloha"
-    # a robot whose dims do not fit is refused for the source, naming the feature
-    got, rejected = read(SourceSpec(path=str(root), embodiment="aloha"), decode=False)
-    r = assert_refused(
-        rejected,
-        got,
-        "--embodiment of other dims",
-        "--embodiment aloha (14/14 dims) for a 4/4-dim LeRobot dataset",
-        "bad_shape",
-        root / "meta" / "info.json",
-    )
-    assert "observation.state" in r.detail
-    got, rejected = read(SourceSpec(path=str(root), embodiment="alohha"), decode=False)
-    r = assert_refused(
-        rejected,
-        got,
-        "--embodiment misspelt",
-        "--embodiment alohha",
-        "unknown_embodiment",
-        root / "meta" / "info.json",
-    )
-    assert "did you mean 'aloha'" in r.detail
+    # a robot whose dims do not fit is refused for the source, naming the feature; a misspelt one
+    # is refused with the robot it probably means
+    for robot, case, injected, reason, detail in (
+        (
+            "aloha",
+            "--embodiment of other dims",
+            "--embodiment aloha (14/14 dims) for a 4/4-dim LeRobot dataset",
+            "bad_shape",
+            "observation.state",
+        ),
+        (
+            "alohha",
+            "--embodiment misspelt",
+            "--embodiment alohha",
+            "unknown_embodiment",
+            "did you mean 'aloha'",
+        ),
+    ):
+        r = assert_refused(
+            SourceSpec(path=str(root), embodiment=robot), case, injected, reason, root / "meta" / "info.json"
+        )
+        assert detail in r.detail
 
 
 def test_robot_type_of_a_registered_robot_with_other_dims_is_refused(tmp_path: Path) -> None:
     root, _ = lerobot_without_sidecar(tmp_path, robot_type="aloha")
-    got, rejected = read(root, decode=False)
     r = assert_refused(
-        rejected,
-        got,
+        root,
         "robot_type of a registered robot, other dims",
         "LeRobot v3.0 without mapping, robot_type 'aloha' (14/14) over 4/4-dim features",
         "embodiment_mismatch",
@@ -217,10 +214,8 @@ def test_robot_type_of_a_registered_robot_with_other_dims_is_refused(tmp_path: P
 def test_embodiment_flag_disagreeing_with_the_sidecar_is_refused(tmp_path: Path) -> None:
     episodes = make_episodes((5,))
     root = write_lerobot_v3(episodes, tmp_path / "ds", camera_keys=LEROBOT_KEYS)  # sidecar kept
-    got, rejected = read(SourceSpec(path=str(root), embodiment="aloha"), decode=False)
     assert_refused(
-        rejected,
-        got,
+        SourceSpec(path=str(root), embodiment="aloha"),
         "--embodiment disagrees with the mapping",
         "--embodiment aloha for a source whose gwp_source.json says metaworld_sawyer",
         "embodiment_conflict",
@@ -302,10 +297,8 @@ def test_mapping_with_no_camera_is_refused_at_discover(tmp_path: Path) -> None:
     root = write_lerobot_v3(make_episodes((5, 4)), tmp_path / "ds", camera_keys=LEROBOT_KEYS)
     sidecar = root / SIDECAR_NAME
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "cameras": {}}))
-    got, rejected = read(root, decode=False)
     r = assert_refused(  # one line for the source, not one per episode after curation
-        rejected,
-        got,
+        root,
         "mapping with no camera",
         'gwp_source.json with "cameras": {} over a 2-episode LeRobot v3.0 dataset',
         "no_camera",
@@ -313,10 +306,8 @@ def test_mapping_with_no_camera_is_refused_at_discover(tmp_path: Path) -> None:
     )
     assert "maps no camera" in r.detail and "['high', 'wrist']" in r.detail
     # the same in a curation config's source entry: the source is named, the detail says where
-    got, rejected = read(SourceSpec(path=str(root), mapping={"embodiment": "metaworld_sawyer"}), decode=False)
     r = assert_refused(
-        rejected,
-        got,
+        SourceSpec(path=str(root), mapping={"embodiment": "metaworld_sawyer"}),
         "config mapping with no camera",
         'a config source entry whose "mapping" names only the embodiment',
         "no_camera",
@@ -392,10 +383,8 @@ def test_inspect_write_makes_an_hdf5_source_ingestible(tmp_path: Path, capsys) -
     episodes = make_episodes((5, 4))
     path = write_robomimic_hdf5(episodes, tmp_path / "demo.hdf5")
     Path(f"{path}.{SIDECAR_NAME}").unlink()
-    got, rejected = read(path, decode=False)
     r = assert_refused(
-        rejected,
-        got,
+        path,
         "HDF5 source with no mapping",
         "robomimic file without demo.hdf5.gwp_source.json (HDF5 has no naming conventions)",
         "invalid_<source>",
