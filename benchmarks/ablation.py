@@ -177,7 +177,7 @@ def data_steps(cfg: AblationConfig, data: Path) -> tuple[dict[Path, Step], dict[
                str(cfg.video_episodes), "--seed", "200000", "--no-actions", "--out", str(video), *common),
         ])
     }  # fmt: skip
-    from pipelines.demo import get_demo_config  # the demo's curation settings: the same samples
+    from pipelines.demo_config import get_demo_config  # the demo's curation settings: the same samples
 
     curation = get_demo_config("default").curation.to_dict()
     # every fine-tune reads the demonstrations from the curation with video (it leaves the

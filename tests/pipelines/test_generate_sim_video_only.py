@@ -41,7 +41,8 @@ def test_no_actions_writes_video_that_reads_back_without_actions(tmp_path):
 
 
 def test_the_demo_setting_adds_a_video_source_and_leaves_the_default_alone():
-    from pipelines.demo import build_parser, get_demo_config
+    from pipelines.demo import build_parser
+    from pipelines.demo_config import get_demo_config
 
     cfg = get_demo_config("default")
     assert cfg.pretrain_video_tasks == ()  # the default demo stays comparable with earlier runs

@@ -42,7 +42,7 @@ def _embodiment(name):
 
 
 def _demo(name):
-    from pipelines.demo import get_demo_config
+    from pipelines.demo_config import get_demo_config
 
     return get_demo_config(name)
 
@@ -254,7 +254,7 @@ def test_field_value_text_forms():
 
 def test_demo_presets_are_typed_and_checked():
     from curation.config import CurationConfig
-    from pipelines.demo import PRESETS, DemoConfig, DemoTraining
+    from pipelines.demo_config import PRESETS, DemoConfig, DemoTraining
 
     assert {"default", "smoke"} <= set(PRESETS.names())
     for name in PRESETS.names():
