@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         ) from err
     with reading("--data", args.data):
         h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
-    objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
+    objective = PretrainObjective(ocfg, codec, mcfg.text_dim, video_residual=mcfg.video_residual)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     model, init = build_transformer(mcfg, args.init_wan)
     cache = LatentCache(args.latent_cache, codec) if args.latent_cache else None

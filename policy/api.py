@@ -318,6 +318,7 @@ class Policy:
             generator=self._generator(seed),
         )
         with torch.no_grad():
+            v = self.model.cfg.model.video_future(ctx.obs_latent_BC1hw, v)
             frames = self.model.codec.decode(v)  # [1, 3, K, H, W]; the codec keeps its own precision
         u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())

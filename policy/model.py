@@ -26,7 +26,10 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
 * **Latents.** Frames from the shard loader (``obs_frames``/``future_frames`` in [-1, 1]) are
   encoded here by the codec (no gradients); batches that already carry ``obs_latents``/
   ``future_latents`` (a latent cache) skip the codec. The codec is a plain attribute, not a
-  submodule: its weights (a frozen VAE) are never trained, checkpointed or exported.
+  submodule: its weights (a frozen VAE) are never trained, checkpointed or exported. With the
+  model config's ``video_residual`` the video flow learns future − observation latents
+  (``ModelConfig.video_target``), and the samplers' callers add the observation back
+  (``video_future``) before decoding.
 * **Text.** The dataset stores one embedding per instruction, ``text_embedding [B, E]``; it
   enters cross-attention as one text token, zero-padded from E to the model's text width T
   (a zero-padded input to a linear layer is a smaller linear layer, so a 64-dim hashed embedding
@@ -357,6 +360,7 @@ class GWPPolicyModel(HubMixin, nn.Module):
         act_BP32 = act_BP32 * valid_B1D
         # float32 latents: ε − x formed in the model's bf16 would round the regression target
         obs, fut = (t.float() for t in self.batch_latents(batch))
+        fut = self.cfg.model.video_target(obs, fut)
         fc, dev = self.cfg.flow, act_BP32.device
         s_a = sample_sigma(B, fc.action_shift, generator, dev)
         s_v = sample_sigma(B, fc.video_shift, generator, dev)

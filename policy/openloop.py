@@ -109,7 +109,8 @@ def predict_batch(
         action_noise_BP32=action_noise_BP32,
         video_noise_BCKhw=video_noise_BCKhw,
     )
-    return a, model.codec.decode(v.to(model.transformer.dtype)).float().clamp(-1, 1)
+    fut = model.cfg.model.video_future(ctx.obs_latent_BC1hw, v)
+    return a, model.codec.decode(fut.to(model.transformer.dtype)).float().clamp(-1, 1)
 
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -123,11 +124,14 @@ def psnr(pred_N3HW: Tensor, real_N3HW: Tensor) -> Tensor:
 
 def ssim(pred_N3HW: Tensor, real_N3HW: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """[N] structural similarity of images in [0, 1]: Gaussian-weighted local statistics per channel
-    (window clipped to the image), valid region only, averaged over pixels and channels."""
-    x, y = pred_N3HW.float(), real_N3HW.float()
+    (window clipped to the image), valid region only, averaged over pixels and channels.
+
+    In float64: the variances are differences of nearly equal moments (E[x²] − μ²), which float32
+    rounds by about 1e-4 of SSIM on flat regions, where c2 is all that is left of the denominator."""
+    x, y = pred_N3HW.double(), real_N3HW.double()
     _, c, h, w = x.shape
     win = min(window, h, w)
-    g = torch.exp(-((torch.arange(win, dtype=torch.float32) - (win - 1) / 2) ** 2) / (2 * sigma**2))
+    g = torch.exp(-((torch.arange(win, dtype=torch.float64) - (win - 1) / 2) ** 2) / (2 * sigma**2))
     g = g / g.sum()
     k = (g[:, None] * g[None, :]).expand(c, 1, win, win).contiguous()
 
@@ -138,7 +142,7 @@ def ssim(pred_N3HW: Tensor, real_N3HW: Tensor, window: int = 11, sigma: float = 
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).float()
 
 
 class ActionErrors:

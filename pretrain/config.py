@@ -20,10 +20,13 @@ duplicate names and ``get_model_config`` answers a misspelt name with "did you m
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.config import from_dict
 from schemas.registry import Registry
+
+if TYPE_CHECKING:  # the config stays importable without torch (command-line checks)
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class ModelConfig:
     cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (Wan norm2)
     rope_theta: float = 10000.0
     timestep_scale: float = 1000.0  # σ ∈ [0, 1] enters the embedding as σ·1000, as Wan's t
+    # The video target is the future latent minus the observation latent: "nothing moves" is then
+    # the model's zero, so a small model spends its capacity on what changes (see video_target).
+    video_residual: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -90,6 +96,8 @@ class ModelConfig:
             raise bad("patch", f"frame patch must be 1 (the observation is a single frame), got {self.patch}")
         if self.freq_dim % 2:
             raise bad("freq_dim", f"must be even, got {self.freq_dim}")
+        if not isinstance(self.video_residual, bool):
+            raise bad("video_residual", f"must be a bool, got {self.video_residual!r}")
         if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
             raise bad("eps/rope_theta/timestep_scale", "must be positive")
 
@@ -103,6 +111,14 @@ class ModelConfig:
     def patch_dim(self) -> int:
         """Values per video token: C · pt · ph · pw."""
         return self.latent_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+    def video_target(self, obs_BC1hw: Tensor, future_BCKhw: Tensor) -> Tensor:
+        """What the flow learns of the future latents: themselves, or their change from the observation."""
+        return future_BCKhw - obs_BC1hw if self.video_residual else future_BCKhw
+
+    def video_future(self, obs_BC1hw: Tensor, target_BCKhw: Tensor) -> Tensor:
+        """Inverse of :meth:`video_target`: the future latents of a sampled target."""
+        return target_BCKhw + obs_BC1hw.to(target_BCKhw.dtype) if self.video_residual else target_BCKhw
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

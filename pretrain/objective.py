@@ -13,7 +13,9 @@ mode ``pretrain``:
 
 Loss = ``λ_v · MSE(predicted velocity, ε − x)`` over the future latents only (there is no action
 target in pretraining; :class:`~pretrain.flow.FlowConfig` supplies λ_v and the shift). Target and
-loss are float32 whatever the model's dtype.
+loss are float32 whatever the model's dtype. With ``video_residual`` (the model preset's
+``ModelConfig.video_residual``) x is the change of the future latents from the observation latent,
+and :func:`sample_future` adds the observation back.
 
 **Padded action dims are zero everywhere** (the choice shared with the policy's joint loss,
 ``policy/model.py``): the clean actions of A are masked to the embodiment's valid dims here, the
@@ -76,10 +78,13 @@ def text_states(batch: dict[str, Any], B: int, text_dim: int, device: torch.devi
 class PretrainObjective:
     """The trainer's loss function: ``objective(engine, batch) -> (loss, parts)``."""
 
-    def __init__(self, cfg: ObjectiveConfig, codec: LatentCodec, text_dim: int) -> None:
+    def __init__(
+        self, cfg: ObjectiveConfig, codec: LatentCodec, text_dim: int, *, video_residual: bool = False
+    ) -> None:
         self.cfg = cfg
         self.codec = codec
         self.text_dim = text_dim
+        self.video_residual = video_residual  # ModelConfig.video_residual: learn future − observation
 
     # ------------------------------------------------------------ batch → model inputs
 
@@ -125,6 +130,8 @@ class PretrainObjective:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """λ_v · video flow loss of one batch; ``forward`` is the model or the DeepSpeed engine."""
         obs, fut = self.latents(batch)
+        if self.video_residual:
+            fut = fut - obs
         B, dev = fut.shape[0], fut.device
         present_B = self.actions_present(batch, generator)  # draw order: dropout, σ, ε
         sigma_B = sample_sigma(B, self.cfg.flow.video_shift, generator, dev)
@@ -172,4 +179,5 @@ def sample_future(
         out = model(obs, x, sigma_video_B=sigma_B, mode="pretrain", actions_present_B=present_B, **cond)
         return out.video_velocity_BCKHW.float()
 
-    return euler_sample(velocity, noise, sigmas)
+    target = euler_sample(velocity, noise, sigmas)
+    return target + obs if objective.video_residual else target
