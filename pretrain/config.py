@@ -53,8 +53,10 @@ class ModelConfig:
     cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (Wan norm2)
     rope_theta: float = 10000.0
     timestep_scale: float = 1000.0  # σ ∈ [0, 1] enters the embedding as σ·1000, as Wan's t
-    # The video target is the future latent minus the observation latent: "nothing moves" is then
-    # the model's zero, so a small model spends its capacity on what changes (see video_target).
+    # The video target is the future latent minus the observation latent, and the video head
+    # predicts that clean target (the samplers turn it into a velocity, pretrain.flow.velocity_of_clean)
+    # instead of a velocity: "nothing moves" is then the zero network, so a small model spends its
+    # capacity on what changes. The video loss is then the MSE of the clean prediction.
     video_residual: bool = False
 
     def __post_init__(self) -> None:

@@ -15,7 +15,8 @@ Loss = ``λ_v · MSE(predicted velocity, ε − x)`` over the future latents onl
 target in pretraining; :class:`~pretrain.flow.FlowConfig` supplies λ_v and the shift). Target and
 loss are float32 whatever the model's dtype. With ``video_residual`` (the model preset's
 ``ModelConfig.video_residual``) x is the change of the future latents from the observation latent,
-and :func:`sample_future` adds the observation back.
+the video head predicts x itself (loss ``λ_v · MSE(x̂, x)``), and :func:`sample_future` turns that
+into a velocity and adds the observation back.
 
 **Padded action dims are zero everywhere** (the choice shared with the policy's joint loss,
 ``policy/model.py``): the clean actions of A are masked to the embodiment's valid dims here, the
@@ -53,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from pretrain.codec import LatentCodec
-from pretrain.flow import add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
+from pretrain.flow import add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule, velocity_of_clean
 from pretrain.model import ModelOutput
 from pretrain.objective_config import ObjectiveConfig
 from pretrain.pixels import tensor_to_unit_range
@@ -144,7 +145,8 @@ class PretrainObjective:
             actions_present_B=present_B,
             **self.conditioning(batch),
         )
-        fl = flow_loss(self.cfg.flow, video_pred_BCKHW=out.video_velocity_BCKHW, video_target_BCKHW=eps - fut)
+        target = fut if self.video_residual else eps - fut  # the residual head predicts the clean target
+        fl = flow_loss(self.cfg.flow, video_pred_BCKHW=out.video_velocity_BCKHW, video_target_BCKHW=target)
         return fl.total, {"video_loss": fl.video.detach(), "actions_kept": present_B.float().mean()}
 
     def __call__(self, engine: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -177,7 +179,8 @@ def sample_future(
 
     def velocity(x: Tensor, sigma_B: Tensor) -> Tensor:
         out = model(obs, x, sigma_video_B=sigma_B, mode="pretrain", actions_present_B=present_B, **cond)
-        return out.video_velocity_BCKHW.float()
+        v = out.video_velocity_BCKHW.float()
+        return velocity_of_clean(x, v, sigma_B) if objective.video_residual else v
 
     target = euler_sample(velocity, noise, sigmas)
     return target + obs if objective.video_residual else target
