@@ -88,7 +88,7 @@ CANDIDATES: dict[str, Candidate] = {
         },
         note="w128-residual with 1×1 latent patches (4× the video tokens)",
     ),
-    "cpu-video": Candidate("cpu-video", note="the kept preset (pretrain/config.py)"),
+    "cpu-video": Candidate("cpu-video", note="the kept preset: debug, residual, zero-initialised video head"),
 }
 
 
@@ -149,6 +149,7 @@ def run_candidate(name: str, args: argparse.Namespace) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     ema = copy.deepcopy(model).requires_grad_(False)
     loader = ShardLoader(split.train, LoaderConfig(batch_size=args.batch_size, seed=args.seed))
+    commit = git_commit()  # at the start: the code that ran, whatever is committed meanwhile
     load0, t0, c0 = load_avg(), time.perf_counter(), time.process_time()
     steps, losses = 0, []
     model.train()
@@ -194,7 +195,7 @@ def run_candidate(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "repeat_psnr": metrics["video"]["copy_baseline"]["psnr"],
         "repeat_ssim": metrics["video"]["copy_baseline"]["ssim"],
         "action_mse": metrics["action_mse"],
-        "commit": git_commit(),
+        "commit": commit,
         "machine": f"{platform.node()} {os.cpu_count()} cores, {args.threads} thread(s)",
         "load_start": round(load0, 2),
         "load_end": round(load_avg(), 2),

@@ -56,7 +56,9 @@ class ModelConfig:
     # The video target is the future latent minus the observation latent, and the video head
     # predicts that clean target (the samplers turn it into a velocity, pretrain.flow.velocity_of_clean)
     # instead of a velocity: "nothing moves" is then the zero network, so a small model spends its
-    # capacity on what changes. The video loss is then the MSE of the clean prediction.
+    # capacity on what changes. The video loss is then the MSE of the clean prediction, and the
+    # head starts at zero (a random head starts below the repeat baseline and stays there for
+    # hundreds of steps: BENCHMARKS.md, "Predicted video at CPU scale").
     video_residual: bool = False
 
     def __post_init__(self) -> None:
@@ -158,6 +160,20 @@ register_model_config(
         text_dim=512,  # CLIP ViT-B text embedding, the curation default
         mlp_hidden=64,
         freq_dim=64,
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="cpu-video",  # debug's size and cost, with the residual video target (BENCHMARKS.md)
+        dim=64,
+        layers=2,
+        heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=512,
+        mlp_hidden=64,
+        freq_dim=64,
+        video_residual=True,
     )
 )
 register_model_config(
