@@ -41,7 +41,7 @@ from pathlib import Path
 from curation.config import CurationConfig, VideoCodec, get_preset
 from pipelines.config_flags import add_field_flags, field_overrides, name_flag
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command
-from pretrain.config import get_model_config
+from pretrain.config import MODEL_PRESETS, get_model_config
 from pretrain.run_config import get_train_config
 from schemas.config import ConfigError, check_choices
 from schemas.registry import Registry
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
     )
     add_field_flags(p, DemoConfig, DEMO_FLAGS)  # --eval-episodes
+    name_flag(p, "--model", MODEL_PRESETS, help="model preset of both trainings (default: the preset's)")
     return p
 
 
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--repo-prefix needs a Hub token in HF_TOKEN")
     cfg = get_demo_config(args.preset)
     cfg = replace(cfg, **field_overrides(args, DemoConfig, DEMO_FLAGS))
+    if args.model is not None:
+        cfg = replace(cfg, train=replace(cfg.train, model=args.model))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))
