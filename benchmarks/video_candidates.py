@@ -210,14 +210,15 @@ def table(out: Path) -> str:
     if not rows:
         raise SystemExit(f"video_candidates: no {RESULT_JSON} under {out}")
     lines = [
-        "| candidate | params | steps | train CPU s (wall s) | PSNR dB (repeat) | SSIM (repeat) | action MSE | load start/end |",
-        "|---|---|---|---|---|---|---|---|",
+        "| candidate | params | steps | train CPU s (wall s) | PSNR dB (repeat) | SSIM (repeat) | action MSE "
+        "| commit | load start/end |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -r["ssim"]):
         lines.append(
             f"| {r['candidate']} ({r['note']}) | {r['transformer_params'] / 1e6:.2f} M | {r['steps']} | "
             f"{r['train_cpu_s']:.0f} ({r['train_s']:.0f}) | {r['psnr']:.2f} ({r['repeat_psnr']:.2f}) | {r['ssim']:.3f} "
-            f"({r['repeat_ssim']:.3f}) | {r['action_mse']:.4f} | {r['load_start']}/{r['load_end']} |"
+            f"({r['repeat_ssim']:.3f}) | {r['action_mse']:.4f} | `{r['commit']}` | {r['load_start']}/{r['load_end']} |"
         )
     return "\n".join(lines)
 
