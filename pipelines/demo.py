@@ -46,6 +46,7 @@ from pipelines.config_flags import add_field_flags, field_overrides, name_flag
 from pipelines.demo_config import DEMO_FLAGS, PRESETS, DemoConfig, get_demo_config
 from pipelines.demo_report import write_demo_report
 from pipelines.usage import ArgumentParser, JobFailed, UsageError, command
+from pretrain.config import MODEL_PRESETS
 from schemas.version import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
     )
     add_field_flags(p, DemoConfig, DEMO_FLAGS)  # --eval-episodes
+    name_flag(p, "--model", MODEL_PRESETS, help="model preset of both trainings (default: the preset's)")
     return p
 
 
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--repo-prefix needs a Hub token in HF_TOKEN")
     cfg = get_demo_config(args.preset)
     cfg = replace(cfg, **field_overrides(args, DemoConfig, DEMO_FLAGS))
+    if args.model is not None:
+        cfg = replace(cfg, train=replace(cfg.train, model=args.model))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         ) from err
     with reading("--data", args.data):
         h, w = check_geometry(geo, mcfg, codec, str(shards.shards[0]))
-    objective = PretrainObjective(ocfg, codec, mcfg.text_dim)
+    objective = PretrainObjective(ocfg, codec, mcfg.text_dim, video_residual=mcfg.video_residual)
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     with reading("--init", args.init):  # not a checkpoint, one that does not fit, or Wan with the pixel codec
         model, init = build_transformer(mcfg, args.init, args.codec, args.init_revision)

@@ -383,8 +383,11 @@ class Policy:
             generator=self._generator(seed),
         )
         with torch.no_grad():
-            frames = self.model.decode_future(
+            fut = self.model.cfg.model.video_future(
                 ctx.obs_latent_BC1hw, v
+            )  # residual: observation added back
+            frames = self.model.decode_future(
+                ctx.obs_latent_BC1hw, fut
             )  # [1, 3, F, H, W]; the codec keeps its own precision
         u8 = tensor_to_uint8(frames[0])
         return Prediction(self._to_robot(a, state, spec), u8.permute(1, 2, 3, 0).cpu().numpy())

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pretrain.flow import sigma_schedule
+from pretrain.flow import sigma_schedule, velocity_of_clean
 from pretrain.model import ActionVideoTransformer
 
 
@@ -212,5 +212,8 @@ def sample_joint(
             "joint",
         )
         xa = xa + (sa[i + 1] - sa[i]) * _masked(out.action_velocity_BP32.float(), valid)
-        xv = xv + (sv[i + 1] - sv[i]) * out.video_velocity_BCKHW.float()
+        vv = out.video_velocity_BCKHW.float()
+        if cfg.video_residual:  # the head predicts the clean residual
+            vv = velocity_of_clean(xv, vv, sv[i].expand(B))
+        xv = xv + (sv[i + 1] - sv[i]) * vv
     return xa, xv

@@ -30,6 +30,9 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
   frame) and is a plain attribute, not a submodule: its weights (a frozen VAE) are never
   trained, checkpointed or exported — but it follows the model's device (``.to()`` moves it),
   and latents come back on the model's device.
+  With the model config's ``video_residual`` the video head predicts the clean future − observation
+  latents (``ModelConfig.video_target``; loss: their MSE), the samplers turn that into a velocity,
+  and their callers add the observation back (``video_future``) before decoding.
 * **Text.** An instruction is a sequence of token states with a mask (``text_states [B, L, E]``,
   ``text_mask [B, L]``, stored once per instruction beside the shards); cross-attention attends
   over its tokens. E is zero-padded to the model's text width T (a zero-padded input to a linear
@@ -378,6 +381,8 @@ class GWPPolicyModel(HubMixin, nn.Module):
         act_BP32 = act_BP32 * valid_B1D
         # float32 latents: ε − x formed in the model's bf16 would round the regression target
         obs, fut = (t.float() for t in self.batch_latents(batch))
+        mc = self.cfg.model
+        fut = mc.video_target(obs, fut)
         fc, dev = self.cfg.flow, act_BP32.device
         s_a = sample_sigma(B, fc.action_shift, generator, dev)
         s_v = sample_sigma(B, fc.video_shift, generator, dev)
@@ -401,6 +406,7 @@ class GWPPolicyModel(HubMixin, nn.Module):
             action_target_BP32=velocity_target(act_BP32, eps_a),
             action_mask_B32=mask_B32,
             video_pred_BCKHW=out.video_velocity_BCKHW,
-            video_target_BCKHW=velocity_target(fut, eps_v),
+            # the residual model's video head predicts the clean target itself
+            video_target_BCKHW=fut if mc.video_residual else velocity_target(fut, eps_v),
         )
         return loss.total, {"action_loss": loss.action.detach(), "video_loss": loss.video.detach()}

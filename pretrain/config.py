@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import typing
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.config import from_dict
 from schemas.registry import Registry
 
 VideoGeometry = Literal["per_frame", "clip"]
 VIDEO_GEOMETRIES: tuple[str, ...] = typing.get_args(VideoGeometry)
+
+if TYPE_CHECKING:  # the config stays importable without torch (command-line checks)
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class ModelConfig:
     cross_attn_norm: bool = True  # affine LayerNorm before cross-attention (Wan norm2)
     rope_theta: float = 10000.0
     timestep_scale: float = 1000.0  # σ ∈ [0, 1] enters the embedding as σ·1000, as Wan's t
+    # The video target is the future latent minus the observation latent, and the video head
+    # predicts that clean target (the samplers turn it into a velocity, pretrain.flow.velocity_of_clean)
+    # instead of a velocity: "nothing moves" is then the zero network, so a small model spends its
+    # capacity on what changes. The video loss is then the MSE of the clean prediction, and the
+    # head starts at zero (a random head starts below the repeat baseline and stays there for
+    # hundreds of steps: BENCHMARKS.md, "Predicted video at CPU scale").
+    video_residual: bool = False
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -119,6 +129,8 @@ class ModelConfig:
             )
         if self.freq_dim % 2:
             raise bad("freq_dim", f"must be even, got {self.freq_dim}")
+        if not isinstance(self.video_residual, bool):
+            raise bad("video_residual", f"must be a bool, got {self.video_residual!r}")
         if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
             raise bad("eps/rope_theta/timestep_scale", "must be positive")
 
@@ -144,6 +156,14 @@ class ModelConfig:
     def patch_dim(self) -> int:
         """Values per video token: C · pt · ph · pw."""
         return self.latent_channels * self.patch[0] * self.patch[1] * self.patch[2]
+
+    def video_target(self, obs_BC1hw: Tensor, future_BCKhw: Tensor) -> Tensor:
+        """What the flow learns of the future latents: themselves, or their change from the observation."""
+        return future_BCKhw - obs_BC1hw if self.video_residual else future_BCKhw
+
+    def video_future(self, obs_BC1hw: Tensor, target_BCKhw: Tensor) -> Tensor:
+        """Inverse of :meth:`video_target`: the future latents of a sampled target."""
+        return target_BCKhw + obs_BC1hw.to(target_BCKhw.dtype) if self.video_residual else target_BCKhw
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -181,6 +201,20 @@ register_model_config(
         text_dim=512,  # wider than the CPU presets' 64-d hashed word tokens (zero-padded into it)
         mlp_hidden=64,
         freq_dim=64,
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="cpu-video",  # debug's size and cost, with the residual video target (BENCHMARKS.md)
+        dim=64,
+        layers=2,
+        heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=512,
+        mlp_hidden=64,
+        freq_dim=64,
+        video_residual=True,
     )
 )
 register_model_config(

@@ -49,6 +49,20 @@ def velocity_target(x: Tensor, noise: Tensor) -> Tensor:
     return noise - x
 
 
+MIN_SIGMA = 1e-4  # samplers never evaluate σ = 0; a training draw of exactly 0 must not divide by it
+
+
+def velocity_of_clean(x_sigma: Tensor, clean: Tensor, sigma_B: Tensor) -> Tensor:
+    """``v = (x_σ − x̂) / σ``: the velocity of a network that predicts the clean sample x̂.
+
+    An Euler step from σ to 0 with it lands exactly on x̂, and x̂ = 0 for every σ turns any noise
+    into 0: with the residual video target (``ModelConfig.video_residual``) a zero network is the
+    repeated observation, where a zero *velocity* network would leave the noise in place.
+    """
+    s = sigma_B.reshape(sigma_B.shape + (1,) * (x_sigma.ndim - sigma_B.ndim)).to(x_sigma.dtype)
+    return (x_sigma - clean) / s.clamp_min(MIN_SIGMA)
+
+
 @dataclass(frozen=True)
 class NoisedBatch:
     """Network inputs and regression targets for one training step."""

@@ -179,6 +179,9 @@ class ActionVideoTransformer(nn.Module):
         )
         self.video_out = OutputHead(D, cfg.eps, nn.Linear(D, cfg.patch_dim))
         self.action_out = OutputHead(D, cfg.eps, EmbodimentMLP(D, Hm, cfg.action_dim, E, inner))
+        if cfg.video_residual:  # the zero head is "nothing moves": training starts at the repeat baseline
+            nn.init.zeros_(self.video_out.proj.weight)
+            nn.init.zeros_(self.video_out.proj.bias)
         self.activation_checkpointing = False
 
     # ------------------------------------------------------------ helpers

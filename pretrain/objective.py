@@ -13,7 +13,10 @@ mode ``pretrain``:
 
 Loss = ``λ_v · MSE(predicted velocity, ε − x)`` over the future latents only (there is no action
 target in pretraining; :class:`~pretrain.flow.FlowConfig` supplies λ_v and the shift). Target and
-loss are float32 whatever the model's dtype.
+loss are float32 whatever the model's dtype. With ``video_residual`` (the model preset's
+``ModelConfig.video_residual``) x is the change of the future latents from the observation latent,
+the video head predicts x itself (loss ``λ_v · MSE(x̂, x)``), and :func:`sample_future` turns that
+into a velocity and adds the observation back.
 
 **Padded action dims are zero everywhere** (the choice shared with the policy's joint loss,
 ``policy/model.py``): the clean actions of A are masked to the embodiment's valid dims here, the
@@ -53,7 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.codec import LatentCodec
-from pretrain.flow import add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule
+from pretrain.flow import add_noise, euler_sample, flow_loss, sample_sigma, sigma_schedule, velocity_of_clean
 from pretrain.model import ModelOutput
 from pretrain.objective_config import ObjectiveConfig
 from pretrain.pixels import tensor_to_unit_range
@@ -74,10 +77,13 @@ def text_states(batch: dict[str, Any], text_dim: int, device: torch.device) -> t
 class PretrainObjective:
     """The trainer's loss function: ``objective(engine, batch) -> (loss, parts)``."""
 
-    def __init__(self, cfg: ObjectiveConfig, codec: LatentCodec, text_dim: int) -> None:
+    def __init__(
+        self, cfg: ObjectiveConfig, codec: LatentCodec, text_dim: int, *, video_residual: bool = False
+    ) -> None:
         self.cfg = cfg
         self.codec = codec
         self.text_dim = text_dim
+        self.video_residual = video_residual  # ModelConfig.video_residual: learn future − observation
 
     # ------------------------------------------------------------ batch → model inputs
 
@@ -125,6 +131,8 @@ class PretrainObjective:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """λ_v · video flow loss of one batch; ``forward`` is the model or the DeepSpeed engine."""
         obs, fut = self.latents(batch)
+        if self.video_residual:
+            fut = fut - obs
         B, dev = fut.shape[0], fut.device
         present_B = self.actions_present(batch, generator)  # draw order: dropout, σ, ε
         sigma_B = sample_sigma(B, self.cfg.flow.video_shift, generator, dev)
@@ -137,7 +145,8 @@ class PretrainObjective:
             actions_present_B=present_B,
             **self.conditioning(batch),
         )
-        fl = flow_loss(self.cfg.flow, video_pred_BCKHW=out.video_velocity_BCKHW, video_target_BCKHW=eps - fut)
+        target = fut if self.video_residual else eps - fut  # the residual head predicts the clean target
+        fl = flow_loss(self.cfg.flow, video_pred_BCKHW=out.video_velocity_BCKHW, video_target_BCKHW=target)
         return fl.total, {"video_loss": fl.video.detach(), "actions_kept": present_B.float().mean()}
 
     def __call__(self, engine: Any, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -170,6 +179,8 @@ def sample_future(
 
     def velocity(x: Tensor, sigma_B: Tensor) -> Tensor:
         out = model(obs, x, sigma_video_B=sigma_B, mode="pretrain", actions_present_B=present_B, **cond)
-        return out.video_velocity_BCKHW.float()
+        v = out.video_velocity_BCKHW.float()
+        return velocity_of_clean(x, v, sigma_B) if objective.video_residual else v
 
-    return euler_sample(velocity, noise, sigmas)
+    target = euler_sample(velocity, noise, sigmas)
+    return target + obs if objective.video_residual else target

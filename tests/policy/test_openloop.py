@@ -112,6 +112,67 @@ def test_psnr_and_ssim():
     )
 
 
+def test_ssim_matches_scikit_image():
+    """Golden values of ``skimage.metrics.structural_similarity(x, y, channel_axis=0,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)`` (Wang et al.
+    2004 as scikit-image 0.26 implements it), computed once for these images."""
+    i, j = torch.arange(24.0)[:, None], torch.arange(20.0)[None, :]
+    x = torch.stack([0.5 + 0.4 * torch.sin(0.3 * i + 0.7 * j + c) for c in range(3)])
+    others = {
+        "added texture": (x + 0.15 * torch.cos(0.5 * i - 0.2 * j * j / 7)).clamp(0, 1),
+        "contrast and brightness": 0.6 * x + 0.1,
+        "shifted pattern": torch.stack(
+            [0.5 + 0.4 * torch.sin(0.31 * i + 0.69 * j + c + 0.5) for c in range(3)]
+        ),
+    }
+    golden = {"added texture": 0.9282601, "contrast and brightness": 0.8626556, "shifted pattern": 0.8477416}
+    for name, y in others.items():
+        assert ssim(y[None], x[None]).item() == pytest.approx(golden[name], abs=2e-6), name
+    # constant images: only the luminance term is left, (2ab + c1) / (a² + b² + c1)
+    a, b, c1 = 0.3, 0.7, 0.01**2
+    const = ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
+    assert const.item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-5)
+
+
+def test_residual_video_target_makes_the_zero_model_repeat_the_observation(shards):
+    """With ``video_residual`` the video head predicts future − observation: a zero head samples the
+    observation frame repeated from any noise, and the video loss is the MSE of that clean residual.
+    Without it the head predicts a velocity, and a zero one leaves the noise in place."""
+    from dataclasses import replace
+
+    from policy.openloop import predict_batch
+
+    settings = finetune.data_settings(shards)
+    batch = next(iter(iter_batches(shards, 3)))
+    for residual in (False, True):
+        torch.manual_seed(0)
+        model = finetune.build_policy("none", None, "debug", settings, "pixel", {"patch": 4})
+        model = GWPPolicyModel(replace(model.cfg, model=replace(model.cfg.model, video_residual=residual)))
+        model.norm_stats = settings["stats"]
+        for p in model.transformer.video_out.proj.parameters():
+            torch.nn.init.zeros_(p)
+        obs, fut = model.batch_latents(batch)
+        a0 = torch.zeros(3, model.cfg.model.chunk, 32)
+        noise = 0.3 * torch.randn(fut.shape, generator=torch.Generator().manual_seed(1))
+        _, frames = predict_batch(model, batch, a0, noise, num_steps=3)
+        if residual:
+            want = batch["obs_frames"][:, :, None].expand_as(frames).float()
+        else:
+            want = model.codec.decode(noise).clamp(-1, 1)
+        torch.testing.assert_close(frames, want, atol=1e-5, rtol=0)
+        g = torch.Generator().manual_seed(3)
+        _, parts = model.joint_loss(batch, generator=g)
+        from pretrain.flow import sample_sigma
+
+        g = torch.Generator().manual_seed(3)  # the joint loss's draws: σ_a, σ_v, ε_a, ε_v
+        sample_sigma(3, model.cfg.flow.action_shift, g)
+        sample_sigma(3, model.cfg.flow.video_shift, g)
+        torch.randn(batch["action"].shape, generator=g)
+        eps = torch.randn(fut.shape, generator=g)
+        target = fut - obs if residual else eps - fut  # zero head: the loss is the target's square
+        assert parts["video_loss"].item() == pytest.approx((target**2).mean().item(), rel=1e-5)
+
+
 def test_action_errors_are_exact_in_both_units(shards):
     model = finetune.build_policy(
         "none", None, "debug", finetune.data_settings(shards), "pixel", {"patch": 4}
@@ -191,6 +252,12 @@ def test_openloop_cli_on_the_heldout_episodes(run, shards, tmp_path, capsys):
     assert {"psnr", "ssim", "copy_baseline"} <= set(metrics["video"])
     md = (out / "openloop.md").read_text()
     assert "| dx |" in md and "frames.png" in md and "PSNR" in md
+    # the repeat baseline per future frame, and the verdict against it (both metrics must be above)
+    base = metrics["video"]["copy_baseline"]
+    assert len(base["psnr_per_frame"]) == len(base["ssim_per_frame"]) == 2 and "| repeated t+2 |" in md
+    above = metrics["video"]["psnr"] > base["psnr"] and metrics["video"]["ssim"] > base["ssim"]
+    assert ("are **above** the repeated observation" in md) == above
+    assert ("are **not above** the repeated observation" in md) == (not above)
     for png in ("frames.png", "action_error.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "open loop on" in capsys.readouterr().out

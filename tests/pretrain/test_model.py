@@ -283,6 +283,14 @@ def test_presets_and_did_you_mean():
         dataclasses.replace(get_model_config("debug"), dim=65)
     with pytest.raises(ValueError, match="frame patch must be 1"):
         dataclasses.replace(get_model_config("debug"), patch=(2, 2, 2))
+    with pytest.raises(ValueError, match="video_residual must be a bool"):
+        dataclasses.replace(get_model_config("debug"), video_residual=1)
+    cpu_video = get_model_config("cpu-video")  # the CPU demo's video preset: residual video target
+    assert cpu_video.video_residual and not get_model_config("debug").video_residual
+    assert ModelConfig.from_dict(cpu_video.to_dict()) == cpu_video
+    head = ActionVideoTransformer(cpu_video).video_out.proj  # starts at "nothing moves"
+    assert not head.weight.any() and not head.bias.any()
+    assert ActionVideoTransformer(get_model_config("debug")).video_out.proj.weight.any()
     cfg = get_model_config("small")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"ModelConfig\.depth: unknown field.*; allowed: \['name'"):

@@ -166,6 +166,35 @@ def test_loss_is_video_flow_mse_and_actions_condition_only_kept_samples(shards):
         torch.testing.assert_close(with_hidden[1:2], ref, rtol=1e-5, atol=1e-5)
 
 
+def test_residual_objective_learns_the_change_from_the_observation(shards):
+    """``video_residual``: the head predicts the clean (future − observation) latents, the loss is
+    their MSE, and the sampler turns the prediction into a velocity and adds the observation back,
+    so a zero head samples the observation repeated from any noise."""
+    from pretrain.flow import sample_sigma
+
+    batch = first_batch(shards)
+    model = debug_model()
+    for p in model.video_out.proj.parameters():
+        torch.nn.init.zeros_(p)
+    cfg = ObjectiveConfig(action_dropout=0.0)
+    residual = PretrainObjective(cfg, PixelPatchCodec(4), model.cfg.text_dim, video_residual=True)
+    absolute = PretrainObjective(cfg, PixelPatchCodec(4), model.cfg.text_dim)
+    obs, fut = residual.latents(batch)
+    with torch.no_grad():
+        for obj in (residual, absolute):
+            loss, _ = obj.loss(model, batch, torch.Generator().manual_seed(2))
+            g = torch.Generator().manual_seed(2)
+            obj.actions_present(batch, g)
+            sample_sigma(4, cfg.flow.video_shift, g)
+            eps = torch.randn(fut.shape, generator=g)
+            target = fut - obs if obj is residual else eps - fut
+            assert loss.item() == pytest.approx((target**2).mean().item(), rel=1e-6)
+        r = sample_future(model, residual, batch, num_steps=3, generator=torch.Generator().manual_seed(4))
+        a = sample_future(model, absolute, batch, num_steps=3, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(r, obs.expand_as(fut), rtol=0, atol=1e-5)
+    torch.testing.assert_close(a, torch.randn(fut.shape, generator=torch.Generator().manual_seed(4)))
+
+
 # ---------------------------------------------------------------- the CLI: golden curve and export
 
 
