@@ -52,7 +52,8 @@ def _batch(seed: int = 0) -> dict:
         "state": torch.randn(B, 32, generator=g),
         "state_mask": torch.ones(B, 32, dtype=torch.bool),
         "embodiment_id": torch.zeros(B, dtype=torch.long),
-        "text_embedding": torch.randn(B, 16, generator=g),
+        "text_states": torch.randn(B, 3, 16, generator=g),  # 3 instruction tokens of 16 dims
+        "text_mask": torch.ones(B, 3, dtype=torch.bool),
     }
 
 
@@ -72,11 +73,13 @@ def test_clip_geometry_first_latent_frame_is_the_clean_context():
     loss, parts = model.joint_loss(batch)
     assert torch.isfinite(loss) and parts["video_loss"] > 0
     # joint sampling produces one future latent frame; decoding after the observation gives 4 frames
+    text_BLT, text_mask_BL = model.batch_text(batch, obs.device)
     ctx = Context(
         obs_latent_BC1hw=obs,
         state_B32=batch["state"],
         embodiment_id_B=batch["embodiment_id"],
-        text_BLD=model.batch_text(batch, B, obs.device),
+        text_BLD=text_BLT,
+        text_mask_BL=text_mask_BL,
     )
     a, v = sample_joint(model.transformer, ctx, num_steps=2, generator=torch.Generator().manual_seed(1))
     assert a.shape == (B, P, 32) and v.shape == (B, 48, 1, 2, 2)
@@ -121,7 +124,6 @@ def test_loader_takes_one_clip_latents_from_a_latent_cache():
         "action_mask": np.ones(32, bool),
         "state": np.zeros(32, np.float32),
         "state_mask": np.ones(32, bool),
-        "text_embedding": None,
         "frame_indices": [0, 12, 24, 36, 48],
         "video_format": "mp4",
     }
