@@ -9,6 +9,7 @@ local Hub server; every way must give the same batches, in the same order, on ev
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def test_hub_repo_streams_by_range_requests(dataset, hub_env, tmp_path):
     groups = sum(shards.stream.num_groups(i) for i in range(3))
     assert shards.stream.cache().fetches < groups  # training started before the dataset arrived
     assert_same_batches(first + batches(got, 3), batches(ShardLoader(dataset, lc), 4))
-    gets = hub_env.server.requests_matching(r"^GET .*/resolve/.*\.parquet")
+    # this repo's requests only: the Hub server is shared by the session's tests
+    gets = hub_env.server.requests_matching(rf"^GET .*/{re.escape(repo)}/resolve/.*\.parquet")
     assert gets and all(status == 206 for _, _, status in gets), gets  # byte ranges, never whole files
     col = read_shard_columns(shards.shards[1], ["episode_id"])
     assert col.equals(pq.read_table(dataset / "data/shard-00001.parquet", columns=["episode_id"]))
