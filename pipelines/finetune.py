@@ -122,7 +122,7 @@ def rows_with_actions(shards: ShardSet) -> tuple[ShardSet, int]:
 def build_policy(
     init: str,
     revision: str | None,
-    model_preset: str,
+    model_preset: str | None,
     settings: dict[str, Any],
     codec: str,
     codec_kwargs: dict,
@@ -149,7 +149,9 @@ def build_policy(
         model = GWPPolicyModel.from_backbone(
             init,
             revision,
-            base=get_model_config(model_preset),  # Wan weights: the non-Wan fields and video geometry
+            # Wan weights: the non-Wan fields and video geometry from --model (None: wan22-5b's);
+            # our checkpoints carry their own config
+            base=None if model_preset is None else get_model_config(model_preset),
             chunk=settings["chunk"],
             num_future=settings["num_future"],
             **fields,
@@ -204,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="our checkpoint or a diffusers Wan2.2 transformer/pipeline (folder or model repo id); 'none' = random",
     )
     p.add_argument("--init-revision", default=None)
-    name_flag(p, "--model", MODEL_PRESETS, help="model preset for --init none")
+    name_flag(
+        p,
+        "--model",
+        MODEL_PRESETS,
+        help="model preset: the model of --init none; with Wan weights, the non-Wan fields and video geometry",
+    )
     train_cli.add_data_args(p)
     train_cli.add_codec_args(p)
     train_cli.add_train_args(p, [n for n in train_cli.TRAIN_OVERRIDES if n != "warmup_steps"])
@@ -253,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         model = build_policy(
             args.init,
             args.init_revision,
-            args.model or args.preset,
+            # --init none builds --model (default: the train preset's name, e.g. debug); a
+            # checkpoint takes only an explicit --model (train presets such as `demo` name no model)
+            (args.model or args.preset) if args.init.lower() == "none" else args.model,
             settings,
             args.codec,
             kwargs,
