@@ -94,7 +94,7 @@ def data_settings(shards: ShardSet) -> dict[str, Any]:
         "chunk": chunk,
         "num_future": len(row["frame_indices"]) - 1,
         "image": image,
-        "text": text_config_from_manifest(shards.manifest.text, str(shards.root / "meta/manifest.json")),
+        "text": text_config_from_manifest(shards.manifest.text, f"{shards.root}/meta/manifest.json"),
         "norm": NormConfig(**cur["norm"]) if "norm" in cur else NormConfig(),
         "embodiments": tuple(get_embodiment(name) for name in sorted(shards.manifest.stats)),
         "stats": dict(shards.manifest.stats),

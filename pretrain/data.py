@@ -149,7 +149,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             )
         if shards.text is None:
             raise ValueError(
-                f"{shards.root / MANIFEST_FILE}: no instruction token states (manifest 'text'); "
+                f"{shards.root}/{MANIFEST_FILE}: no instruction token states (manifest 'text'); "
                 "curate the dataset again with this version"
             )
         self._order: tuple[int, np.ndarray] | None = None

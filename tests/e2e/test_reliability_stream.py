@@ -87,7 +87,10 @@ def test_streamed_finetune_killed_and_resumed_equals_an_uninterrupted_local_run(
     try:
         deadline = time.time() + 600
         while max(_metric_steps(out), default=0) < CKPT + 1:
-            assert proc.poll() is None, f"exited ({proc.returncode}) before step {CKPT + 1}"
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"exited ({proc.returncode}) before step {CKPT + 1}: {proc.stderr.read()[-3000:]}"
+                )
             assert time.time() < deadline, "timed out waiting for the streamed run"
             time.sleep(0.05)
     finally:
