@@ -260,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         model = build_policy(
             args.init,
             args.init_revision,
-            # --init none builds --model (default: the train preset's name, e.g. debug); a
-            # checkpoint takes only an explicit --model (train presets such as `demo` name no model)
-            (args.model or args.preset) if args.init.lower() == "none" else args.model,
+            # --init none builds --model (default: the train preset's name, e.g. debug); Wan weights
+            # take their other fields from --model, else from a model preset of the train preset's
+            # name; our checkpoints carry their own (train presets such as `demo` name no model)
+            (args.model or args.preset)
+            if args.init.lower() == "none"
+            else args.model or (args.preset if args.preset in MODEL_PRESETS else None),
             settings,
             args.codec,
             kwargs,

@@ -34,6 +34,9 @@ import torch
 import torch.distributed as dist
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# set beside MASTER_PORT when this process formed its own world of one, so that a child process
+# that inherits the variables knows they are not a launcher's
+_SOLO_MARK = "GWP_SOLO_MASTER_PORT"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,13 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("backend 'nccl' needs CUDA; this process sees no GPU (use 'gloo')")
     if not dist.is_initialized():
+        if os.environ.get(_SOLO_MARK) is not None and os.environ.get(_SOLO_MARK) == os.environ.get(
+            "MASTER_PORT"
+        ):
+            # the variables of a parent process's own world of one (it trained in-process, then
+            # started this one), not a launcher's: the parent still holds that port
+            for k in (*_ENV_KEYS, _SOLO_MARK):
+                os.environ.pop(k, None)
         own_port = not launched() and "MASTER_PORT" not in os.environ
         if not launched():
             if env_world_size() != 1:
@@ -122,6 +132,8 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
             os.environ.setdefault("WORLD_SIZE", "1")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
+            if own_port:
+                os.environ[_SOLO_MARK] = os.environ["MASTER_PORT"]
         if backend == "nccl":
             torch.cuda.set_device(env_local_rank())
         for attempt in range(5):
@@ -138,7 +150,7 @@ def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> D
                 # process on this machine, e.g. a Ray worker): pick another, a few times
                 if not own_port or attempt == 4:
                     raise
-                os.environ["MASTER_PORT"] = str(free_port())
+                os.environ["MASTER_PORT"] = os.environ[_SOLO_MARK] = str(free_port())
     actual = dist.get_backend()
     device = torch.device("cuda", env_local_rank()) if actual == "nccl" else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), env_local_rank(), actual, device)

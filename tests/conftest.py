@@ -63,19 +63,3 @@ def ray_local():
         else:
             os.environ["RAY_AUTH_MODE"] = mode
 
-
-_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(autouse=True)
-def _launcher_env_stays_in_its_test():
-    """An in-process trainer forms its world of one by setting the launcher variables in
-    ``os.environ``; left there, every later subprocess (a CLI run, a demo) would inherit that
-    MASTER_PORT as if a launcher had chosen it, and fail when the port is taken meanwhile."""
-    before = {k: os.environ.get(k) for k in _LAUNCHER_ENV}
-    yield
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
