@@ -62,4 +62,3 @@ def ray_local():
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = mode
-
