@@ -30,7 +30,7 @@ from curation.shards import LEDGER_PATH, REPORT_DIR, sample_table, write_manifes
 from pipelines import publish as publish_cli
 from pretrain.data import ShardSet, resolve_dataset
 from pretrain.hub import HubMixin
-from schemas import DimStats, EmbodimentStats, Manifest, Rejection, Sample, SourceInput
+from schemas import DimStats, EmbodimentStats, Manifest, Rejection, SourceInput
 from schemas.hub.client import (
     HubAuthError,
     HubError,
@@ -38,6 +38,7 @@ from schemas.hub.client import (
     HubRevisionNotFoundError,
     UploadSettings,
 )
+from tests.support.samples import tall_png, window_sample
 
 if TYPE_CHECKING:
     from tests.support.hub_fixture import HubEnv
@@ -51,40 +52,21 @@ FAST = UploadSettings(backoff_s=0.05)
 # ---- a tiny curated dataset ----------------------------------------------------------------------
 
 
-def png(frames: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(frames.reshape(-1, W, 3)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def sample_row(i: int, embodiment: str = "metaworld_sawyer") -> dict:
-    mask = np.zeros(32, dtype=bool)
-    mask[:4] = True
-    action = np.zeros((P, 32), dtype=np.float32)
-    action[:, :4] = i / 10
-    state = np.zeros(32, dtype=np.float32)
-    state[:4] = -i / 10
-    ep = f"ep{i // 3}"
     frames = np.random.default_rng(i).integers(0, 256, (1 + K, H, W, 3), dtype=np.uint8)
     return (
-        Sample(
-            sample_id=schemas.sample_id_for(ep, i, schemas.window_geometry(P, 1, K)),
-            episode_id=ep,
+        window_sample(
+            f"ep{i // 3}",
+            i,
+            action_Pd=np.full((P, 4), i / 10),
+            state_d=np.full(4, -i / 10),
+            num_future=K,
             source="synthetic" if i % 2 else "sim",
             embodiment=embodiment,
-            embodiment_id=0,
-            start_frame=i,
-            frame_indices=(i, i + 1),
             instruction=f"push the puck {i}",
-            caption="",
-            video=png(frames),
-            video_format="png",
+            video=tall_png(frames),
             height=H,
             width=W,
-            action=action,
-            action_mask=mask,
-            state=state,
-            state_mask=mask.copy(),
         )
         .validate()
         .to_row()

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image, PngImagePlugin
 
 import schemas
 from pretrain.codec import LatentCache, PixelPatchCodec, WanVAECodec, list_codecs, make_codec
-from schemas import Sample
+from tests.support.samples import tall_png, window_sample
 
 # A Wan2.2-style VAE (residual blocks, patch_size 2) shrunk to a few thousand parameters:
 # dims 8→8→16→16, two spatial downsamplings × patch 2 = factor 8, one temporal = factor 2.
@@ -159,37 +156,21 @@ def test_wan_codec_rejects_bad_config():
 def write_shard(path, n=5, h=8, w=8, k=2):
     rng = np.random.default_rng(0)
     rows, pixels = [], {}
-    mask = np.zeros(32, dtype=bool)
-    mask[0] = True
     for i in range(n):
         f = rng.integers(0, 256, (1 + k, h, w, 3), dtype=np.uint8)
-        info = PngImagePlugin.PngInfo()
-        info.add_text("gwp_frames", str(1 + k))
-        buf = io.BytesIO()
-        Image.fromarray(f.reshape(-1, w, 3)).save(buf, format="PNG", pnginfo=info)
-        sid = schemas.sample_id_for("ep", i, "g")
-        pixels[sid] = f
-        rows.append(
-            Sample(
-                sample_id=sid,
-                episode_id="ep",
-                source="t",
-                embodiment="metaworld_sawyer",
-                embodiment_id=0,
-                start_frame=i,
-                frame_indices=tuple(range(i, i + 1 + k)),
-                instruction="",
-                caption="",
-                video=buf.getvalue(),
-                video_format="png",
-                height=h,
-                width=w,
-                action=np.zeros((2, 32), np.float32),
-                action_mask=mask,
-                state=np.zeros(32, np.float32),
-                state_mask=mask,
-            )
+        row = window_sample(
+            "ep",
+            i,
+            action_Pd=np.zeros((2, 1)),
+            state_d=np.zeros(1),
+            num_future=k,
+            source="t",
+            video=tall_png(f),
+            height=h,
+            width=w,
         )
+        pixels[row.sample_id] = f
+        rows.append(row)
     pq.write_table(schemas.to_table(rows), path)
     return pixels
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +10,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image, PngImagePlugin
 
 import schemas
 from pretrain.codec import LatentCache, PixelPatchCodec
@@ -26,6 +24,7 @@ from pretrain.data import (
 from schemas import DimStats, EmbodimentStats, Manifest, Sample, SchemaVersionError, ShardInfo
 from schemas.text import HashedTokenEncoder, TextEncoderConfig
 from schemas.text_store import TextStore
+from tests.support.samples import tall_png, window_sample
 
 H, W, K, P = 8, 8, 2, 3
 SHARD_ROWS = (5, 4, 3)
@@ -39,22 +38,7 @@ def frames_for(i: int) -> np.ndarray:
     return rng.integers(0, 256, (1 + K, H, W, 3), dtype=np.uint8)
 
 
-def png_bytes(frames: np.ndarray) -> bytes:
-    """The shard format of curation's writer: one tall PNG, frame count in a ``gwp_frames`` text chunk."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("gwp_frames", str(len(frames)))
-    buf = io.BytesIO()
-    Image.fromarray(frames.reshape(-1, frames.shape[2], 3)).save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
-
-
 def make_row(i: int, fmt: str = "png") -> Sample:
-    mask = np.zeros(32, dtype=bool)
-    mask[:4] = True
-    action = np.zeros((P, 32), dtype=np.float32)
-    action[:, :4] = i + np.arange(P * 4, dtype=np.float32).reshape(P, 4) / 100
-    state = np.zeros(32, dtype=np.float32)
-    state[:4] = i / 10
     frames = frames_for(i)
     if fmt == "latent":
         lat = PixelPatchCodec(4).encode(
@@ -62,27 +46,20 @@ def make_row(i: int, fmt: str = "png") -> Sample:
         )[0]
         video, latent_shape = lat.numpy().astype("<f4").tobytes(), tuple(lat.shape)
     else:
-        video, latent_shape = png_bytes(frames), ()
-    ep = f"ep{i // 4}"
-    start = (i % 4) * 10
-    return Sample(
-        sample_id=schemas.sample_id_for(ep, start, schemas.window_geometry(P, 2, K)),
-        episode_id=ep,
-        source="test",
-        embodiment="metaworld_sawyer",
+        video, latent_shape = tall_png(frames), ()
+    return window_sample(
+        f"ep{i // 4}",
+        (i % 4) * 10,
+        action_Pd=i + np.arange(P * 4, dtype=np.float32).reshape(P, 4) / 100,
+        state_d=np.full(4, i / 10),
+        num_future=K,
+        stride=2,
         embodiment_id=i % 2,
-        start_frame=start,
-        frame_indices=tuple(start + 2 * k for k in range(1 + K)),
         instruction=f"task {i}",
-        caption="",
         video=video,
         video_format=fmt,
         height=H,
         width=W,
-        action=action,
-        action_mask=mask,
-        state=state,
-        state_mask=mask.copy(),
         latent_shape=latent_shape,
     )
 
@@ -319,8 +296,8 @@ def test_latents_from_cache_and_from_stored_latent_rows(dataset, tmp_path):
 
 def test_frame_decode_checks_the_row():
     frames = frames_for(0)
-    np.testing.assert_array_equal(decode_row_frames(png_bytes(frames), "png", 1 + K, H, W), frames)
+    np.testing.assert_array_equal(decode_row_frames(tall_png(frames), "png", 1 + K, H, W), frames)
     with pytest.raises(ValueError, match=r"expected \(2, 8, 8, 3\)"):
-        decode_row_frames(png_bytes(frames), "png", 2, H, W)
+        decode_row_frames(tall_png(frames), "png", 2, H, W)
     with pytest.raises(ValueError, match="PNG"):
         decode_row_frames(b"not a png", "png", 1, H, W)

@@ -25,6 +25,7 @@ from schemas import (
     from_table,
     to_table,
 )
+from tests.support.samples import window_sample
 
 
 def make_episode(t: int = 6) -> Episode:
@@ -50,30 +51,19 @@ def make_episode(t: int = 6) -> Episode:
 
 
 def make_sample(p: int = 5) -> Sample:
-    mask = np.zeros(32, dtype=bool)
-    mask[:4] = True
-    action = np.zeros((p, 32), dtype=np.float32)
-    action[:, :4] = np.linspace(-1, 1, p * 4, dtype=np.float32).reshape(p, 4)
-    state = np.zeros(32, dtype=np.float32)
-    state[:4] = [0.1, 0.2, 0.3, 0.4]
-    return Sample(
-        sample_id=schemas.sample_id_for("ep", 0, schemas.window_geometry(p, 2, 2)),
-        episode_id="ep",
+    return window_sample(
+        "ep",
+        0,
+        action_Pd=np.linspace(-1, 1, p * 4, dtype=np.float32).reshape(p, 4),
+        state_d=np.array([0.1, 0.2, 0.3, 0.4]),
+        num_future=2,
+        stride=2,
         source="sim",
-        embodiment="metaworld_sawyer",
-        embodiment_id=0,
-        start_frame=0,
-        frame_indices=(0, 2, 4),
         instruction="open the drawer",
         caption="a robot arm next to a drawer",
         video=b"\x89PNG fake",
-        video_format="png",
         height=16,
         width=16,
-        action=action,
-        action_mask=mask,
-        state=state,
-        state_mask=mask.copy(),
         quality={"motion": 0.5, "brightness": 0.4},
     )
 
