@@ -27,6 +27,7 @@ import torch
 
 from tests.pretrain.wan_tiny import WAN22_TRANSFORMER, WAN22_VAE
 from tests.support.helpers import frames_of, make_episodes, write_all_formats
+from tests.support.tiny_umt5 import assert_q_and_k_learn, save_tiny_umt5
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -34,24 +35,6 @@ WORDS = ["open", "the", "drawer", "press", "button", "from", "top", "push", "puc
 INSTRUCTIONS = ("open the drawer", "press the button from the top", "open the drawer")
 SIZE = 64  # px: 64 / 16 (VAE) / 2 (patch) = 2×2 tokens per latent frame
 MAX_TOKENS = 8
-
-
-def save_umt5(folder: Path, d_model: int) -> Path:
-    """A random 2-layer umT5 encoder (``UMT5Config``) and a word-level tokenizer ending in ``</s>``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    torch.manual_seed(1)
-    cfg = UMT5Config(vocab_size=len(vocab), d_model=d_model, d_kv=16, d_ff=64, num_layers=2, num_heads=4)
-    UMT5EncoderModel(cfg).save_pretrained(folder)
-    PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(folder)
-    return folder
 
 
 def save_wan22(root: Path) -> Path:
@@ -82,7 +65,7 @@ def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
     from pretrain.data import LoaderConfig, ShardLoader
 
     wan = save_wan22(tmp_path / "wan22")
-    umt5 = save_umt5(tmp_path / "umt5", d_model=WAN22_TRANSFORMER["text_dim"])
+    umt5 = save_tiny_umt5(tmp_path / "umt5", WORDS, seed=1, d_model=WAN22_TRANSFORMER["text_dim"], d_kv=16)
     episodes = [
         dataclasses.replace(ep, instruction=INSTRUCTIONS[i])
         for i, ep in enumerate(make_episodes((28, 28, 28), size=SIZE))
@@ -129,14 +112,7 @@ def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
     batch = next(iter(ShardLoader(data, LoaderConfig(batch_size=2, shuffle=False))))
     assert batch["text_states"].shape[1] > 1 and batch["text_mask"].sum(1).min() > 1
     model.train()
-    loss, _ = model.joint_loss(batch, generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(loss)
-    loss.backward()
-    for i, block in enumerate(model.transformer.blocks):
-        ca = block.cross_attn
-        g = {n: getattr(ca, n).weight.grad.norm().item() for n in ("q", "k", "v")}
-        assert g["q"] > 1e-3 * g["v"] and g["k"] > 1e-3 * g["v"], f"block {i}: {g}"
-        assert ca.q_norm.weight.grad.norm() > 0 and ca.k_norm.weight.grad.norm() > 0
+    assert_q_and_k_learn(model, batch)
     model.zero_grad(set_to_none=True)
     model.eval()
 

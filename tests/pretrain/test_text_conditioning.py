@@ -34,6 +34,7 @@ from schemas import SchemaError, get_embodiment
 from schemas.text import TextEncoderConfig, WeightsUnavailableError
 from tests.pretrain.wan_tiny import WAN22_TRANSFORMER
 from tests.support.helpers import make_episodes
+from tests.support.tiny_umt5 import assert_q_and_k_learn, save_tiny_umt5
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["open", "the", "drawer", "push", "puck", "to", "goal", "press", "button", "from", "top", "red", "a"]
@@ -41,37 +42,16 @@ D_MODEL = 32
 INSTRUCTIONS = ("open the drawer", "push the red puck to the goal", "open the drawer")
 
 
-def save_tiny_umt5(folder: Path) -> Path:
-    """A random 2-layer umT5 encoder and a word-level tokenizer (``</s>`` appended, as T5's)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    torch.manual_seed(0)
-    cfg = UMT5Config(
-        vocab_size=len(vocab),
+@pytest.fixture(scope="module")
+def umt5(tmp_path_factory) -> TextEncoderConfig:
+    folder = save_tiny_umt5(
+        tmp_path_factory.mktemp("umt5") / "tiny-umt5",
+        WORDS,
         d_model=D_MODEL,
         d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
         relative_attention_num_buckets=8,
         relative_attention_max_distance=16,
     )
-    UMT5EncoderModel(cfg).save_pretrained(folder)
-    fast.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def umt5(tmp_path_factory) -> TextEncoderConfig:
-    folder = save_tiny_umt5(tmp_path_factory.mktemp("umt5") / "tiny-umt5")
     return TextEncoderConfig(kind="umt5", name=str(folder), max_tokens=8)
 
 
@@ -183,13 +163,7 @@ def test_cross_attention_q_and_k_learn_from_a_loader_batch(curated):
     model = _policy(curated)
     batch = next(iter(ShardLoader(curated, LoaderConfig(batch_size=4, shuffle=False))))
     assert batch["text_states"].shape[1] > 1
-    loss, _ = model.joint_loss(batch, generator=torch.Generator().manual_seed(0))
-    loss.backward()
-    for i, block in enumerate(model.transformer.blocks):
-        ca = block.cross_attn
-        g = {n: getattr(ca, n).weight.grad.norm().item() for n in ("q", "k", "v")}
-        assert g["q"] > 1e-3 * g["v"] and g["k"] > 1e-3 * g["v"], f"block {i}: {g}"
-        assert ca.q_norm.weight.grad.norm() > 0 and ca.k_norm.weight.grad.norm() > 0
+    assert_q_and_k_learn(model, batch)
 
     # the mechanism: the same batch cut to one text token leaves q and k without gradient
     model.zero_grad()
