@@ -2,7 +2,8 @@
 
 Design: a writer folds each episode's :func:`episode_stats` into the dataset's with
 :func:`merge_stats`, so statistics stream with the episodes and never need the whole dataset
-in memory; :class:`RunningStats` merges with Chan et al.'s parallel update. Vectors get
+in memory; :class:`RunningStats` is the statistics stage's :class:`~curation.stages.sketch.Moments`
+(Chan et al.'s parallel update) plus the shape LeRobot writes. Vectors get
 per-dimension statistics; videos get per-channel ones, shape ``[3, 1, 1]``, on pixel values
 scaled to ``[0, 1]`` and sampled (at most 64 frames and ~100 px per side per episode), with
 ``count`` in frames as LeRobot counts them.
@@ -10,59 +11,30 @@ scaled to ``[0, 1]`` and sampled (at most 64 frames and ~100 px per side per epi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
 from curation.formats.lerobot_meta import ACTION_KEY, INDEX_FEATURES, STATE_KEY
+from curation.stages.sketch import Moments
 from schemas import Episode
 
 _IMAGE_STATS_MAX_FRAMES = 64  # frames sampled per episode for the per-channel image stats
 
 
 @dataclass
-class RunningStats:
-    """Mergeable min / max / mean / std / count of one feature (per dim, or per channel)."""
+class RunningStats(Moments):
+    """Mergeable min / max / mean / std / count of one feature (per dim, or per channel): the
+    statistics stage's moments, with the shape LeRobot writes them in."""
 
-    count: int = 0
-    mean: np.ndarray | None = None
-    m2: np.ndarray | None = None  # sum of squared deviations (Chan et al. parallel update)
-    min: np.ndarray | None = None
-    max: np.ndarray | None = None
     shape: tuple[int, ...] = field(default_factory=tuple)
     per_item: int = 1  # rows per counted item: pixels per frame for images (LeRobot counts frames)
 
     @classmethod
     def of(cls, x_ND: np.ndarray, shape: tuple[int, ...] | None = None, per_item: int = 1) -> RunningStats:
-        x = np.asarray(x_ND, np.float64)
-        mean = x.mean(0)
-        return cls(
-            count=int(x.shape[0]),
-            mean=mean,
-            m2=((x - mean) ** 2).sum(0),
-            min=x.min(0),
-            max=x.max(0),
-            shape=shape or tuple(mean.shape),
-            per_item=per_item,
-        )
-
-    def merge(self, other: RunningStats) -> RunningStats:
-        if self.count == 0:
-            return other
-        if other.count == 0:
-            return self
-        n = self.count + other.count
-        delta = other.mean - self.mean
-        return RunningStats(
-            count=n,
-            mean=self.mean + delta * other.count / n,
-            m2=self.m2 + other.m2 + delta**2 * self.count * other.count / n,
-            min=np.minimum(self.min, other.min),
-            max=np.maximum(self.max, other.max),
-            shape=self.shape,
-            per_item=self.per_item,
-        )
+        m = super().of(np.asarray(x_ND, np.float64))
+        return replace(m, shape=shape or tuple(m.mean.shape), per_item=per_item)
 
     def to_dict(self) -> dict[str, list]:
         def shaped(a: np.ndarray) -> list:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,7 +77,15 @@ class Moments:
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.count / n)
         m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
-        return Moments(n, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+        # replace, not Moments(...): a subclass's own fields (lerobot_stats.RunningStats) carry over
+        return replace(
+            self,
+            count=n,
+            mean=mean,
+            m2=m2,
+            min=np.minimum(self.min, other.min),
+            max=np.maximum(self.max, other.max),
+        )
 
     @property
     def std(self) -> np.ndarray:
