@@ -59,7 +59,6 @@ Design (ARCHITECTURE.md, "Objective and sampling"):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +71,7 @@ from torch import Tensor, nn
 from pretrain.codec import LatentCodec, make_model_codec
 from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
-from pretrain.hub import HubMixin, local_model_folder
+from pretrain.hub import HubMixin, local_model_folder, read_json_object
 from pretrain.init import check_init_codec, resolve_init
 from pretrain.model import ActionVideoTransformer, ModelOutput
 from pretrain.objective import text_states
@@ -223,16 +222,10 @@ def load_backbone(
         )
     folder = init.folder
     cfg_path, weights = folder / "config.json", folder / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p}: missing; a pretrained checkpoint needs {' and '.join(BACKBONE_FILES)}"
-            )
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{cfg_path}: not valid JSON ({err})") from err
-    found = _find_model_config(meta)
+    missing = f"missing; a pretrained checkpoint needs {' and '.join(BACKBONE_FILES)}"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: {missing}")
+    found = _find_model_config(read_json_object(cfg_path, missing))
     if found is None:
         raise ValueError(
             f"{cfg_path}: holds no model config (a dict with dim, layers, heads, head_dim, ffn_dim)"

@@ -51,11 +51,11 @@ from schemas.hub.card import (
     with_header,
 )
 from schemas.hub.client import (
-    REPO_ID_PATTERN,
     PublishResult,
     Source,
     UploadSettings,
     download_snapshot,
+    local_folder,
     resolve_token,
     upload_files,
 )
@@ -185,11 +185,14 @@ def render_model_card(model: torch.nn.Module, cfg_dict: dict[str, Any], card_dat
 # ---- the mixin -----------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(
+    path: Path, missing: str = "missing; not a model folder saved by save_pretrained"
+) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing file says ``missing`` after its path."""
     try:
         data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; not a model folder saved by save_pretrained") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(f"{path}: {missing}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
@@ -200,7 +203,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 def read_model_config(folder: Path) -> dict[str, Any]:
     """config.json of a saved model folder, with its format and versions checked."""
     path = Path(folder) / CONFIG_NAME
-    data = _read_json(path)
+    data = read_json_object(path)
     if data.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: format {data.get('format')!r}, expected {MODEL_FORMAT!r}")
     if str(data.get("format_version", "")).split(".")[0] != MODEL_FORMAT_VERSION.split(".")[0]:
@@ -215,17 +218,8 @@ def read_model_config(folder: Path) -> dict[str, Any]:
 
 
 def local_model_folder(path_or_repo_id: str | os.PathLike) -> Path | None:
-    """The local folder ``path_or_repo_id`` names, or None when it is a Hub repo id (owner/name);
-    anything else is refused with the path in the message."""
-    text = str(path_or_repo_id)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise NotADirectoryError(f"{text}: is a file; expected a model folder or a Hub repo id")
-        return local
-    if not REPO_ID_PATTERN.match(text):
-        raise FileNotFoundError(f"{text!r}: no such local folder, and not a Hub repo id (owner/name)")
-    return None
+    """The local folder ``path_or_repo_id`` names, or None when it is a Hub repo id (owner/name)."""
+    return local_folder(path_or_repo_id, "a model folder")
 
 
 class HubMixin:
@@ -325,7 +319,7 @@ class HubMixin:
             )
         stats_path = folder / NORM_STATS_NAME
         if stats_path.is_file():
-            data = _read_json(stats_path)
+            data = read_json_object(stats_path)
             check_schema_version(data.get("schema_version"), str(stats_path), MODEL_READABLE_MAJORS)
             model.norm_stats = {k: EmbodimentStats.from_dict(v) for k, v in data["stats"].items()}
         return model

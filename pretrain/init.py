@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from schemas.hub.client import download_snapshot
+from schemas.hub.client import download_snapshot, local_folder
 
 InitKind = Literal["gwp", "wan"]
 WAN_CLASS = "WanTransformer3DModel"
@@ -67,13 +67,9 @@ def wan_transformer_folder(folder: Path) -> Path | None:
 
 
 def _local_folder(source: str, revision: str | None) -> Path:
-    local = Path(source).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise NotADirectoryError(f"{source}: is a file; expected a model folder or a Hub repo id")
+    local = local_folder(source, "a model folder")
+    if local is not None:
         return local
-    if source.count("/") != 1 or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{source!r}: no such local folder, and not a Hub repo id (owner/name)")
     return download_snapshot(source, repo_type="model", revision=revision, allow_patterns=INIT_FILES)
 
 

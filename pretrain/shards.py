@@ -13,7 +13,6 @@ told apart by the byte count) of shape ``latent_shape = (C, 1+K, h, w)``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -25,8 +24,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from pretrain.hub import read_json_object
 from schemas import Manifest, Sample, SchemaError, check_schema_version
 from schemas.frames import decode_sample_frames
+from schemas.hub.client import local_folder
 from schemas.pixels import to_unit_range
 from schemas.text_store import TextStore
 
@@ -44,13 +45,9 @@ def resolve_dataset(
 ) -> Path:
     """A local folder as is; otherwise a Hub dataset repo id, downloaded at ``revision``."""
     text = str(source)
-    local = Path(text).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise NotADirectoryError(f"dataset {text!r} is a file; expected a folder with {SHARD_GLOB}")
+    local = local_folder(text, f"a dataset folder with {SHARD_GLOB}", _REPO_ID)
+    if local is not None:
         return local
-    if not _REPO_ID.match(text) or text.startswith((".", "~")):
-        raise FileNotFoundError(f"dataset {text!r}: no such local folder, and not a Hub repo id (owner/name)")
     import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -123,14 +120,7 @@ class ShardSet:
             return open_streaming(str(source), revision, stream)
         root = resolve_dataset(source, revision, cache_dir)
         mpath = root / MANIFEST_FILE
-        if not mpath.is_file():
-            raise FileNotFoundError(
-                f"{mpath}: no manifest; the curation run did not finish (it is written last)"
-            )
-        try:
-            data = json.loads(mpath.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{mpath}: not valid JSON ({err})") from err
+        data = read_json_object(mpath, "no manifest; the curation run did not finish (it is written last)")
         check_schema_version(data.get("schema_version"), str(mpath))
         try:
             manifest = Manifest.from_dict(data, str(mpath))

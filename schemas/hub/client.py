@@ -9,6 +9,9 @@
   transient failure (5xx, 429, a stale parent, a dropped connection) re-reads the remote state and goes on
   with back-off; a 4xx fails at once. When the installed client has ``upload_large_folder`` it moves the
   plain on-disk files first and the rounds only finish the rest.
+* **Local or Hub** (:func:`local_folder`): every command that takes a folder also takes a Hub repo id
+  in its place; one rule tells them apart (an existing path is local, ``owner/name`` is a repo id,
+  anything else is refused naming it), so a typo in a path never becomes a download.
 * **Errors** from the client become :class:`HubError` subclasses whose message names the repo, revision
   or file and says what to do; a push without a token fails before any request.
 """
@@ -325,6 +328,22 @@ def upload_files(
                 raise HubError(f"{action} (revision {branch!r}): {type(err).__name__}: {err}") from err
             time.sleep(settings.backoff_s * 2**attempt)
             attempt += 1
+
+
+def local_folder(
+    source: str | os.PathLike, expected: str, repo_id: re.Pattern[str] = REPO_ID_PATTERN
+) -> Path | None:
+    """The local folder ``source`` names, or None when it is a Hub repo id (matches ``repo_id``); a
+    file, or a path that is neither, is refused naming it (``expected``: what the folder holds)."""
+    text = str(source)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise NotADirectoryError(f"{text}: is a file; expected {expected} or a Hub repo id")
+        return local
+    if not repo_id.match(text):
+        raise FileNotFoundError(f"{text!r}: no such local folder, and not a Hub repo id (owner/name)")
+    return None
 
 
 def download_snapshot(
