@@ -174,42 +174,11 @@ def ceiling_parallel(src: Path, cfg, episodes: int, procs: int) -> float:
     return seconds
 
 
-def _episodes(episodes: int, steps: int, size: int):
-    """The episodes of ``make_episodes([steps] * episodes, size=size)``, one at a time: at 1,024
-    episodes the whole list would hold gigabytes of frames."""
-    import numpy as np
-
-    from schemas import Episode, FrameRef, episode_id_for
-    from tests.support.helpers import EMBODIMENT, TASKS, smooth_frames
-
-    rng = np.random.default_rng(0)
-    fps = 10.0
-    for i in range(episodes):
-        state_TD = np.cumsum(rng.normal(scale=0.01, size=(steps, 4)), axis=0) + np.array([0.0, 0.6, 0.2, 0.5])
-        action_TD = np.clip(rng.normal(scale=0.5, size=(steps, 4)), -1, 1)
-        yield Episode(
-            episode_id=episode_id_for("synthetic", "memory", i),
-            source="synthetic",
-            embodiment=EMBODIMENT,
-            instruction=TASKS[i % len(TASKS)],
-            fps=fps,
-            state=state_TD.astype(np.float32),
-            action=action_TD.astype(np.float32),
-            timestamps=np.arange(steps, dtype=np.float64) / fps,
-            cameras={
-                "high": FrameRef(kind="inline", array=smooth_frames(steps, 13.0 * i, size, size), fps=fps),
-                "wrist": FrameRef(
-                    kind="inline", array=smooth_frames(steps, 7.0 * i + 50, size, size), fps=fps
-                ),
-            },
-            source_index=i,
-        ).validate()
-
-
 def _write_source(out: str, episodes: int, steps: int, size: int) -> None:
     from curation.formats.lerobot_v3 import write_lerobot_v3
+    from tests.support.helpers import iter_episodes
 
-    write_lerobot_v3(_episodes(episodes, steps, size), Path(out), codec="h264")
+    write_lerobot_v3(iter_episodes([steps] * episodes, size=size), Path(out), codec="h264")
 
 
 def make_source(out: Path, episodes: int, steps: int, size: int) -> Path:

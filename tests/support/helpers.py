@@ -1,6 +1,6 @@
 """Shared test utilities: small simulated Meta-World-like episodes and round-trip checks.
 
-* :func:`make_episodes` builds validated :class:`~schemas.Episode` objects for the
+* :func:`make_episodes` (or :func:`iter_episodes`, one at a time) builds validated :class:`~schemas.Episode` objects for the
   ``metaworld_sawyer`` embodiment (4-D state and action, cameras ``high`` and ``wrist``)
   with inline frames. Lengths differ per episode so that an off-by-one in a reader's
   episode boundaries shows up; states and actions are smooth random walks (a plausible
@@ -19,7 +19,7 @@ Frames are ``uint8 [T, H, W, 3]`` everywhere (``frames_THWC``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,40 +50,40 @@ def smooth_frames(t: int, phase: float, h: int = 64, w: int = 64) -> np.ndarray:
     return np.clip(np.rint(np.stack([r, g, b], -1)), 0, 255).astype(np.uint8)
 
 
-def make_episodes(
+def iter_episodes(
     lengths: Sequence[int] = DEFAULT_LENGTHS,
     *,
     size: int = 64,
     fps: float = 10.0,
     source: str = "synthetic",
     seed: int = 0,
-) -> list[Episode]:
-    """Validated metaworld_sawyer episodes of the given ``lengths``, frames inline (size × size)."""
+) -> Iterator[Episode]:
+    """Validated metaworld_sawyer episodes of the given ``lengths``, frames inline (size × size),
+    made one at a time (a benchmark's thousand episodes would hold gigabytes of frames at once)."""
     rng = np.random.default_rng(seed)
-    out = []
     for i, t in enumerate(lengths):
         state_TD = np.cumsum(rng.normal(scale=0.01, size=(t, 4)), axis=0) + np.array([0.0, 0.6, 0.2, 0.5])
         action_TD = np.clip(rng.normal(scale=0.5, size=(t, 4)), -1, 1)
-        out.append(
-            Episode(
-                episode_id=episode_id_for(source, "memory", i),
-                source=source,
-                embodiment=EMBODIMENT,
-                instruction=TASKS[i % len(TASKS)],
-                fps=float(fps),
-                state=state_TD.astype(np.float32),
-                action=action_TD.astype(np.float32),
-                timestamps=np.arange(t, dtype=np.float64) / fps,
-                cameras={
-                    "high": FrameRef(kind="inline", array=smooth_frames(t, 13.0 * i, size, size), fps=fps),
-                    "wrist": FrameRef(
-                        kind="inline", array=smooth_frames(t, 7.0 * i + 50, size, size), fps=fps
-                    ),
-                },
-                source_index=i,
-            ).validate()
-        )
-    return out
+        yield Episode(
+            episode_id=episode_id_for(source, "memory", i),
+            source=source,
+            embodiment=EMBODIMENT,
+            instruction=TASKS[i % len(TASKS)],
+            fps=float(fps),
+            state=state_TD.astype(np.float32),
+            action=action_TD.astype(np.float32),
+            timestamps=np.arange(t, dtype=np.float64) / fps,
+            cameras={
+                "high": FrameRef(kind="inline", array=smooth_frames(t, 13.0 * i, size, size), fps=fps),
+                "wrist": FrameRef(kind="inline", array=smooth_frames(t, 7.0 * i + 50, size, size), fps=fps),
+            },
+            source_index=i,
+        ).validate()
+
+
+def make_episodes(lengths: Sequence[int] = DEFAULT_LENGTHS, **kw) -> list[Episode]:
+    """:func:`iter_episodes` as a list (same keywords)."""
+    return list(iter_episodes(lengths, **kw))
 
 
 def target_for(fmt: str, root: Path) -> Path:
