@@ -230,21 +230,24 @@ def _sections(rec: dict[str, Any], sheet_file: str | None, out_dir: Path) -> lis
     return blocks
 
 
+# The blocks whose content is one string, as each page writes it: (Markdown, HTML) per kind, side
+# by side so that a kind is added to both pages at once. Tables and video lists have their writers.
+_TEXT_BLOCKS = {
+    "h1": ("# {}\n", "<h1>{}</h1>"),
+    "h2": ("## {}\n", "<h2>{}</h2>"),
+    "p": ("{}\n", "<p>{}</p>"),
+    "strong": ("**{}**\n", "<p><strong>{}</strong></p>"),
+    "img": ("![contact sheet]({})\n", '<img src="{}" alt="contact sheet">'),
+}
+
+
 def _markdown(blocks: list[tuple[str, Any]]) -> str:
     out: list[str] = []
     for kind, content in blocks:
-        if kind == "h1":
-            out.append(f"# {content}\n")
-        elif kind == "h2":
-            out.append(f"## {content}\n")
-        elif kind == "p":
-            out.append(f"{content}\n")
-        elif kind == "strong":
-            out.append(f"**{content}**\n")
+        if kind in _TEXT_BLOCKS:
+            out.append(_TEXT_BLOCKS[kind][0].format(content))
         elif kind == "table":
             out.append(_md_table(*content) + "\n")
-        elif kind == "img":
-            out.append(f"![contact sheet]({content})\n")
         elif kind == "videos":
             out.append("Videos:\n\n" + "\n".join(f"* [{label}]({path})" for label, path in content) + "\n")
     return "\n".join(out)
@@ -263,19 +266,13 @@ def _html(blocks: list[tuple[str, Any]]) -> str:
     e = html.escape
     body: list[str] = []
     for kind, content in blocks:
-        if kind in ("h1", "h2"):
-            body.append(f"<{kind}>{e(content)}</{kind}>")
-        elif kind == "p":
-            body.append(f"<p>{e(content)}</p>")
-        elif kind == "strong":
-            body.append(f"<p><strong>{e(content)}</strong></p>")
+        if kind in _TEXT_BLOCKS:
+            body.append(_TEXT_BLOCKS[kind][1].format(e(content)))
         elif kind == "table":
             headers, rows = content
             head = "".join(f"<th>{e(h)}</th>" for h in headers)
             trs = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
-        elif kind == "img":
-            body.append(f'<img src="{e(content)}" alt="contact sheet">')
         elif kind == "videos":
             body.append(
                 "<div class='videos'>"
