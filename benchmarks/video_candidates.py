@@ -49,21 +49,17 @@ class Candidate:
     note: str = ""
 
 
+# the width the w128 candidates share: 128 wide, 4 heads × 32 (debug is 64 wide, 4 heads × 16)
+_W128 = {"dim": 128, "heads": 4, "head_dim": 32, "ffn_dim": 256, "mlp_hidden": 128}
+_W128_RESIDUAL = {**_W128, "video_residual": True}
+
 CANDIDATES: dict[str, Candidate] = {
     "debug": Candidate("debug", note="the demo's model today: 64 wide, 4 heads × 16"),
     "debug-residual": Candidate(
         "debug", {"video_residual": True}, note="debug, target = future − observation"
     ),
-    "w128-residual": Candidate(
-        "debug",
-        {"dim": 128, "heads": 4, "head_dim": 32, "ffn_dim": 256, "mlp_hidden": 128, "video_residual": True},
-        note="128 wide, 4 heads × 32, residual",
-    ),
-    "w128": Candidate(
-        "debug",
-        {"dim": 128, "heads": 4, "head_dim": 32, "ffn_dim": 256, "mlp_hidden": 128},
-        note="128 wide, 4 heads × 32, absolute target",
-    ),
+    "w128-residual": Candidate("debug", _W128_RESIDUAL, note="128 wide, 4 heads × 32, residual"),
+    "w128": Candidate("debug", _W128, note="128 wide, 4 heads × 32, absolute target"),
     "w192-residual": Candidate(
         "debug",
         {"dim": 192, "heads": 3, "head_dim": 64, "ffn_dim": 384, "mlp_hidden": 128, "video_residual": True},
@@ -71,21 +67,13 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "w128-residual-shift1": Candidate(
         "debug",
-        {"dim": 128, "heads": 4, "head_dim": 32, "ffn_dim": 256, "mlp_hidden": 128, "video_residual": True},
+        _W128_RESIDUAL,
         {"video_shift": 1.0},
         note="w128-residual with video timestep shift 1 (instead of 2)",
     ),
     "w128-residual-patch1": Candidate(
         "debug",
-        {
-            "dim": 128,
-            "heads": 4,
-            "head_dim": 32,
-            "ffn_dim": 256,
-            "mlp_hidden": 128,
-            "video_residual": True,
-            "patch": (1, 1, 1),
-        },
+        {**_W128_RESIDUAL, "patch": (1, 1, 1)},
         note="w128-residual with 1×1 latent patches (4× the video tokens)",
     ),
     "cpu-video": Candidate("cpu-video", note="the kept preset: debug, residual, zero-initialised video head"),
