@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +256,19 @@ def test_permission_denied_under_an_unprivileged_uid():
 # ---- crashes and concurrency of the curation job ----------------------------------------------------
 
 
+@contextlib.contextmanager
+def _process_group(cmd: list[str], **popen_kw) -> Iterator[subprocess.Popen]:
+    """``cmd`` in a process group of its own (so what it starts, Ray included, goes with it); the
+    group is SIGKILLed and the process reaped on leaving the block, whatever happened in it."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **popen_kw)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _wait_for(predicate, timeout: float, proc=None, what: str = "") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -285,10 +298,7 @@ def test_sigkilled_driver_reruns_to_identical_shards_and_a_second_job_is_refused
 ):
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "pipelines.curate", "--config", str(write_job(corpus, out))]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
+    with _process_group(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         lock = out / ".lock"
         _wait_for(lambda: lock.exists() and lock.read_text().strip(), 120, proc, "the job to take its lock")
         # concurrency: the folder is held; a second job (CLI and in-process) refuses at once
@@ -312,10 +322,6 @@ def test_sigkilled_driver_reruns_to_identical_shards_and_a_second_job_is_refused
         _wait_for(lambda: _parts(out) >= 1, 240, proc, "the first work part")
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         parts_at_kill = _parts(out)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the job finished before it could be interrupted"
     lock_ok = f"pid {proc.pid}" in msg and str(out) in msg and refused_at_once
     cli_ok = cli.returncode != 0 and "another curation job" in cli.stderr and "Traceback" not in cli.stderr
@@ -383,20 +389,10 @@ def ray_cluster(tmp_path):
            "--node-manager-port", str(node), "--object-manager-port", str(obj),
            "--runtime-env-agent-port", str(rt), "--metrics-export-port", str(metrics),
            "--ray-client-server-port", str(client), "--temp-dir", str(temp), "--disable-usage-stats"]  # fmt: skip
-    head = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     try:
-        yield {"address": f"http://127.0.0.1:{dash}", "env": env, "ray": str(bindir / "ray")}
+        with _process_group(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+            yield {"address": f"http://127.0.0.1:{dash}", "env": env, "ray": str(bindir / "ray")}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
         for _ in range(3):  # services and workers that left the process group, found by our temp dir
             for pid in _pids_with(str(temp)):
                 with contextlib.suppress(ProcessLookupError):
@@ -458,34 +454,15 @@ def test_ray_job_driver_sigkilled_then_resubmitted_gives_identical_shards(
 
 # ---- training: kill, resume, corrupt checkpoint -------------------------------------------------------
 
-D = 8
-
 
 def train(out: Path, *, sleep_s: float = 0.0):
     """12 steps of a tiny MLP through the real Trainer/DeepSpeed engine; checkpoints every 3 steps."""
     import torch
 
-    from pretrain.run_config import get_train_config
     from pretrain.trainer import Trainer
+    from tests.support.train_standin import StandIn, SynthLoader, standin_config
 
     torch.set_num_threads(1)
-
-    class Loader:
-        def __init__(self) -> None:
-            self.pos = 0
-            self.W_DD = torch.randn(D, D, generator=torch.Generator().manual_seed(7)) / D**0.5
-
-        def __iter__(self):
-            while True:
-                x_BD = torch.randn(4, D, generator=torch.Generator().manual_seed(self.pos))
-                self.pos += 1
-                yield {"x": x_BD, "y": x_BD @ self.W_DD}
-
-        def state_dict(self) -> dict:
-            return {"pos": self.pos}
-
-        def load_state_dict(self, state: dict) -> None:
-            self.pos = state["pos"]
 
     def loss_fn(engine, b):
         if sleep_s:
@@ -493,19 +470,9 @@ def train(out: Path, *, sleep_s: float = 0.0):
         x_BD = b["x"] + 0.05 * torch.randn_like(b["x"])  # global RNG: a resume must restore it
         return torch.mean((engine(x_BD) - b["y"]) ** 2)
 
-    cfg = replace(
-        get_train_config("debug"),
-        lr=2e-2,
-        warmup_steps=2,
-        steps=12,
-        ckpt_every=3,
-        batch_size=4,
-        ema_decay=0.8,
-        output_dir=str(out),
-    )
+    cfg = standin_config(out, ckpt_every=3)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(D, 32), torch.nn.GELU(), torch.nn.Linear(32, D))
-    return Trainer(model, loss_fn, Loader(), cfg, progress=False).fit()
+    return Trainer(StandIn(), loss_fn, SynthLoader(cfg.batch_size), cfg, progress=False).fit()
 
 
 def _metric_steps(out: Path) -> list[int]:
@@ -518,20 +485,12 @@ def test_training_killed_resumes_the_same_curve_and_skips_a_corrupt_checkpoint(t
 
     ref = {h["step"]: h["loss"] for h in train(tmp_path / "ref").history}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.test_reliability", "train", str(killed), "0.4"],
-        cwd=ROOT,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    train_cmd = [sys.executable, "-m", "tests.e2e.test_reliability", "train", str(killed), "0.4"]
+    with _process_group(
+        train_cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    ) as proc:
         _wait_for(lambda: max(_metric_steps(killed), default=0) >= 7, 240, proc, "training step 7")
         assert proc.poll() is None
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
     killed_at = max(_metric_steps(killed))
     latest = read_latest(checkpoint_root(killed))
     assert latest is not None and not (killed / "final").exists()

@@ -1,8 +1,8 @@
 """DeepSpeed engine and training loop on a tiny stand-in model (CPU, fp32, gloo).
 
 The stand-in is any ``nn.Module`` with a loss function, as the trainer promises: a two-layer
-MLP regressing a fixed linear map, with input noise drawn from the global torch RNG so that an
-exact resume also proves the RNG states were restored. Multi-process runs go through the real
+MLP regressing a fixed linear map (tests/support/train_standin.py, shared with the reliability
+test), with input noise drawn from the global torch RNG so that an exact resume also proves the RNG states were restored. Multi-process runs go through the real
 ``deepspeed --num_gpus 2 --module tests.pretrain.test_engine`` launcher on CPU, with this file as the
 worker module.
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from pretrain import distributed as dd
 from pretrain.checkpoint import COMPLETE, checkpoint_root, read_latest
@@ -36,62 +35,15 @@ from pretrain.engine import (
 )
 from pretrain.run_config import TrainConfig, get_train_config, train_config_names
 from pretrain.trainer import METRICS_FILE, RUN_CONFIG_FILE, Trainer
+from tests.support.train_standin import D, StandIn, SynthLoader, standin_config
 
 ROOT = Path(__file__).resolve().parents[2]
-D = 8
-
-
-class StandIn(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(D, 32)
-        self.fc2 = nn.Linear(32, D)
-        self.register_buffer("scale", torch.ones(D))
-        self.activation_checkpointing = False
-
-    def forward(self, x_BD: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.nn.functional.gelu(self.fc1(x_BD))) * self.scale
-
-
-class SynthLoader:
-    """Endless batches, batch i of rank r a pure function of (seed, i, r); resumable position."""
-
-    def __init__(self, batch: int, rank: int = 0, world: int = 1, seed: int = 0) -> None:
-        self.batch, self.rank, self.world, self.seed, self.pos = batch, rank, world, seed, 0
-        self.W_DD = torch.randn(D, D, generator=torch.Generator().manual_seed(1234)) / D**0.5
-
-    def __iter__(self):
-        while True:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.pos * self.world + self.rank)
-            x_BD = torch.randn(self.batch, D, generator=g)
-            self.pos += 1
-            yield {"x": x_BD, "y": x_BD @ self.W_DD}
-
-    def state_dict(self) -> dict:
-        return {"pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.pos = state["pos"]
 
 
 def loss_fn(engine, batch):
     x = batch["x"] + 0.01 * torch.randn_like(batch["x"])  # global RNG
     loss = torch.mean((engine(x) - batch["y"]) ** 2)
     return loss, {"mse": loss.detach()}
-
-
-def make_cfg(out: Path, **kw) -> TrainConfig:
-    base = replace(
-        get_train_config("debug"),
-        lr=2e-2,
-        warmup_steps=2,
-        steps=12,
-        ckpt_every=6,
-        batch_size=4,
-        ema_decay=0.8,
-        output_dir=str(out),
-    )
-    return replace(base, **kw)
 
 
 def run(cfg: TrainConfig, init_seed: int = 0, stop_at: int | None = None) -> tuple[Trainer, list[dict]]:
@@ -152,7 +104,7 @@ def test_deepspeed_config_and_schedule():
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_zero_stage_trains(tmp_path, stage):
-    cfg = make_cfg(tmp_path, zero_stage=stage, steps=30, ckpt_every=0, ema_decay=0.0)
+    cfg = standin_config(tmp_path, zero_stage=stage, steps=30, ckpt_every=0, ema_decay=0.0)
     _, hist = run(cfg)
     first, last = sum(h["loss"] for h in hist[:5]) / 5, sum(h["loss"] for h in hist[-5:]) / 5
     assert last < 0.5 * first, (first, last)
@@ -167,8 +119,8 @@ def test_zero_stage_trains(tmp_path, stage):
 
 
 def test_resume_matches_uninterrupted_and_export(tmp_path):
-    full_tr, full = run(make_cfg(tmp_path / "full"))
-    part_cfg = make_cfg(tmp_path / "part")
+    full_tr, full = run(standin_config(tmp_path / "full"))
+    part_cfg = standin_config(tmp_path / "part")
     _, first = run(part_cfg, stop_at=6)
     assert read_latest(checkpoint_root(tmp_path / "part")) == "step_00000006"
     # a fresh engine from different initial weights: everything must come from the checkpoint
@@ -214,8 +166,8 @@ def test_resume_matches_uninterrupted_and_export(tmp_path):
 
 
 def test_corrupt_or_half_written_latest_falls_back(tmp_path):
-    _, full = run(make_cfg(tmp_path / "full"))
-    cfg = make_cfg(tmp_path / "run", steps=12)
+    _, full = run(standin_config(tmp_path / "full"))
+    cfg = standin_config(tmp_path / "run", steps=12)
     run(cfg)
     root = checkpoint_root(tmp_path / "run")
     # a truncated optimizer file in the newest checkpoint → resume from step 6 with a warning
@@ -239,7 +191,7 @@ def test_corrupt_or_half_written_latest_falls_back(tmp_path):
 
 
 def test_ema_partitions_gather_under_zero3(tmp_path):
-    cfg = make_cfg(tmp_path, zero_stage=3, steps=4, ckpt_every=0)
+    cfg = standin_config(tmp_path, zero_stage=3, steps=4, ckpt_every=0)
     tr, _ = run(cfg)
     ema: EMA = tr.te.ema
     assert ema.zero3 and ema.updates == 4
@@ -251,9 +203,9 @@ def test_ema_partitions_gather_under_zero3(tmp_path):
 
 @pytest.mark.slow  # the first run compiles DeepSpeed's cpu_adam op (slowly: minutes on a busy box)
 def test_optimizer_offload_trains_and_resumes(tmp_path):
-    _, full = run(make_cfg(tmp_path / "full", offload_optimizer=True, steps=8, ckpt_every=4))
+    _, full = run(standin_config(tmp_path / "full", offload_optimizer=True, steps=8, ckpt_every=4))
     assert sum(h["loss"] for h in full[-3:]) < sum(h["loss"] for h in full[:3])
-    cfg = make_cfg(tmp_path / "part", offload_optimizer=True, steps=8, ckpt_every=4)
+    cfg = standin_config(tmp_path / "part", offload_optimizer=True, steps=8, ckpt_every=4)
     tr, first = run(cfg, stop_at=4)
     assert type(tr.te.engine.basic_optimizer).__name__ == "DeepSpeedCPUAdam"
     _, second = run(cfg, init_seed=5)
@@ -305,7 +257,7 @@ def test_real_model_zero3_activation_checkpointing_resumes(tmp_path):
         return fl.total, {"video": fl.video}
 
     def go(out: Path, seed: int, stop_at: int | None = None):
-        cfg = make_cfg(out, zero_stage=3, activation_checkpointing=True, lr=1e-3, steps=6, ckpt_every=3)
+        cfg = standin_config(out, zero_stage=3, activation_checkpointing=True, lr=1e-3, steps=6, ckpt_every=3)
         torch.manual_seed(seed)
         model = build_model(mcfg)
         tr = Trainer(
@@ -383,7 +335,7 @@ def _worker(out: Path) -> None:
 
     dd.init_distributed("gloo")
     for stage in (2, 3):
-        cfg = make_cfg(out / f"s{stage}_full", zero_stage=stage, steps=8, ckpt_every=4, batch_size=2)
+        cfg = standin_config(out / f"s{stage}_full", zero_stage=stage, steps=8, ckpt_every=4, batch_size=2)
         tr, full = run(cfg)
         export_weights(
             tr.te,
