@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -42,11 +42,18 @@ class LatentConfig:
     """A curation job's ``latents`` section: the codec whose latents the shards store."""
 
     codec: LatentCodecKind = "wan-vae"
-    vae: str = ""  # wan-vae: a local folder or Hub repo id of the VAE (a Wan2.2 pipeline folder works)
-    patch: int = 4  # pixel: the s × s patch per latent position
-    geometry: LatentGeometry = "clip"  # as the model preset's ModelConfig.video_geometry
-    vae_temporal: int = 4  # clip: sample frames per latent frame (Wan2.2 VAE: 4)
-    batch_size: int = 8  # samples per codec call inside an actor
+    vae: str = field(
+        default="",
+        metadata={"help": "wan-vae: local folder or Hub repo id of the VAE (or a Wan2.2 pipeline)"},
+    )
+    patch: int = field(default=4, metadata={"help": "pixel codec: the s × s patch per latent position"})
+    geometry: LatentGeometry = field(
+        default="clip", metadata={"help": "the model preset's video geometry: one clip, or frame by frame"}
+    )
+    vae_temporal: int = field(
+        default=4, metadata={"help": "clip: sample frames per latent frame (Wan2.2: 4)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "samples per codec call in a latent actor"})
 
     def __post_init__(self) -> None:
         w = "LatentConfig"

@@ -213,3 +213,50 @@ def test_the_ray_job_stores_latents_and_accounts_for_every_sample(ray_local, tmp
     assert sorted(x["window"] for x in ledger if x["stage"] == "latents") == sorted(
         x.window for x in rejected
     )
+
+
+def test_the_latent_actors_ask_for_gpus_when_the_run_does_and_load_the_codec_there(monkeypatch, tmp_path):
+    """Structural (no GPU here): the actor pool's request, and the device the codec is built for."""
+    import ray
+
+    from curation.job import CurateJob, RunConfig
+    from curation.latents import PartLatentEncoder
+    from curation.phases.episodes import _run_parts
+
+    class Recording:
+        def __init__(self):
+            self.calls = []
+
+        def map(self, fn, **kw):
+            self.calls.append(("map", kw))
+            return self
+
+        def map_batches(self, cls, **kw):
+            self.calls.append((cls.__name__, kw))
+            return self
+
+        def iter_rows(self):
+            return iter(())
+
+    latents = LatentConfig(codec="pixel", geometry="per_frame")
+    for gpus, want in ((0.0, {}), (0.5, {"num_gpus": 0.5})):
+        job = CurateJob(
+            sources=(),
+            out=str(tmp_path),
+            latents=latents,
+            run=RunConfig(latent_num_gpus=gpus, latent_actors=3, latent_num_cpus=2.0),
+        )
+        ds = Recording()
+        _run_parts(job, tmp_path, ds, 0, None, flaky_pool)
+        (name, kw) = ds.calls[-1]
+        assert name == "PartLatentEncoder" and kw["concurrency"] == 3 and kw["num_cpus"] == 2.0
+        assert {k: kw[k] for k in ("num_gpus",) if k in kw} == want
+        assert kw["fn_constructor_kwargs"]["work"] == str(tmp_path)  # the last stage writes the part
+        assert ds.calls[0][0] == "map"
+
+    seen = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    PartLatentEncoder(latents, lambda cfg, device: seen.append(device) or PoolEncoder(), sketch_k=64)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    PartLatentEncoder(latents, lambda cfg, device: seen.append(device) or PoolEncoder(), sketch_k=64)
+    assert seen == ["cuda", "cpu"]
