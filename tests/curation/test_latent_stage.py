@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +22,7 @@ import pytest
 from curation.config import get_preset
 from curation.episode_samples import assemble_part, episode_sample_rows, episode_table
 from curation.latents import apply_latents, encode_rows
+from curation.phases.dedup import settle
 from curation.stages.stats import raw_rows_accumulator
 from schemas.frames import decode_sample_frames
 from schemas.latents import LatentConfig, latents_from_bytes
@@ -137,6 +139,18 @@ def test_an_episode_whose_every_sample_fails_becomes_an_episode_rejection():
     assert [x["reason"] for x in episode_level] == ["no_sample_encoded"]
     assert len([x for x in gone["ledger"] if x["stage"] == "latents" and x["window"] >= 0]) == len(first)
     assert fine == records[1] and new_sketches[1] == sketches[1]
+
+    # the driver's accounting: the episode is one rejection, its windows are counted, all balances
+    no_dedup = tuple(f for f in cfg.filters.enabled if f != "duplicate")
+    outcome = settle(
+        new_records, [], cfg.replace(filters=replace(cfg.filters, enabled=no_dedup)), latents=True
+    )
+    assert outcome.stage_counts["latents"] == {"in": 2, "out": 1, "rejected": 1}
+    assert outcome.stage_counts["window"]["out"] == 2 and outcome.episodes_with_samples == 1
+    assert [(r.stage, r.reason) for r in outcome.rejections if r.window < 0] == [
+        ("latents", "no_sample_encoded")
+    ]
+    assert outcome.windows_in == sum(r["samples"] for r in new_records) + outcome.window_rejections
 
 
 def test_undecodable_frames_and_nan_latents_are_rejected_with_their_reason():
