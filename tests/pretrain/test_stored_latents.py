@@ -126,3 +126,15 @@ def test_latents_of_another_codec_or_shape_are_refused_naming_the_shard(data, tm
         ValueError, match=r"copy/data/shard-00000.parquet: stored latents have shape \[48, 3, 8, 32\]"
     ):
         check_stored_latents(ShardSet.open(copy), PixelPatchCodec(4), "per_frame")
+
+
+def test_the_dataset_card_says_which_codec_made_the_stored_latents(data):
+    from curation.publish import render_dataset_card
+    from pretrain.data import MANIFEST_FILE, SHARD_GLOB
+    from schemas import Manifest
+
+    for name, says in (("stored", True), ("frames", False)):
+        manifest = Manifest.from_json((data[name] / MANIFEST_FILE).read_text())
+        card = render_dataset_card(data[name], manifest, SHARD_GLOB, "me/data")
+        line = f"made by the `pixel` codec in the `per_frame` video geometry (codec key `{PixelPatchCodec(4).cache_key()}`)"
+        assert (line in card) is says
