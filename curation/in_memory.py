@@ -4,7 +4,8 @@ benchmarks and small experiments.
 The same pure functions as the Ray job (:mod:`curation.pipeline`, :mod:`curation.phases`), in the
 same order: each episode's windows → composed, encoded frames (no captions); one statistics
 sketch per episode merged in order; normalised shards; the instructions' token states from the
-preset's text encoder (``hashed`` unless a factory is given); a manifest. Deterministic
+preset's text encoder (``hashed`` unless a factory is given); with ``latents``, every sample's
+stored latents from the codec ``latent_encoder`` builds (:mod:`curation.latents`); a manifest. Deterministic
 for deterministic episodes (PNG frames). The filters do not run: every episode must give at
 least one window.
 """
@@ -15,13 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from curation.config import get_preset
-from curation.episode_samples import assemble_part, episode_sample_rows
+from curation.episode_samples import assemble_part, episode_sample_rows, episode_table
+from curation.latents import apply_latents, encode_rows, latents_entry
 from curation.parts import part_path, write_part
 from curation.phases.pack import write_shards
 from curation.phases.statistics import merge_sketches
 from curation.shards import WORK_DIR, write_manifest
 from curation.text_embeddings import embed_instructions, make_text_encoder
 from schemas import Episode, Manifest
+from schemas.latents import LatentConfig, LatentEncoderFactory
 from schemas.text import TextEncoderConfig, TextEncoderFactory
 
 
@@ -31,9 +34,13 @@ def curate_in_memory(
     preset: str = "debug",
     text: TextEncoderConfig | None = None,
     text_encoder: TextEncoderFactory | None = None,
+    latents: LatentConfig | None = None,
+    latent_encoder: LatentEncoderFactory | None = None,
 ) -> Path:
     """``out`` as a curated shard folder (``data/*.parquet`` + ``meta/``); ``text`` replaces the
-    preset's text encoder, built by ``text_encoder`` (needed for any but ``hashed``)."""
+    preset's text encoder, built by ``text_encoder`` (needed for any but ``hashed``); ``latents``
+    stores every sample's latents, made by the codec ``latent_encoder`` builds (a sample it cannot
+    encode is an error here: there is no ledger)."""
     cfg = get_preset(preset)
     if text is not None:
         cfg = cfg.replace(text=text)
@@ -41,6 +48,22 @@ def curate_in_memory(
         raise ValueError("curate_in_memory: no episodes")
     out = Path(out)
     table, records, sketches = assemble_part((_rows(ep, cfg, preset) for ep in episodes), cfg.norm.sketch_k)
+    stored = None
+    if latents is not None:
+        if latent_encoder is None:
+            raise ValueError("curate_in_memory: latents need a latent_encoder factory")
+        codec = latent_encoder(latents, "cpu")
+        rows = table.to_pylist()
+        results = encode_rows(rows, codec, latents.batch_size)
+        failed = [
+            (r["sample_id"], res) for r, res in zip(rows, results, strict=True) if isinstance(res[0], str)
+        ]
+        if failed:
+            raise ValueError(f"curate_in_memory: sample {failed[0][0]} cannot be encoded: {failed[0][1]}")
+        rows, records, sketches = apply_latents(rows, records, sketches, results, cfg.norm.sketch_k)
+        table = episode_table(rows)
+        w, v = cfg.windows, cfg.video
+        stored = latents_entry(codec, w.num_future + 1, v.height, v.width)
     part = part_path(out / WORK_DIR, 0)
     write_part(part, table, records, sketches)
     stats = merge_sketches([part], cfg.norm)
@@ -62,6 +85,7 @@ def curate_in_memory(
         shards=tuple(shards),
         rejections=(),
         text=embed_instructions(out, shards, make_text_encoder(cfg.text, text_encoder)),
+        latents=stored,
     )
     write_manifest(out, manifest)
     return out

@@ -1,7 +1,7 @@
 """What a curation job is: its sources, output folder, content settings and run settings.
 
-:class:`CurateJob` splits what decides the output (``content_config``: sources, curation
-and caption settings, schema version; hashed by :meth:`CurateJob.digest` for resume and
+:class:`CurateJob` splits what decides the output (``content_config``: sources, curation,
+caption and stored-latents settings, schema version; hashed by :meth:`CurateJob.digest` for resume and
 recorded in the manifest) from how the job runs (:class:`RunConfig`: resources and
 granularity, which never change a byte of the output). :func:`job_from_dict` is the strict
 reader of a job file's table. :mod:`curation.pipeline` runs a job.
@@ -17,6 +17,7 @@ from typing import Any
 from curation.config import CaptionConfig, CurationConfig, get_preset, preset_with_overrides
 from curation.ingest import SourceSpec
 from schemas import SCHEMA_VERSION
+from schemas.latents import LatentConfig
 
 CODE_VERSION = "0.1.0"
 
@@ -34,6 +35,9 @@ class RunConfig:
     episode_num_cpus: float = 1.0  # the one pass over an episode is decode-bound: a whole CPU
     caption_num_cpus: float = 0.5  # per caption actor: fractional so reads keep running
     caption_actors: int = 1
+    latent_num_cpus: float = 1.0  # per latent actor (the codec runs on its CPU when it has no GPU)
+    latent_num_gpus: float = 0.0  # per latent actor: > 0 asks Ray for a GPU share, the codec runs there
+    latent_actors: int = 1
     num_cpus: int | None = None  # in-process Ray only; None = all cores
     # in-process Ray only: a local folder the object store spills to when full (None: Ray's
     # temp folder); on a cluster each node's `ray start --object-spilling-directory` decides
@@ -48,6 +52,7 @@ class CurateJob:
     out: str
     curation: CurationConfig = field(default_factory=lambda: get_preset("default"))
     caption: CaptionConfig | None = None  # None: instruction only, hashed text embedding
+    latents: LatentConfig | None = None  # None: no stored latents (training encodes the frames)
     run: RunConfig = field(default_factory=RunConfig)
 
     def content_config(self) -> dict[str, Any]:
@@ -57,6 +62,7 @@ class CurateJob:
             "sources": [s.to_row() for s in self.sources],
             "curation": self.curation.to_dict(),
             "caption": None if self.caption is None else asdict(self.caption),
+            **({} if self.latents is None else {"latents": asdict(self.latents)}),
         }
 
     def digest(self) -> str:
@@ -66,11 +72,11 @@ class CurateJob:
 
 def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
     """``{"sources": [...], "out": ..., "curation": {preset, sections…}, "caption": {...}|null,
-    "run": {...}}``; unknown keys are errors naming the key and the allowed ones."""
+    "latents": {...}|null, "run": {...}}``; unknown keys are errors naming the key and the allowed ones."""
     from schemas.config import from_dict
     from schemas.errors import ConfigError
 
-    allowed = {"sources", "out", "curation", "caption", "run"}
+    allowed = {"sources", "out", "curation", "caption", "latents", "run"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(where, unknown[0], f"unknown field; allowed: {sorted(allowed)}")
@@ -79,11 +85,12 @@ def job_from_dict(data: dict[str, Any], where: str = "config") -> CurateJob:
             raise ConfigError(where, key, "missing")
     if not data["sources"]:
         raise ConfigError(where, "sources", "needs at least one source")
-    caption = data.get("caption")
+    caption, latents = data.get("caption"), data.get("latents")
     return CurateJob(
         sources=tuple(SourceSpec.coerce(s) for s in data["sources"]),
         out=str(data["out"]),
         curation=preset_with_overrides(data.get("curation") or {}, f"{where}.curation"),
         caption=None if caption is None else from_dict(CaptionConfig, caption, f"{where}.caption"),
+        latents=None if latents is None else from_dict(LatentConfig, latents, f"{where}.latents"),
         run=from_dict(RunConfig, data.get("run") or {}, f"{where}.run"),
     )

@@ -95,11 +95,13 @@ def decode_sketches(text: str | bytes) -> list[bytes | None]:
 
 
 def row_nbytes(table: pa.Table) -> np.ndarray:
-    """int64 [N]: the shard packer's size estimate of each row, ``len(video) + 4 · (steps · 32
-    action values + 2·32 mask values)``; the same for a raw table
+    """int64 [N]: the shard packer's size estimate of each row, ``len(video) + len(latents) + 4 ·
+    (steps · 32 action values + 2·32 mask values)``; the same for a raw table
     (``raw_action``) and for its normalised Sample table (``action``), so the parts can
     record it before normalisation."""
     video_N = pc.fill_null(pc.binary_length(table["video"]), 0).to_numpy().astype(np.int64)
+    if "latents" in table.column_names:  # stored latents (curation.latents) weigh like the frames
+        video_N += pc.fill_null(pc.binary_length(table["latents"]), 0).to_numpy().astype(np.int64)
     action = table["action"] if "action" in table.column_names else table["raw_action"]
     if isinstance(action, pa.ChunkedArray):
         action = action.combine_chunks()

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from curation.job import CurateJob, RunConfig, job_from_dict
+from curation.latents import latents_entry
 from curation.phases import log
 from curation.phases.dedup import dedup_parts
 from curation.phases.discover import discover_all
@@ -41,6 +42,8 @@ from curation.shards import exclusive_output
 from curation.text_embeddings import embed_instructions, make_text_encoder
 from curation.warm import warm_workers
 from schemas import Manifest
+from schemas.errors import ConfigError
+from schemas.latents import LatentEncoderFactory
 from schemas.text import CaptionModelFactory, TextEncoderFactory
 
 __all__ = ["CurateJob", "RunConfig", "job_from_dict", "run"]
@@ -50,14 +53,21 @@ def run(
     job: CurateJob,
     caption_model: CaptionModelFactory | None = None,
     text_encoder: TextEncoderFactory | None = None,
+    latent_encoder: LatentEncoderFactory | None = None,
 ) -> Manifest:
     """Run (or resume) the whole job; returns the manifest. A job with a ``caption`` section needs
     ``caption_model``, the factory of the model that captions (the driver passes pretrain's); a job
-    whose text encoder is not the built-in ``hashed`` one needs ``text_encoder``, likewise."""
+    whose text encoder is not the built-in ``hashed`` one needs ``text_encoder``, likewise; a job
+    with a ``latents`` section needs ``latent_encoder``, the factory of the model's codec."""
     if job.caption is not None and caption_model is None:
         raise ValueError(
             "the job has a caption section but no caption model was given: pass run(job, caption_model=...), "
             "e.g. pretrain.text_encoder.captioner_from_config"
+        )
+    if job.latents is not None and latent_encoder is None:
+        raise ValueError(
+            "the job has a latents section but no latent encoder was given: pass run(job, latent_encoder=...), "
+            "e.g. pretrain.stored_latents.latent_encoder_from_config"
         )
     out = Path(job.out)
     with exclusive_output(out):
@@ -67,6 +77,19 @@ def run(
             return done
         # built before any work, so weights that cannot be had fail at start-up, not after the shards
         encoder = make_text_encoder(job.curation.text, text_encoder)
+        latents = None
+        if job.latents is not None:  # likewise the codec, and a window geometry it cannot take
+            w, v = job.curation.windows, job.curation.video
+            try:
+                codec = latent_encoder(job.latents, "cpu")
+                latents = latents_entry(codec, w.num_future + 1, v.height, v.width)
+            except (OSError, RuntimeError, ValueError) as err:
+                raise ConfigError(
+                    "job.latents",
+                    "",
+                    f"{job.latents.codec} codec for {w.num_future + 1} frames of {v.width}x{v.height}: {err}",
+                ) from err
+            del codec  # each latent actor loads its own
         work = work_folder(out, job)
         cpus = start_ray(job.run)
         started = time.time()
@@ -74,9 +97,10 @@ def run(
         # sources → episode refs (1 row per episode; an unlistable source → 1 rejection), cut into parts
         found = discover_all(job, work, cpus)
         # parts of N refs → part files (1 per part; 1 episode → its samples, record and sketch)
-        parts = episodes_to_parts(job, work, found, caption_model)
+        # (with a latents section: + each sample's 1 + K frames → its latents, or a rejection)
+        parts = episodes_to_parts(job, work, found, caption_model, latent_encoder)
         # every record → near-duplicates (N:1) and the stage accounting
-        outcome = dedup_parts(parts, found, job.curation)
+        outcome = dedup_parts(parts, found, job.curation, latents=job.latents is not None)
         # the kept episodes' sketches → 1 EmbodimentStats per embodiment (N:1)
         stats = merge_sketches(parts, job.curation.norm, outcome.duplicates)
         log(f"phase 4 (stats): {', '.join(f'{k}: {v.action.count} action values' for k, v in stats.items())}")
@@ -87,7 +111,7 @@ def run(
         if text is not None:
             log(f"text: {len(text['instructions'])} unique instructions embedded by {text['encoder']}")
         # counts + stats + shards + text + ledger → 1 manifest, written last
-        manifest = build_manifest(job, found, outcome, stats, shards, text)
+        manifest = build_manifest(job, found, outcome, stats, shards, text, latents if shards else None)
         write_ledger_and_manifest(out, manifest)
 
         counts = manifest.counts

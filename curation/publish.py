@@ -170,6 +170,7 @@ def render_dataset_card(
         "normalised state and the instruction.",
         "",
         *_text_encoder_lines(manifest),
+        *_latents_lines(manifest),
         "```python",
         "import datasets",
         f'rows = datasets.load_dataset("{repo_id}", split="train")',
@@ -238,6 +239,19 @@ def _text_encoder_lines(manifest: Manifest) -> list[str]:
         f"Instructions are embedded once each by the `{e['kind']}` text encoder{name if e['name'] else ''}: "
         f"{len(t['instructions'])} unique instructions, up to {t['tokens']} token states of {t['dim']} dims "
         f"with a mask, in `{t['file']}` (row i = `text.instructions[i]` of the manifest).",
+        "",
+    ]
+
+
+def _latents_lines(manifest: Manifest) -> list[str]:
+    """The card's account of the stored latents (the manifest's ``latents`` entry), if any."""
+    lat = manifest.latents
+    if not lat:
+        return []
+    return [
+        f"Every row also stores its frames' latents (`latents`: float32 of `latent_shape` "
+        f"{lat.get('latent_shape')}) made by the `{lat['codec']}` codec in the `{lat['geometry']}` video "
+        f"geometry (codec key `{lat['key']}`); training with that codec reads them instead of encoding.",
         "",
     ]
 

@@ -133,7 +133,7 @@ def write_report(out: str | Path, max_rows: int = 2000) -> Path:
         "| stage | in | out | rejected |",
         "|---|---|---|---|",
     ]
-    order = ["ingest", "filter", "dedup", "decode", "window", "windows", "caption"]
+    order = ["ingest", "filter", "dedup", "decode", "window", "latents", "windows", "caption"]
     stages = sorted(manifest.stage_counts, key=lambda k: (order.index(k) if k in order else len(order), k))
     for stage in stages:
         sc = manifest.stage_counts[stage]

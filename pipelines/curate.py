@@ -8,6 +8,11 @@ In-process Ray by default. Submitted as a job, the same command runs on a cluste
     ray start --head
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.curate …
 
+``--latents wan-vae --latents-vae <VAE folder or repo id> [--latents-geometry clip]`` (or a job file's
+``latents`` section) adds the latent stage: every sample's frames through the model's codec, once,
+stored in the shards (an actor pool: ``--latent-actors``, ``--latent-num-gpus`` per actor), so that
+training reads them instead of running the codec.
+
 A rerun resumes: finished phases, work parts and shards are kept (see curation/pipeline.py).
 Exit status: 0 done; 1 the job ran but kept no sample (every input rejected: the reasons are printed
 and the ledger is in the output folder) or the output folder is busy or holds another dataset; 2 a
@@ -24,11 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from curation.config import PRESETS, CaptionConfig, read_config_file
+from curation.job import RunConfig
 from pipelines.config_flags import add_field_flags, field_overrides, name_flag
-from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, lookup
+from pipelines.usage import ArgumentParser, JobFailed, UsageError, command, local_or_repo_id, lookup
 from schemas import get_embodiment
+from schemas.latents import LATENT_CODEC_KINDS, LatentConfig
 
 CAPTION_FLAGS = ("model", "pretrained")
+LATENT_FLAGS = ("vae", "patch", "geometry", "vae_temporal", "batch_size")  # --latents-<field>
+LATENT_RUN_FLAGS = ("latent_actors", "latent_num_gpus", "latent_num_cpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_field_flags(
         p, CaptionConfig, CAPTION_FLAGS, prefix="caption"
     )  # --caption-model, --caption-pretrained
+    p.add_argument(
+        "--latents",
+        dest="latents_codec",
+        choices=list(LATENT_CODEC_KINDS),
+        help="store every sample's latents made by this codec (the model's: wan-vae needs --latents-vae)",
+    )
+    add_field_flags(p, LatentConfig, LATENT_FLAGS, prefix="latents")
+    add_field_flags(p, RunConfig, LATENT_RUN_FLAGS)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -61,6 +78,8 @@ def check_inputs(job: Any, label: str) -> None:
     for spec in job.sources:
         if not Path(spec.path).expanduser().exists():
             raise UsageError(f"{label} {spec.path}: no such file or folder")
+    if job.latents is not None and job.latents.codec == "wan-vae":
+        local_or_repo_id("--latents-vae", job.latents.vae)
     if job.caption is not None:
         import open_clip
 
@@ -104,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     caption = field_overrides(args, CaptionConfig, CAPTION_FLAGS, prefix="caption")
     if caption:
         data["caption"] = {**(data.get("caption") or {}), **caption}
+    latents = field_overrides(args, LatentConfig, LATENT_FLAGS, prefix="latents")
+    if args.latents_codec:
+        latents["codec"] = args.latents_codec
+    if latents:
+        if not (args.latents_codec or data.get("latents")):
+            raise UsageError("--latents-* settings need --latents CODEC (or a job file's latents section)")
+        data["latents"] = {**(data.get("latents") or {}), **latents}
+    run_flags = field_overrides(args, RunConfig, LATENT_RUN_FLAGS)
+    if run_flags:
+        data["run"] = {**(data.get("run") or {}), **run_flags}
     if args.no_progress:
         data.setdefault("run", {})["progress"] = False
     from curation.pipeline import job_from_dict, run  # Ray and the stages: only for a job that can run
@@ -120,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     text_encoder = None
     if job.curation.text.kind != "hashed":  # umT5 (torch, transformers): the model's, like the captioner
         from pretrain.text_encoder import text_encoder_from_config as text_encoder
+    latent_encoder = None
+    if job.latents is not None:  # the model's codec (torch; the Wan VAE from diffusers), like umT5
+        from pretrain.stored_latents import latent_encoder_from_config as latent_encoder
     try:
-        manifest = run(job, caption_model=caption_model, text_encoder=text_encoder)
+        manifest = run(
+            job, caption_model=caption_model, text_encoder=text_encoder, latent_encoder=latent_encoder
+        )
     except WeightsUnavailableError as err:  # the config asks for a text model this machine cannot get
         raise UsageError(str(err)) from err
     except (OutputLockedError, FileExistsError, SchemaVersionError) as err:

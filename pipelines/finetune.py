@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from policy.heldout import HeldoutEvaluator, split_shards
     from policy.model import GWPPolicyModel
     from pretrain import distributed as dd
+    from pretrain.stored_latents import check_stored_latents, describe
     from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
 
     train_cli.apply_threads(args)
@@ -271,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             kwargs,
             flow,
         )
+    with reading("--data", args.data):  # stored latents of another codec or geometry: refused, named
+        stored = check_stored_latents(shards, model.codec, model.cfg.model.video_geometry)
+    if stored:  # the loader hands the stored latents to the model: the codec never runs in training
+        log.info("training on the dataset's stored latents, %s", describe(shards.latents))
     split = split_shards(shards, args.heldout_fraction, args.heldout_seed)
     check = None
     if split.heldout is not None:

@@ -20,7 +20,9 @@ Launch (any of the three; the DeepSpeed launcher passes ``--local_rank``, the en
    — a Wan2.2 transformer or pipeline folder (``pretrain.wan_adapter.load_wan_backbone``, which
    rejects a geometry that differs; the state/action MLPs stay fresh; the codec must be the Wan
    VAE) — or our own checkpoint (every tensor, same geometry); ``--init-wan`` is the older name;
-3. build the codec (``pixel`` patches or the Wan VAE) and the objective
+3. build the codec (``pixel`` patches or the Wan VAE) — when the dataset stores latents
+   (``gwp curate --latents``) they must be this codec's with the preset's geometry, and the codec
+   then never runs (``pretrain.stored_latents``) — and the objective
    (``pretrain.objective.PretrainObjective``: clean actions condition the future video where
    the sample has them, dropped where it has none or with probability ``--action-dropout``);
 4. train with ``pretrain.trainer.Trainer`` (train preset = ``--train-preset``, by default the
@@ -260,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.codec import LatentCache
     from pretrain.model import param_count
     from pretrain.objective import PretrainObjective
+    from pretrain.stored_latents import check_stored_latents, describe
     from pretrain.trainer import Trainer  # imports DeepSpeed: only when training
 
     train_cli.apply_threads(args)
@@ -291,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)  # the initial weights are a function of the seed (ranks are synced anyway)
     with reading("--init", args.init):  # not a checkpoint, one that does not fit, or Wan with the pixel codec
         model, init = build_transformer(mcfg, args.init, args.codec, args.init_revision)
-    cache = LatentCache(args.latent_cache, codec) if args.latent_cache else None
+    with reading("--data", args.data):  # stored latents of another codec or geometry: refused, named
+        stored = check_stored_latents(shards, codec, mcfg.video_geometry)
+    if stored:  # the loader hands the stored latents to the objective: the codec never runs
+        log.info("training on the dataset's stored latents, %s", describe(shards.latents))
+    cache = LatentCache(args.latent_cache, codec) if args.latent_cache and not stored else None
     loader = train_cli.shard_loader(shards, cfg, args.num_workers, cache)
     tokens = sum(mcfg.token_counts(h, w).values())  # C + A + V
     record = {

@@ -200,13 +200,15 @@ def loss_span(history: list[dict[str, Any]]) -> str:
 def shard_loader(
     shards: ShardSet, cfg: TrainConfig, num_workers: int, cache: LatentCache | None = None
 ) -> ShardLoader:
-    """This rank's loader over ``shards`` (batch size and seed of the run config)."""
+    """This rank's loader over ``shards`` (batch size and seed of the run config); on a dataset that
+    stores latents (checked by the driver) it reads those and leaves the frames undecoded."""
     from pretrain import distributed as dd
     from pretrain.data import LoaderConfig, ShardLoader
 
+    frames = shards.latents is None
     return ShardLoader(
         shards,
-        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=num_workers),
+        LoaderConfig(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=num_workers, load_frames=frames),
         rank=dd.env_rank(),
         world_size=dd.env_world_size(),
         latent_cache=cache,

@@ -5,9 +5,10 @@ channel-first so that ``torch.cat([obs[:, :, None], future], 2)`` is the codec's
 ``[B, 3, 1+K, H, W]`` input)::
 
     obs_frames [B, 3, H, W] and future_frames [B, 3, K, H, W]   float32 in [-1, 1] (or uint8)
-    obs_latents [B, C, 1, h, w] and future_latents [B, C, K', h, w]  from a latent cache or
-                                                                   ``video_format == "latent"``
-                                                     (K' = K frame by frame, K/t as one clip)
+    obs_latents [B, C, 1, h, w] and future_latents [B, C, K', h, w]  from a latent cache, the
+                                  rows' stored ``latents`` (curation's latent stage; the frames are
+                                  then decoded only if the loader asks for them) or
+                                  ``video_format == "latent"``  (K' = K frame by frame, K/t as one clip)
     action [B, p, 32]  action_mask [B, 32]  state [B, 32]  state_mask [B, 32]  embodiment_id [B]
     text_states [B, L, E] float32 + text_mask [B, L] bool   each row's instruction, looked up in
                         the dataset's text store (L: the batch's longest instruction)
@@ -24,6 +25,7 @@ import torch
 from pretrain.pixels import tensor_to_unit_range
 from pretrain.shards import decode_latents, decode_row_frames
 from schemas import MAX_DIM, SchemaError
+from schemas.latents import latents_from_bytes
 from schemas.text_store import TextStore
 
 if TYPE_CHECKING:
@@ -69,7 +71,17 @@ def collate(
         out["text_states"], out["text_mask"] = text_lookup(text, out["instruction"], where[0])
 
     num_frames = [len(r["frame_indices"]) for r in rows]
-    if latents_BCFhw is None and rows[0]["video_format"] == "latent":
+    stored = latents_BCFhw is None and bool(rows[0].get("latents"))
+    if stored:
+        lat = []
+        for r, src in zip(rows, where, strict=True):
+            if not r.get("latents"):
+                raise SchemaError(
+                    src, "latents", f"sample {r['sample_id']} has no stored latents, its batch has"
+                )
+            lat.append(latents_from_bytes(r["latents"], r["latent_shape"], f"{src}: sample {r['sample_id']}"))
+        latents_BCFhw = _stack("latent_shape", lat, where, rows)
+    elif latents_BCFhw is None and rows[0]["video_format"] == "latent":
         lat = []
         for r, src in zip(rows, where, strict=True):
             if r["video_format"] != "latent":
@@ -87,7 +99,7 @@ def collate(
             )
         out["obs_latents"] = latents_BCFhw[:, :, :1]
         out["future_latents"] = latents_BCFhw[:, :, 1:]
-    elif cfg.load_frames:
+    if cfg.load_frames and (latents_BCFhw is None or stored):
         frames = []
         for r, src, n in zip(rows, where, num_frames, strict=True):
             try:

@@ -252,7 +252,10 @@ class WanVAECodec(LatentCodec):
                 f"(subfolder={subfolder!r}, revision={revision!r}). Without network access pass a local "
                 f"folder holding the VAE's config.json and weights. Cause: {err}"
             ) from err
-        source = f"{where}@{revision or 'main'}/{subfolder or ''}"
+        # a local folder by its absolute path: the same VAE named from two working directories
+        # (curation storing latents, training checking them) is one codec
+        named = str(local.resolve()) if local.is_dir() else where
+        source = f"{named}@{revision or 'main'}/{subfolder or ''}"
         return cls(vae.to(device), source=source, **kw)
 
     @classmethod

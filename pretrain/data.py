@@ -61,7 +61,6 @@ from pretrain.shards import (
     iter_shard_frames,
     resolve_dataset,
 )
-from schemas import Sample
 
 __all__ = [
     "HUB_PATTERNS",
@@ -168,7 +167,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if shard in self._tables:
             self._tables.move_to_end(shard)
             return self._tables[shard]
-        cols = [n for n in Sample.arrow_schema().names if self.cfg.load_frames or n != "video"]
+        cols = self.shards.columns(frames=self.cfg.load_frames)
         if self.shards.stream is not None:  # fetches only the row groups a batch takes
             sel = None if self.shards.selection is None else self.shards.selection[shard]
             return self.shards.stream.shard(shard, cols, sel)

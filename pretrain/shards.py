@@ -8,7 +8,11 @@ with ``huggingface_hub.snapshot_download``. The manifest's and every shard's sch
 checked, failing with a message that names the file.
 
 Stored latents (``video_format == "latent"``) are raw little-endian float32 (or float16,
-told apart by the byte count) of shape ``latent_shape = (C, 1+K, h, w)``.
+told apart by the byte count) of shape ``latent_shape = (C, 1+K, h, w)``. Latents stored beside
+the frames by curation's latent stage (the ``latents`` column, schema 3.1) are float32 of
+``latent_shape`` (:mod:`schemas.latents`); the manifest's ``latents`` names their codec
+(``ShardSet.latents``), which a trainer checks against its own
+(:func:`pretrain.stored_latents.check_stored_latents`). Shards written before 3.1 lack the column.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from schemas import Manifest, Sample, SchemaError, check_schema_version
 from schemas.frames import decode_sample_frames
 from schemas.hub.client import local_folder
 from schemas.pixels import to_unit_range
+from schemas.sample import OPTIONAL_COLUMNS
 from schemas.text_store import TextStore
 
 SHARD_GLOB = "data/*.parquet"
@@ -87,6 +92,17 @@ class ShardSet:
     def num_rows(self) -> int:
         return sum(self.rows)
 
+    @property
+    def latents(self) -> dict[str, Any] | None:
+        """The codec of the samples' stored latents (the manifest's ``latents``), None without them."""
+        return self.manifest.latents or None
+
+    def columns(self, frames: bool = True) -> list[str]:
+        """The Sample columns a loader reads: the video only with ``frames``, the stored latents
+        only where the dataset has them (older shards lack the column)."""
+        names = Sample.arrow_schema().names
+        return [n for n in names if (frames or n != "video") and (n != "latents" or self.latents)]
+
     def select(self, keep_rows: Sequence[Sequence[int]]) -> ShardSet:
         """A view holding only ``keep_rows[i]`` (row numbers) of shard ``i`` (a held-out split, a subset).
 
@@ -142,7 +158,7 @@ class ShardSet:
             meta = schema.metadata or {}
             found = meta.get(b"gwp_schema_version")
             check_schema_version(found.decode() if found else None, str(path))
-            missing = set(Sample.arrow_schema().names) - set(schema.names)
+            missing = set(Sample.arrow_schema().names) - set(schema.names) - set(OPTIONAL_COLUMNS)
             if missing:
                 raise SchemaError(str(path), "columns", f"missing {sorted(missing)}")
             n = pq.ParquetFile(path).metadata.num_rows

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import Manifest, Sample, SchemaError, check_schema_version
+from schemas.sample import OPTIONAL_COLUMNS
 from schemas.text_store import TextStore
 
 if TYPE_CHECKING:
@@ -324,7 +325,7 @@ def _footer(shard: RemoteShard, fs: Any) -> tuple[int, list[int]]:
     schema = meta.schema.to_arrow_schema()
     found = (schema.metadata or {}).get(b"gwp_schema_version")
     check_schema_version(found.decode() if found else None, shard.url)
-    missing = set(Sample.arrow_schema().names) - set(schema.names)
+    missing = set(Sample.arrow_schema().names) - set(schema.names) - set(OPTIONAL_COLUMNS)
     if missing:
         raise SchemaError(shard.url, "columns", f"missing {sorted(missing)}")
     return meta.num_rows, [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]

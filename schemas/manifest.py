@@ -136,6 +136,9 @@ class Manifest:
     stage_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # the instructions' token states beside the shards: schemas.text_store.TextStore.index
     text: dict[str, Any] | None = None
+    # the codec of the samples' stored latents (schemas.latents.LatentEncoder.identity + latent_shape);
+    # None: the shards store no latents
+    latents: dict[str, Any] | None = None
 
     def validate(self) -> Manifest:
         check_schema_version(self.schema_version, "Manifest.schema_version")
@@ -181,6 +184,7 @@ class Manifest:
             "shards": [asdict(s) for s in self.shards],
             "rejections": [r.to_row() for r in self.rejections],
             "text": self.text,
+            "latents": self.latents,
         }
 
     @classmethod
@@ -197,6 +201,7 @@ class Manifest:
             shards=tuple(ShardInfo(**s) for s in data["shards"]),
             rejections=tuple(Rejection.from_row(r) for r in data["rejections"]),
             text=data.get("text"),
+            latents=data.get("latents"),
         )
 
     def to_json(self) -> str:
@@ -245,6 +250,7 @@ class Manifest:
                 ),
                 ("rejections", pa.list_(pa.struct(list(Rejection.arrow_schema())))),
                 ("text", pa.string()),
+                ("latents", pa.string()),
             ]
         )
 
@@ -257,6 +263,7 @@ class Manifest:
             "stage_counts": json.dumps(d["stage_counts"], sort_keys=True),
             "stats": json.dumps(d["stats"], sort_keys=True),
             "text": json.dumps(d["text"], sort_keys=True),
+            "latents": json.dumps(d["latents"], sort_keys=True),
         }
 
     @classmethod
@@ -271,5 +278,6 @@ class Manifest:
                 "stage_counts": json.loads(row["stage_counts"]),
                 "stats": json.loads(row["stats"]),
                 "text": json.loads(row.get("text") or "null"),
+                "latents": json.loads(row.get("latents") or "null"),
             }
         )

@@ -19,6 +19,12 @@ row with state but no action dim is a mask that lost its actions, and stays an e
 
 The instruction's token states are not per sample: they are stored once per unique instruction
 beside the shards (``schemas.text_store``).
+
+**Stored latents** (schema 3.1, optional): ``latents`` holds the frames' codec latents beside the
+encoded frames, when curation ran its latent stage (:mod:`schemas.latents`: float32 bytes of
+shape ``latent_shape = (C, F', h, w)``; the manifest's ``latents`` names the codec). A row
+without them has ``latents`` null or empty; shards written before 3.1 have no such column,
+and readers treat it as absent (:data:`OPTIONAL_COLUMNS`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from schemas.episode import GWP_NAMESPACE
 from schemas.errors import SchemaError
 
 VIDEO_FORMATS = ("mp4", "png", "latent")
+OPTIONAL_COLUMNS = ("latents",)  # columns a reader may find missing (shards written before they existed)
 QUALITY_KEYS = ("motion", "clip_score", "brightness", "sharpness")
 
 
@@ -71,6 +78,7 @@ class Sample:
     state_mask: np.ndarray
     quality: dict[str, float] = field(default_factory=dict)
     latent_shape: tuple[int, ...] = ()
+    latents: bytes = b""  # stored codec latents, float32 of latent_shape (empty: none)
 
     @property
     def chunk(self) -> int:
@@ -102,6 +110,16 @@ class Sample:
         require_int(r, "width", self.width, minimum=1)
         if self.video_format == "latent" and not self.latent_shape:
             raise SchemaError(r, "latent_shape", "required when video_format is 'latent'")
+        if self.latents:
+            if self.video_format == "latent":
+                raise SchemaError(r, "latents", "must be empty when video_format is 'latent'")
+            want = 4 * int(np.prod(self.latent_shape)) if self.latent_shape else 0
+            if len(self.latents) != want:
+                raise SchemaError(
+                    r,
+                    "latents",
+                    f"{len(self.latents)} bytes do not fit latent_shape {self.latent_shape} (float32)",
+                )
         require_array(r, "action", self.action, shape=(None, MAX_DIM), dtype=np.float32, finite=True)
         if self.action.shape[0] < 1:
             raise SchemaError(r, "action", "chunk must have at least one step")
@@ -149,6 +167,7 @@ class Sample:
                 ("state_mask", pa.list_(pa.bool_())),
                 ("quality", quality),
                 ("latent_shape", pa.list_(pa.int32())),
+                ("latents", pa.binary()),
             ]
         )
 
@@ -164,6 +183,7 @@ class Sample:
             for k in QUALITY_KEYS
         }
         row["latent_shape"] = list(self.latent_shape)
+        row["latents"] = bytes(self.latents) if self.latents else None
         return row
 
     @classmethod
@@ -189,6 +209,7 @@ class Sample:
             state_mask=np.asarray(row["state_mask"], dtype=bool),
             quality=quality,
             latent_shape=tuple(row.get("latent_shape") or ()),
+            latents=bytes(row.get("latents") or b""),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -370,6 +391,25 @@ def _field_rules(table: pa.Table) -> list[_Rule]:
             "required when video_format is 'latent'",
         )
     )
+    # stored latents: float32 of latent_shape, and never beside latents in the video column
+    latents_len_N = pc.fill_null(pc.binary_length(col("latents")), 0).to_numpy().astype(np.int64)
+    shape = _Flat.of(col("latent_shape"))
+    dims_V = pc.fill_null(shape.values, 0).to_numpy().astype(np.int64)
+    size_N = np.ones(n, dtype=np.int64)
+    np.multiply.at(size_N, shape.row_of_value_V, dims_V)
+    size_N[shape.len_N == 0] = 0
+    has_N = latents_len_N > 0
+    rules += [
+        ("latents", has_N & _true_N(pc.equal(fmt, "latent")), "must be empty when video_format is 'latent'"),
+        (
+            "latents",
+            has_N & (latents_len_N != 4 * size_N),
+            lambda i: (
+                f"{latents_len_N[i]} bytes do not fit latent_shape "
+                f"{tuple(col('latent_shape')[i].as_py() or ())} (float32)"
+            ),
+        ),
+    ]
     return rules
 
 

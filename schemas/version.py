@@ -16,7 +16,10 @@ from schemas.errors import SchemaVersionError
 # pooled text_embedding column, so a 2.x dataset has nothing to condition on; (b) samples and
 # episodes may carry no actions (action-free video: an Episode's action is [T, 0], a Sample's
 # action_mask all False), which a 2.x reader would refuse. Data written under 2.x is not read.
-SCHEMA_VERSION = "3.0"
+# 3.1: samples may store their frames' codec latents (the optional ``latents`` column, the
+# manifest's ``latents`` naming the codec); a 3.0 reader reads the columns it knows and skips it,
+# and a 3.1 reader reads 3.0 shards (no latents: the codec encodes the frames), so a minor bump.
+SCHEMA_VERSION = "3.1"
 _MAJOR = SCHEMA_VERSION.split(".")[0]
 DATA_READABLE_MAJORS = (_MAJOR,)
 # A saved model's weights, config and normalisation stats read as before under 2.0 and 3.0; the

@@ -36,16 +36,22 @@ class Outcome:
     without_actions: dict[str, int]
 
 
-def dedup_parts(parts: list[Path], found: dict[str, Any], cfg: CurationConfig) -> Outcome:
-    """The records of every part (in discovery order) and the discover rejections → :class:`Outcome`."""
+def dedup_parts(
+    parts: list[Path], found: dict[str, Any], cfg: CurationConfig, latents: bool = False
+) -> Outcome:
+    """The records of every part (in discovery order) and the discover rejections → :class:`Outcome`
+    (``latents``: the job ran the latent stage, whose counts join the stages')."""
     records = [rec for p in parts for rec in read_records(p)]
-    outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], cfg)
+    outcome = settle(records, [Rejection.from_row(r) for r in found["rejections"]], cfg, latents)
     log(f"phase 3 (dedup): {len(outcome.duplicates)} near-duplicate episodes dropped")
     return outcome
 
 
 def settle(
-    records: list[dict[str, Any]], discover_rejections: list[Rejection], cfg: CurationConfig
+    records: list[dict[str, Any]],
+    discover_rejections: list[Rejection],
+    cfg: CurationConfig,
+    latents: bool = False,
 ) -> Outcome:
     """Dedup over the fingerprints of every episode the filters passed; then the accounting."""
     loaded = [r for r in records if r["stage"] != "load"]
@@ -60,6 +66,9 @@ def settle(
     rejections += dup
     decode_rejected = sum(1 for r in accepted if r["outcome"] == "decode")
     with_samples = sum(1 for r in accepted if r["outcome"] == "samples")
+    # episodes whose every window the latent stage rejected (curation.latents): windowed, not kept
+    latent_rejected = sum(1 for r in accepted if r["outcome"] == "latents")
+    windowed = with_samples + latent_rejected
     windows_in = sum(r["windows_in"] for r in accepted)
     window_rejections = sum(1 for r in accepted for x in r["ledger"] if x["window"] >= 0)
     inputs = len(records) + len(discover_rejections)
@@ -70,10 +79,12 @@ def settle(
         "decode": {"in": len(accepted), "out": len(accepted) - decode_rejected, "rejected": decode_rejected},
         "window": {
             "in": len(accepted) - decode_rejected,
-            "out": with_samples,
-            "rejected": len(accepted) - decode_rejected - with_samples,
+            "out": windowed,
+            "rejected": len(accepted) - decode_rejected - windowed,
         },
     }
+    if latents:
+        counts["latents"] = {"in": windowed, "out": with_samples, "rejected": latent_rejected}
     return Outcome(
         rejections,
         dup_ids,

@@ -26,6 +26,7 @@ def build_manifest(
     stats: dict[str, EmbodimentStats],
     shards: list[ShardInfo],
     text: dict[str, Any] | None = None,
+    latents: dict[str, Any] | None = None,
 ) -> Manifest:
     """The manifest of a finished run: the episode counts, every stage's in/out/rejected,
     the statistics, the sources, the shards and the ledger."""
@@ -66,6 +67,7 @@ def build_manifest(
         rejections=tuple(sorted(outcome.rejections, key=lambda r: (r.stage, r.path, r.episode, r.window))),
         stage_counts=stage_counts,
         text=text,
+        latents=latents,
     )
 
 
