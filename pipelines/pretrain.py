@@ -205,12 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ModelConfig fields that training takes from the dataset and the codec
+FROM_DATA = {
+    "chunk": "the dataset (its action chunk)",
+    "num_future": "the dataset (its future frames)",
+    "latent_channels": "the codec (--codec) or the dataset's stored latents",
+}
+
+
 def model_overrides(items: list[str]) -> dict[str, Any]:
     """``["heads=2", "head_dim=32"]`` → typed ModelConfig field values (unknown fields named)."""
     names = [f.name for f in fields(ModelConfig) if f.name != "name"]
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        if key in FROM_DATA:  # the shards and the codec fix these; a second value would contradict them
+            raise UsageError(
+                f"--model-override {item!r}: {key} is set by {FROM_DATA[key]}, not by an override"
+            )
         if not sep or key not in names:
             hint = did_you_mean(key, names, n=1)
             raise UsageError(f"--model-override {item!r}: expected FIELD=VALUE of ModelConfig{hint}")

@@ -126,6 +126,8 @@ MISTAKES = [
      ["--init {root}/missing"]),
     ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--model-override", "headdim=32"], "unknown model field",
      ["did you mean 'head_dim'"]),
+    ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--model-override", "latent_channels=4"],
+     "override of a field the data sets", ["latent_channels is set by the codec"]),
     ("pretrain", ["--data", "{root}", "--out", "{root}/p", "--codec", "wan-vae"], "--codec wan-vae without --vae",
      ["--vae"]),
     ("finetune", ["--preset", "smal", "--init", "none", "--data", "{root}", "--out", "{root}/f"], "unknown preset",
