@@ -20,7 +20,9 @@ The expert has its own time embedding and modulation (its temb is De wide, for i
 the action head) and its own text projection (text_dim → De) for its cross-attention; state and
 action encoders and the action head work at De. The visual stream keeps the names and shapes
 of the dense model, so ``pretrain/wan_adapter.py`` loads Wan2.2 into it unchanged and the
-expert starts fresh (``action_expert.`` is a new-module prefix there).
+expert starts fresh (``action_expert.`` is a new-module prefix there) or, with
+``action_expert_init="sliced"``, from the leading slices of the loaded backbone's tensors
+(:func:`slice_backbone_into_expert`, as GWP-0.5 slice-loads its expert).
 
 **Action-only decoding.** ``encode_context`` runs the C tokens (state through the expert,
 observation through the backbone) once and caches each layer's joint-head K/V and the
@@ -72,6 +74,30 @@ class ActionExpert(nn.Module):
             )
             for _ in range(cfg.layers)
         )
+
+
+def slice_backbone_into_expert(model: MoTActionVideoTransformer) -> list[str]:
+    """Start the expert from the backbone: each expert tensor takes the leading slice of the
+    backbone tensor of the same name (``action_expert.blocks.3.ffn.0.weight`` ←
+    ``blocks.3.ffn.0.weight`` [:F_e, :De]). Six-way modulation tables are sliced per chunk, so
+    shift/scale/gate stay shift/scale/gate. Returns the names filled; the rest stay as they were.
+    """
+    own = dict(model.named_parameters())
+    filled = []
+    with torch.no_grad():
+        for name, dst in model.action_expert.named_parameters():
+            src = own.get(name)
+            if src is None:
+                continue
+            if name == "time_modulation.weight" or name == "time_modulation.bias":  # [6·D, …] in six chunks
+                src = src.unflatten(0, (6, -1))[:, : dst.shape[0] // 6].flatten(0, 1)
+            if any(s < d for s, d in zip(src.shape, dst.shape, strict=True)):
+                raise ValueError(
+                    f"slice_backbone_into_expert: {name} {list(src.shape)} is narrower than {list(dst.shape)}"
+                )
+            dst.copy_(src[tuple(slice(0, d) for d in dst.shape)])
+            filled.append("action_expert." + name)
+    return filled
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,10 @@ class ModelConfig:
     # backbone for every token, as GWP-0.
     action_expert_dim: int = 0
     action_expert_ffn_dim: int = 0
+    # How the expert starts when a backbone (Wan) is loaded into the visual stream: "fresh"
+    # (random) or "sliced" (each expert tensor is the leading slice of its backbone twin, as
+    # GWP-0.5's slice-loading); BENCHMARKS.md, "The action expert", measures the two.
+    action_expert_init: str = "fresh"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -150,6 +154,8 @@ class ModelConfig:
                 "must both be set (an action expert) or both be 0 (the shared backbone), got "
                 f"{self.action_expert_dim} and {self.action_expert_ffn_dim}",
             )
+        if self.action_expert_init not in ("fresh", "sliced"):
+            raise bad("action_expert_init", f"must be 'fresh' or 'sliced', got {self.action_expert_init!r}")
         if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
             raise bad("eps/rope_theta/timestep_scale", "must be positive")
 

@@ -286,6 +286,9 @@ def load_wan_backbone(
     result = model.load_state_dict(conv.state_dict, strict=False)
     if result.unexpected_keys:  # cannot happen after the shape check; guard the invariant
         raise RuntimeError(f"load_wan_backbone: unexpected keys {result.unexpected_keys}")
-    return WanLoadReport(
-        loaded=len(conv.state_dict), unmapped=conv.unmapped, fresh=sorted(result.missing_keys)
-    )
+    fresh = set(result.missing_keys)
+    if cfg.has_action_expert and cfg.action_expert_init == "sliced":
+        from pretrain.action_expert import slice_backbone_into_expert
+
+        fresh -= set(slice_backbone_into_expert(model))
+    return WanLoadReport(loaded=len(conv.state_dict), unmapped=conv.unmapped, fresh=sorted(fresh))

@@ -153,3 +153,28 @@ def test_paper_size_preset_on_meta():
     )
     assert 0.9e9 < n_expert < 1.1e9
     assert param_count(mot) - n_expert < param_count(dense)  # narrower action encoders and head
+
+
+def test_sliced_init_starts_the_expert_from_the_loaded_backbone():
+    tiny = {**WAN22_TRANSFORMER, "in_channels": 8, "out_channels": 8, "text_dim": 24, "ffn_dim": 160}
+    torch.manual_seed(0)
+    wan = WanTransformer3DModel(**tiny).eval()
+    base = dataclasses.replace(get_model_config("debug-mot"), action_expert_init="sliced")
+    cfg = model_config_from_wan(dict(wan.config), base)
+    mot = build_model(cfg)
+    report = load_wan_backbone(mot, wan.state_dict())
+    assert not any(k.startswith("action_expert.") for k in report.fresh)
+    sd, De, D = mot.state_dict(), cfg.action_expert_dim, cfg.dim
+    assert torch.equal(
+        sd["action_expert.blocks.1.self_attn.q.weight"], sd["blocks.1.self_attn.q.weight"][:, :De]
+    )
+    assert torch.equal(
+        sd["action_expert.blocks.1.self_attn.out.weight"], sd["blocks.1.self_attn.out.weight"][:De]
+    )
+    assert torch.equal(sd["action_expert.blocks.0.modulation"], sd["blocks.0.modulation"][..., :De])
+    # the 6·D time modulation is sliced per chunk: the expert's gate rows are the backbone's gate rows
+    gate = slice(2 * D, 2 * D + De)
+    want = sd["time_modulation.weight"][gate, :De]
+    assert torch.equal(sd["action_expert.time_modulation.weight"][2 * De : 3 * De], want)
+    with pytest.raises(ValueError, match="'fresh' or 'sliced'"):
+        dataclasses.replace(base, action_expert_init="copied")
