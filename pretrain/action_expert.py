@@ -59,6 +59,19 @@ from pretrain.model import ActionSteps, ActionVideoTransformer, ContextCache, Mo
 from pretrain.model_inputs import expect, forward_plan
 
 
+class StreamBlock(Block):
+    """A ``Block`` whose two halves around the self-attention are also run through ``__call__``
+    (``part="in"`` / ``"out"``): module hooks then see them, as ZeRO-3's gathering of the
+    block's own ``modulation`` needs."""
+
+    def forward(self, *args: object, part: str | None = None, **kw: object) -> object:
+        if part == "in":
+            return self.attention_inputs(*args)
+        if part == "out":
+            return self.after_attention(*args)
+        return super().forward(*args, **kw)
+
+
 class ActionExpert(nn.Module):
     """The action stream's own weights: time embedding and modulation, text projection, blocks."""
 
@@ -69,7 +82,7 @@ class ActionExpert(nn.Module):
         self.time_modulation = FP32Linear(De, 6 * De)
         self.text_in = TwoLayerMLP(cfg.text_dim, De, nn.GELU(approximate="tanh"))
         self.blocks = nn.ModuleList(
-            Block(
+            StreamBlock(
                 De, cfg.heads, cfg.action_expert_ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm, cfg.dim
             )
             for _ in range(cfg.layers)
@@ -131,8 +144,8 @@ class _Layout:
 
 
 def _layer(
-    a_block: Block,
-    v_block: Block,
+    a_block: StreamBlock,
+    v_block: StreamBlock,
     xa: Tensor,
     xv: Tensor,
     a: _Stream,
@@ -143,9 +156,9 @@ def _layer(
     key_mask_BM: Tensor | None,
 ) -> tuple[Tensor, Tensor, KV]:
     """One MoT layer: each stream's block around one joint block-causal self-attention."""
-    qv, kvv, mv = v_block.attention_inputs(xv, v.mod_BG6W, v.runs, v.rope)
+    qv, kvv, mv = v_block(xv, v.mod_BG6W, v.runs, v.rope, part="in")
     if xa.shape[1]:
-        qa, kva, ma = a_block.attention_inputs(xa, a.mod_BG6W, a.runs, a.rope)
+        qa, kva, ma = a_block(xa, a.mod_BG6W, a.runs, a.rope, part="in")
     else:  # no state and no actions (video mode without a state): an empty action stream
         qa, kva, ma = qv[:, :, :0], KV(qv[:, :, :0], qv[:, :, :0]), ()
     q = layout.join(qa, qv)
@@ -153,9 +166,9 @@ def _layer(
     o = block_causal_attention(q, kv.k_BHMD, kv.v_BHMD, layout.segments, 0, key_mask_BM)
     oa, ov = layout.split(o, xa.shape[1])
     if xa.shape[1]:
-        xa = a_block.after_attention(xa, oa, ma, a.runs, a.text_kv[i], text_mask)
+        xa = a_block(xa, oa, ma, a.runs, a.text_kv[i], text_mask, part="out")
     if xv.shape[1]:
-        xv = v_block.after_attention(xv, ov, mv, v.runs, v.text_kv[i], text_mask)
+        xv = v_block(xv, ov, mv, v.runs, v.text_kv[i], text_mask, part="out")
     return xa, xv, kv
 
 
@@ -167,6 +180,8 @@ def _layer_hidden(*args: object) -> tuple[Tensor, Tensor]:
 
 class MoTActionVideoTransformer(ActionVideoTransformer):
     """The action-centred video transformer with an action expert (see the module docstring)."""
+
+    block_class = StreamBlock
 
     def __init__(self, cfg: ModelConfig) -> None:
         if not cfg.has_action_expert:

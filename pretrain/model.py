@@ -145,6 +145,8 @@ def _hidden_only(block: nn.Module, *args: object, **kw: object) -> Tensor:
 
 
 class ActionVideoTransformer(nn.Module):
+    block_class: type[Block] = Block  # the action-expert model runs its blocks in two halves
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -157,7 +159,7 @@ class ActionVideoTransformer(nn.Module):
         self.state_in = EmbodimentMLP(cfg.state_dim, Hm, Da, E, inner)
         self.action_in = EmbodimentMLP(cfg.action_dim, Hm, Da, E, inner)
         self.blocks = nn.ModuleList(
-            Block(D, cfg.heads, cfg.ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm)
+            self.block_class(D, cfg.heads, cfg.ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm)
             for _ in range(cfg.layers)
         )
         self.video_out = OutputHead(D, cfg.eps, nn.Linear(D, cfg.patch_dim))
