@@ -245,6 +245,8 @@ BACKBONE_FIELDS = (
     "eps",
     "qk_norm",
     "cross_attn_norm",
+    "action_expert_dim",  # a Wan config takes these from the preset, so only our checkpoints differ
+    "action_expert_ffn_dim",
 )
 
 

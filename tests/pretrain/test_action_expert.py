@@ -178,3 +178,21 @@ def test_sliced_init_starts_the_expert_from_the_loaded_backbone():
     assert torch.equal(sd["action_expert.time_modulation.weight"][2 * De : 3 * De], want)
     with pytest.raises(ValueError, match="'fresh' or 'sliced'"):
         dataclasses.replace(base, action_expert_init="copied")
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused_by_name(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from pipelines.pretrain import build_transformer
+
+    dense = build_model(get_model_config("debug"))
+    save_file({k: v.contiguous() for k, v in dense.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model": dense.cfg.to_dict()}))
+    with pytest.raises(ValueError, match="action_expert_dim: checkpoint 0 vs model 32"):
+        build_transformer(get_model_config("debug-mot"), str(tmp_path), codec="pixel")
+    model, _ = build_transformer(get_model_config("debug"), str(tmp_path), codec="pixel")
+    assert torch.equal(
+        model.state_dict()["blocks.0.ffn.0.weight"], dense.state_dict()["blocks.0.ffn.0.weight"]
+    )
