@@ -107,7 +107,7 @@ class ContextCache:
     """What action-only decoding needs from the clean context, computed once per observation."""
 
     self_kv: tuple[KV, ...]  # per layer: K/V [B, heads, N_C, Dh] of the C tokens
-    text_kv: tuple[KV, ...]  # per layer: cross-attention K/V [B, heads, L, Dh] of the text
+    text_kv: tuple[KV, ...]  # per layer: the action stream's cross-attention K/V [B, heads, L, Dh] of text
     text_mask_B11L: Tensor | None
     embodiment_id_B: Tensor
     num_context: int  # N_C = (1 if state) + h·w
