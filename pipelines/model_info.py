@@ -8,7 +8,7 @@ Everything is computed from the config alone (the model is instantiated on the m
 
 * **parameters per part** — counted from the module tree (video/text/time embedders, the
   embodiment MLPs, the blocks split into self-attention, cross-attention, FFN and modulation,
-  the two heads);
+  the two heads; an action expert's parts under ``action_expert.``);
 * **tokens per group** for the geometry (``ModelConfig.token_counts``): context = state +
   observation tokens, action = P, video = future latent frames × tokens per frame. The latent
   grid is the image over the codec's spatial factor (pixel: the default 4×4 patches; wan-vae:
@@ -16,7 +16,16 @@ Everything is computed from the config alone (the model is instantiated on the m
 * **attention FLOPs** — the score and value matmuls of the block-causal self-attention (each
   group's queries against the keys it sees, 4·n_q·n_k·D per layer) and of cross-attention to
   ``--text-tokens`` text tokens, forward per sample; a training step is 3× forward (backward
-  2×); the dense part is 2·params·tokens forward, also ×3;
+  2×); the dense part is 2·params·tokens forward, also ×3 (with an action expert each token
+  counts only its own stream's parameters);
+* **the action-only step** — what one denoising step of action-only decoding costs per sample
+  once the context (state, observation, text) is cached (``encode_context``): the P action
+  tokens through the action stream's blocks — the backbone's (``dim`` wide) or, with an action
+  expert, the expert's (``action_expert_dim`` wide, q/k/v projected to the backbone's heads) —
+  their attention to the C + P keys and to the text, and the action encoder and head. The
+  parameters a step runs through are listed beside the model's total; the FLOPs are the
+  linear layers (2 per weight per token) and the attention matmuls (4·n_q·n_k·heads·Dh);
+  norms, modulation and the per-chunk time tables are left out;
 * **training memory per GPU** for ZeRO stage 1/2/3 with and without optimizer offload and
   activation checkpointing, at ``--gpus`` data-parallel GPUs and ``--batch`` samples per GPU.
   Model states follow the ZeRO paper's mixed-precision accounting (bf16 weights 2Ψ and
@@ -80,6 +89,10 @@ def parameters_per_part(cfg: ModelConfig) -> dict[str, int]:
     parts: dict[str, int] = {}
     for name, p in model.named_parameters():
         top = name.split(".")[0]
+        prefix = ""
+        if top == "action_expert":  # the expert's own parts, named as the backbone's
+            prefix, name = "action_expert.", name.split(".", 1)[1]
+            top = name.split(".")[0]
         if top == "blocks":
             sub = name.split(".")[2]
             key = {"self_attn": "blocks.self_attention", "cross_attn": "blocks.cross_attention"}.get(sub)
@@ -88,7 +101,7 @@ def parameters_per_part(cfg: ModelConfig) -> dict[str, int]:
             key = "time_embedding"
         else:
             key = top
-        parts[key] = parts.get(key, 0) + p.numel()
+        parts[prefix + key] = parts.get(prefix + key, 0) + p.numel()
     parts["total"] = sum(parts.values())
     return parts
 
@@ -100,6 +113,26 @@ def attention_flops(cfg: ModelConfig, tokens: dict[str, int], text_tokens: int) 
     self_attn = sum(4 * nq * nk * cfg.dim for nq, nk in seen)
     cross = 4 * (c + a + v) * text_tokens * cfg.dim
     return cfg.layers * (self_attn + cross)
+
+
+def action_step(cfg: ModelConfig, context_tokens: int, text_tokens: int) -> dict[str, int]:
+    """One action-only denoising step per sample (see the module docstring): parameters, FLOPs."""
+    P, D, Hm, inner = cfg.chunk, cfg.dim, cfg.mlp_hidden, cfg.mlp_inner_layers
+    W = cfg.action_expert_dim or D  # width of the stream the action tokens run through
+    F = cfg.action_expert_ffn_dim or cfg.ffn_dim
+    # per layer: q, k, v, out of self-attention; q and out of cross-attention (text K/V cached); FFN
+    block = 6 * W * D + 2 * W * F
+    io = 2 * (cfg.action_dim * Hm + inner * Hm * Hm + Hm * W)  # action encoder and head, one embodiment
+    params = cfg.layers * block + io
+    attention = cfg.layers * 4 * P * (context_tokens + P + text_tokens) * D
+    return {
+        "action_tokens": P,
+        "stream_width": W,
+        "parameters_run": params,
+        "linear_flops": 2 * P * params,
+        "attention_flops": attention,
+        "flops": 2 * P * params + attention,
+    }
 
 
 def activation_bytes_per_token_layer(cfg: ModelConfig, checkpointing: bool) -> int:
@@ -143,6 +176,10 @@ def model_info(
     params = parameters_per_part(cfg)
     attn = attention_flops(cfg, tokens, text_tokens)
     dense = 2 * params["total"] * n
+    if cfg.has_action_expert:  # each token runs through its own stream's weights only
+        action = sum(v for k, v in params.items() if k.startswith(("action_expert.", "state_in", "action_")))
+        n_action = tokens["action"] + 1  # the actions and the state token
+        dense = 2 * (params["total"] - action) * (n - n_action) + 2 * action * n_action
     return {
         "preset": cfg.name,
         "codec": codec,
@@ -160,6 +197,7 @@ def model_info(
             "dense_forward_per_sample": dense,
             "train_step_per_gpu": 3 * (attn + dense) * batch,
         },
+        "action_only_step": action_step(cfg, tokens["context"], text_tokens),
         "gpus": gpus,
         "batch_per_gpu": batch,
         "memory_gib_per_gpu": memory_per_gpu(cfg, params["total"], n, gpus, batch),
@@ -167,17 +205,20 @@ def model_info(
 
 
 def render(info: dict[str, Any]) -> str:
-    t, f = info["tokens"], info["flops"]
+    t, f, s = info["tokens"], info["flops"], info["action_only_step"]
     lines = [
         f"{info['preset']}: codec {info['codec']}, {info['geometry']} geometry, image "
         f"{info['image'][0]}x{info['image'][1]} → latent grid {info['latent_grid'][1]}x{info['latent_grid'][0]}, "
         f"{info['future_frames']} future frames → {info['future_latent_frames']} latent frame(s)",
         f"tokens: C {t['context']} + A {t['action']} + V {t['video']} = {info['tokens_total']}",
         "parameters:",
-        *(f"  {k:28s} {v / 1e6:10.2f} M" for k, v in info["parameters"].items()),
+        *(f"  {k:42s} {v / 1e6:10.2f} M" for k, v in info["parameters"].items()),
         f"attention FLOPs: {f['attention_forward_per_sample'] / 1e9:.2f} G forward per sample, "
         f"{f['attention_train_step_per_gpu'] / 1e12:.2f} T per training step per GPU",
         f"training FLOPs per step per GPU (dense + attention): {f['train_step_per_gpu'] / 1e12:.2f} T",
+        f"action-only step (P {s['action_tokens']} tokens through a {s['stream_width']}-wide stream, context "
+        f"cached): {s['parameters_run'] / 1e6:.2f} M parameters run, {s['flops'] / 1e9:.3f} G FLOPs per "
+        f"sample ({s['attention_flops'] / 1e9:.3f} G attention)",
         f"training memory per GPU (GiB; {info['gpus']} GPUs, batch {info['batch_per_gpu']} per GPU):",
     ]
     for stage, row in info["memory_gib_per_gpu"].items():

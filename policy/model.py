@@ -73,7 +73,7 @@ from pretrain.config import ModelConfig
 from pretrain.flow import FlowConfig, FlowLoss, add_noise, flow_loss, sample_sigma, velocity_target
 from pretrain.hub import HubMixin, local_model_folder, read_json_object
 from pretrain.init import check_init_codec, resolve_init
-from pretrain.model import ActionVideoTransformer, ModelOutput
+from pretrain.model import ModelOutput, model_class
 from pretrain.objective import text_states
 from pretrain.pixels import tensor_to_unit_range
 from schemas import EmbodimentSpec
@@ -250,7 +250,7 @@ class GWPPolicyModel(HubMixin, nn.Module):
     def __init__(self, cfg: PolicyConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.transformer = ActionVideoTransformer(cfg.model)
+        self.transformer = model_class(cfg.model)(cfg.model)  # either kind (pretrain/action_expert.py)
         m = cfg.model
         self.codec: LatentCodec = make_model_codec(
             cfg.codec, cfg.codec_kwargs, m.video_geometry, m.vae_temporal

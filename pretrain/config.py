@@ -8,6 +8,9 @@
 * ``wan22-5b`` — the paper's backbone geometry (Wan2.2-TI2V-5B): 30 layers, 24 heads × 128 =
                  3072 hidden, FFN 14336, 48 latent channels, patch (1, 2, 2), text dim 4096.
                  GPU only; its Wan weights load through ``pretrain/wan_adapter.py``.
+* ``debug-mot``, ``wan22-5b-mot`` — the same backbones with an action expert (GWP-0.5's
+                 Mixture-of-Transformers, ``pretrain/action_expert.py``): ``debug``'s with a 32-wide
+                 expert, ``wan22-5b``'s with GWP-0.5's 1024-wide one (FFN 4096).
 
 All presets use 48 latent channels (the Wan2.2 VAE; a 4×4 RGB pixel-patch codec has the same
 channel count), action/state vectors padded to 32 dims, p = 48 action tokens and K = 4 future
@@ -79,6 +82,16 @@ class ModelConfig:
     # head starts at zero (a random head starts below the repeat baseline and stays there for
     # hundreds of steps: BENCHMARKS.md, "Predicted video at CPU scale").
     video_residual: bool = False
+    # The action expert (GWP-0.5's Mixture-of-Transformers, ``pretrain/action_expert.py``): state
+    # and action tokens run through their own narrower blocks of this width and FFN width, the
+    # visual tokens through the backbone's; one self-attention spans both. 0 = off: one shared
+    # backbone for every token, as GWP-0.
+    action_expert_dim: int = 0
+    action_expert_ffn_dim: int = 0
+    # How the expert starts when a backbone (Wan) is loaded into the visual stream: "fresh"
+    # (random) or "sliced" (each expert tensor is the leading slice of its backbone twin, as
+    # GWP-0.5's slice-loading); BENCHMARKS.md, "The action expert", measures the two.
+    action_expert_init: str = "fresh"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -131,8 +144,24 @@ class ModelConfig:
             raise bad("freq_dim", f"must be even, got {self.freq_dim}")
         if not isinstance(self.video_residual, bool):
             raise bad("video_residual", f"must be a bool, got {self.video_residual!r}")
+        for f in ("action_expert_dim", "action_expert_ffn_dim"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise bad(f, f"must be an int ≥ 0 (0 = no action expert), got {v!r}")
+        if (self.action_expert_dim == 0) != (self.action_expert_ffn_dim == 0):
+            raise bad(
+                "action_expert_dim/action_expert_ffn_dim",
+                "must both be set (an action expert) or both be 0 (the shared backbone), got "
+                f"{self.action_expert_dim} and {self.action_expert_ffn_dim}",
+            )
+        if self.action_expert_init not in ("fresh", "sliced"):
+            raise bad("action_expert_init", f"must be 'fresh' or 'sliced', got {self.action_expert_init!r}")
         if not self.eps > 0 or not self.rope_theta > 0 or not self.timestep_scale > 0:
             raise bad("eps/rope_theta/timestep_scale", "must be positive")
+
+    @property
+    def has_action_expert(self) -> bool:
+        return self.action_expert_dim > 0
 
     @property
     def rope_split(self) -> tuple[int, int, int]:
@@ -240,5 +269,35 @@ register_model_config(
         text_dim=4096,  # umT5-XXL states, as Wan2.2
         mlp_hidden=1024,
         video_geometry="clip",  # GWP: observation + 4 future frames through the VAE as one clip
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="debug-mot",  # debug's visual stream; state and actions through a half-width expert
+        dim=64,
+        layers=2,
+        heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        text_dim=512,
+        mlp_hidden=64,
+        freq_dim=64,
+        action_expert_dim=32,
+        action_expert_ffn_dim=128,
+    )
+)
+register_model_config(
+    ModelConfig(
+        name="wan22-5b-mot",  # GWP-0.5: the Wan2.2-5B visual stream and a 1024-wide action expert
+        dim=3072,
+        layers=30,
+        heads=24,
+        head_dim=128,
+        ffn_dim=14336,
+        text_dim=4096,
+        mlp_hidden=1024,
+        video_geometry="clip",
+        action_expert_dim=1024,
+        action_expert_ffn_dim=4096,
     )
 )

@@ -218,17 +218,22 @@ def block_causal_attention(
 
 
 class Attention(nn.Module):
-    """Multi-head attention with Wan's q/k RMSNorm across heads; self (RoPE) or cross."""
+    """Multi-head attention with Wan's q/k RMSNorm across heads; self (RoPE) or cross.
 
-    def __init__(self, dim: int, heads: int, eps: float, qk_norm: bool) -> None:
+    ``inner`` (default ``dim``) is heads · head dim: the action expert projects its narrower
+    tokens to the backbone's heads so that one attention spans both streams.
+    """
+
+    def __init__(self, dim: int, heads: int, eps: float, qk_norm: bool, inner: int | None = None) -> None:
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, dim)
-        self.q_norm = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        inner = inner or dim
+        self.q = nn.Linear(dim, inner)
+        self.k = nn.Linear(dim, inner)
+        self.v = nn.Linear(dim, inner)
+        self.out = nn.Linear(inner, dim)
+        self.q_norm = nn.RMSNorm(inner, eps=eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(inner, eps=eps) if qk_norm else nn.Identity()
 
     def _heads(self, x_BND: Tensor) -> Tensor:
         return rearrange(x_BND, "b n (h d) -> b h n d", h=self.heads)
@@ -273,12 +278,21 @@ class OutputHead(nn.Module):
 class Block(nn.Module):
     """One Wan-style transformer block over the token segments (see module docstring)."""
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, eps: float, qk_norm: bool, cross_attn_norm: bool):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int,
+        eps: float,
+        qk_norm: bool,
+        cross_attn_norm: bool,
+        attn_dim: int | None = None,
+    ):
         super().__init__()
         self.eps = eps
-        self.self_attn = Attention(dim, heads, eps, qk_norm)
+        self.self_attn = Attention(dim, heads, eps, qk_norm, attn_dim)
         self.cross_norm = FP32LayerNorm(dim, eps=eps) if cross_attn_norm else nn.Identity()
-        self.cross_attn = Attention(dim, heads, eps, qk_norm)
+        self.cross_attn = Attention(dim, heads, eps, qk_norm, attn_dim)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
         )
@@ -301,13 +315,7 @@ class Block(nn.Module):
         key_mask_BM: Tensor | None = None,
     ) -> tuple[Tensor, KV]:
         """Returns the new hidden states and this layer's self-attention K/V of ``x_BND``."""
-        m = (self.modulation[None].float() + mod_BG6D.float()).unbind(dim=2)
-        shift1, scale1, gate1, shift3, scale3, gate3 = m
-
-        # 1. block-causal self-attention
-        h = modulate(x_BND, shift1, scale1, runs, self.eps)
-        q = self.self_attn.queries(h, rope)
-        kv = self.self_attn.keys_values(h, rope)
+        q, kv, m = self.attention_inputs(x_BND, mod_BG6D, runs, rope)
         k, v = kv.k_BHMD, kv.v_BHMD
         n_prefix = 0
         if prefix is not None:
@@ -315,17 +323,40 @@ class Block(nn.Module):
             v = torch.cat([prefix.v_BHMD, v], dim=2)
             n_prefix = prefix.k_BHMD.shape[2]
         o = block_causal_attention(q, k, v, segments, n_prefix, key_mask_BM)
-        x_BND = gated_residual(x_BND, self.self_attn.project_out(o), gate1, runs)
+        return self.after_attention(x_BND, o, m, runs, text, text_mask_B11L), kv
 
-        # 2. cross-attention to text (no modulation)
+    # The two halves of a block around its self-attention, so that the action expert
+    # (``pretrain/action_expert.py``) can run one attention over two streams' blocks.
+
+    def attention_inputs(
+        self, x_BND: Tensor, mod_BG6D: Tensor, runs: Runs, rope: Rope
+    ) -> tuple[Tensor, KV, tuple[Tensor, ...]]:
+        """Queries, K/V of the modulated tokens, and the six modulation tables [B, G, D]."""
+        m = (self.modulation[None].float() + mod_BG6D.float()).unbind(dim=2)
+        h = modulate(x_BND, m[0], m[1], runs, self.eps)
+        return self.self_attn.queries(h, rope), self.self_attn.keys_values(h, rope), m
+
+    def after_attention(
+        self,
+        x_BND: Tensor,
+        o_BHND: Tensor,
+        m: tuple[Tensor, ...],
+        runs: Runs,
+        text: KV,
+        text_mask_B11L: Tensor | None,
+    ) -> Tensor:
+        """Gated residual of the attention output ``o_BHND``, cross-attention to text, FFN."""
+        _, _, gate1, shift3, scale3, gate3 = m
+        x_BND = gated_residual(x_BND, self.self_attn.project_out(o_BHND), gate1, runs)
+
+        # cross-attention to text (no modulation)
         q = self.cross_attn.queries(self.cross_norm(x_BND), None)
         o = F.scaled_dot_product_attention(q, text.k_BHMD, text.v_BHMD, attn_mask=text_mask_B11L)
         x_BND = x_BND + self.cross_attn.project_out(o)
 
-        # 3. feed-forward
+        # feed-forward
         h = modulate(x_BND, shift3, scale3, runs, self.eps)
-        x_BND = gated_residual(x_BND, self.ffn(h), gate3, runs)
-        return x_BND, kv
+        return gated_residual(x_BND, self.ffn(h), gate3, runs)
 
 
 # ---------------------------------------------------------------- embodiment MLPs

@@ -32,6 +32,11 @@ Modes of ``forward``:
     video     no A tokens; noisy V; returns the video velocity
     action    no V tokens; noisy A; returns the action velocity
 
+**Action expert** (``ModelConfig.action_expert_dim`` > 0, ``pretrain/action_expert.py``):
+state and action tokens run through their own narrower blocks, the visual tokens through
+these; one self-attention with the same mask spans both (GWP-0.5's Mixture-of-Transformers).
+``build_model`` / ``model_class`` pick the kind from the config.
+
 Because C attends only to C, its keys/values never change while A and V are denoised:
 ``encode_context`` runs C once and caches its per-layer K/V (and the text K/V), and
 ``forward_actions`` runs only the P action tokens against that cache — action-only decoding.
@@ -80,11 +85,15 @@ from pretrain.layers import (
     sinusoidal_embedding,
     video_positions,
 )
+from pretrain.model_inputs import ATTENTION, MODES, forward_plan
+from pretrain.model_inputs import check_values as _check_values
+from pretrain.model_inputs import err as _err
+from pretrain.model_inputs import expect as _expect
 
-MODES = ("joint", "pretrain", "video", "action")
+__all__ = ["ATTENTION", "MODES", "ActionSteps", "ActionVideoTransformer", "ContextCache", "ModelOutput"]
+
 # parameter names kept in float32 by ``model.to(low precision)`` (see the module docstring)
 KEEP_FP32 = ("time_embed.", "time_modulation.", "modulation", "cross_norm.")
-ATTENTION = ("block_causal", "full")
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class ContextCache:
     """What action-only decoding needs from the clean context, computed once per observation."""
 
     self_kv: tuple[KV, ...]  # per layer: K/V [B, heads, N_C, Dh] of the C tokens
-    text_kv: tuple[KV, ...]  # per layer: cross-attention K/V [B, heads, L, Dh] of the text
+    text_kv: tuple[KV, ...]  # per layer: the action stream's cross-attention K/V [B, heads, L, Dh] of text
     text_mask_B11L: Tensor | None
     embodiment_id_B: Tensor
     num_context: int  # N_C = (1 if state) + h·w
@@ -130,55 +139,31 @@ class _Tokens:
     n_vid: int
 
 
-def _err(name: str, why: str) -> ValueError:
-    return ValueError(f"ActionVideoTransformer.forward: {name} {why}")
-
-
-def _check_values(ok: Tensor, name: str, why: str) -> None:
-    """Raise if the bool tensor ``ok`` is False, without a host sync where one would cost.
-
-    On CPU in eager mode ``bool()`` is free and gives a clear ValueError; elsewhere (CUDA, or
-    being traced by ``torch.compile``) the check is queued on the device instead.
-    """
-    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok):
-            raise _err(name, why)
-    else:
-        torch._assert_async(ok, f"ActionVideoTransformer.forward: {name} {why}")
-
-
 def _hidden_only(block: nn.Module, *args: object, **kw: object) -> Tensor:
     """A block's hidden states without its K/V: what a checkpointed region may return."""
     return block(*args, **kw)[0]
 
 
-def _expect(name: str, t: Tensor | None, shape: Sequence[int | None]) -> Tensor:
-    """Check ``t`` has len(shape) dims and the given sizes (None = any)."""
-    if t is None:
-        raise _err(name, "is required (in this mode)")
-    if t.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, t.shape, strict=True)):
-        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
-        raise _err(name, f"must have shape {want}, got {list(t.shape)}")
-    return t
-
-
 class ActionVideoTransformer(nn.Module):
+    block_class: type[Block] = Block  # the action-expert model runs its blocks in two halves
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         D, E, Hm, inner = cfg.dim, cfg.max_embodiments, cfg.mlp_hidden, cfg.mlp_inner_layers
+        Da = cfg.action_expert_dim or D  # width of the state/action tokens' stream
         self.video_in = nn.Conv3d(cfg.latent_channels, D, kernel_size=cfg.patch, stride=cfg.patch)
         self.time_embed = TwoLayerMLP(cfg.freq_dim, D, nn.SiLU(), linear=FP32Linear)
         self.time_modulation = FP32Linear(D, 6 * D)
         self.text_in = TwoLayerMLP(cfg.text_dim, D, nn.GELU(approximate="tanh"))
-        self.state_in = EmbodimentMLP(cfg.state_dim, Hm, D, E, inner)
-        self.action_in = EmbodimentMLP(cfg.action_dim, Hm, D, E, inner)
+        self.state_in = EmbodimentMLP(cfg.state_dim, Hm, Da, E, inner)
+        self.action_in = EmbodimentMLP(cfg.action_dim, Hm, Da, E, inner)
         self.blocks = nn.ModuleList(
-            Block(D, cfg.heads, cfg.ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm)
+            self.block_class(D, cfg.heads, cfg.ffn_dim, cfg.eps, cfg.qk_norm, cfg.cross_attn_norm)
             for _ in range(cfg.layers)
         )
         self.video_out = OutputHead(D, cfg.eps, nn.Linear(D, cfg.patch_dim))
-        self.action_out = OutputHead(D, cfg.eps, EmbodimentMLP(D, Hm, cfg.action_dim, E, inner))
+        self.action_out = OutputHead(Da, cfg.eps, EmbodimentMLP(Da, Hm, cfg.action_dim, E, inner))
         if cfg.video_residual:  # the zero head is "nothing moves": training starts at the repeat baseline
             nn.init.zeros_(self.video_out.proj.weight)
             nn.init.zeros_(self.video_out.proj.bias)
@@ -206,8 +191,11 @@ class ActionVideoTransformer(nn.Module):
 
         return super()._apply(guarded, recurse)
 
-    def _time(self, sigma_BG: Tensor) -> tuple[Tensor, Tensor]:
+    def _time(self, sigma_BG: Tensor, owner: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """σ per group [B, G] → temb [B, G, D] and block modulation [B, G, 6, D].
+
+        ``owner``: whose ``time_embed``/``time_modulation`` (default the backbone's; the action
+        expert has its own, at its width).
 
         One small matmul per group rather than one over all B·G rows: a group's numbers then do
         not depend on how many other groups there are (bit-identical actions whatever V holds).
@@ -215,9 +203,9 @@ class ActionVideoTransformer(nn.Module):
         temb, mod = [], []
         for sigma_B in sigma_BG.unbind(1):
             feats = sinusoidal_embedding(sigma_B.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
-            t = self.time_embed(feats)  # FP32Linear layers: float32 whatever the weights' dtype
+            t = (owner or self).time_embed(feats)  # FP32Linear layers: float32 whatever the weights' dtype
             temb.append(t)
-            mod.append(self.time_modulation(F.silu(t)).unflatten(-1, (6, -1)))
+            mod.append((owner or self).time_modulation(F.silu(t)).unflatten(-1, (6, -1)))
         return torch.stack(temb, dim=1), torch.stack(mod, dim=1)
 
     def _text(self, text_BLD: Tensor, text_mask_BL: Tensor | None) -> tuple[tuple[KV, ...], Tensor | None]:
@@ -322,56 +310,26 @@ class ActionVideoTransformer(nn.Module):
         attention            "block_causal" | "full" (Wan-equivalent, for checking a backbone)
         """
         cfg = self.cfg
-        if mode not in MODES:
-            raise _err("mode", f"must be one of {MODES}, got {mode!r}")
-        if attention not in ATTENTION:
-            raise _err("attention", f"must be one of {ATTENTION}, got {attention!r}")
-        obs = _expect("obs_latent_BCFHW", obs_latent_BCFHW, (None, cfg.latent_channels, 1, None, None))
-        B, _, _, H, W = obs.shape
-        if H % cfg.patch[1] or W % cfg.patch[2]:
-            raise _err(
-                "obs_latent_BCFHW", f"height/width {H}×{W} must be divisible by the patch {cfg.patch[1:]}"
-            )
-        h, w = H // cfg.patch[1], W // cfg.patch[2]
-
-        wants_video = mode in ("joint", "pretrain", "video")
-        noisy_actions = mode in ("joint", "action")
-        has_actions = noisy_actions or (mode == "pretrain" and actions_BP32 is not None)
-        if not wants_video and future_latent_BCKHW is not None:
-            raise _err("future_latent_BCKHW", f"must be None in mode {mode!r}")
-        if mode == "video" and actions_BP32 is not None:
-            raise _err("actions_BP32", "must be None in mode 'video'")
-        if not noisy_actions and sigma_action_B is not None:
-            raise _err("sigma_action_B", f"must be None in mode {mode!r} (actions, if any, are clean)")
-        if actions_present_B is not None and not (mode == "pretrain" and has_actions):
-            raise _err("actions_present_B", "is only meaningful in mode 'pretrain' with actions")
-
-        # ---- timestep groups: 0 = clean (C, and clean actions), 1 = noisy actions, then video
-        sigmas = [torch.zeros(B, device=obs.device)]
-        if noisy_actions:
-            sigmas.append(_expect("sigma_action_B", sigma_action_B, (B,)).float())
-        K = 0
-        if wants_video:
-            fut = _expect("future_latent_BCKHW", future_latent_BCKHW, (B, cfg.latent_channels, None, H, W))
-            K = fut.shape[2]
-            if K < 1:
-                raise _err("future_latent_BCKHW", "needs at least one future frame")
-            if sigma_video_B is None:
-                raise _err("sigma_video_B", "is required in this mode")
-            if sigma_video_B.ndim == 1:
-                sigmas.append(_expect("sigma_video_B", sigma_video_B, (B,)).float())
-            else:
-                sigmas.extend(_expect("sigma_video_B", sigma_video_B, (B, K)).float().unbind(1))
-        elif sigma_video_B is not None:
-            raise _err("sigma_video_B", f"must be None in mode {mode!r}")
-        temb_BGD, mod_BG6D = self._time(torch.stack(sigmas, dim=1))
+        plan = forward_plan(
+            cfg,
+            obs_latent_BCFHW,
+            future_latent_BCKHW,
+            actions_BP32,
+            sigma_action_B,
+            sigma_video_B,
+            mode,
+            actions_present_B,
+            attention,
+        )
+        obs, fut, B, K, h, w = obs_latent_BCFHW, future_latent_BCKHW, plan.B, plan.K, plan.h, plan.w
+        noisy_actions, has_actions, wants_video = plan.noisy_actions, plan.has_actions, plan.wants_video
+        temb_BGD, mod_BG6D = self._time(plan.sigma_BG)
 
         # ---- tokens, runs (contiguous tokens sharing a group), RoPE positions
         ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, embodiment_id_B)
         parts, ropes = [ctx_BND], [ctx_rope]
         runs: list[tuple[int, int]] = [(ctx_BND.shape[1], 0)]
         n_act = 0
-        vid_runs: list[tuple[int, int]] = []
         if has_actions:
             e = self._check_embodiment(embodiment_id_B, B)
             acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
@@ -386,12 +344,7 @@ class ActionVideoTransformer(nn.Module):
             parts.append(v_BND)
             v_pos = video_positions(range(1, K + 1), h, w, obs.device)
             ropes.append(rope_for_positions(v_pos, cfg.rope_split, cfg.rope_theta))
-            first_v = 2 if noisy_actions else 1
-            if sigma_video_B.ndim == 1:
-                vid_runs = [(K * h * w, first_v)]
-            else:
-                vid_runs = [(h * w, first_v + k) for k in range(K)]
-            runs.extend(vid_runs)
+            runs.extend(plan.vid_runs)
         n_ctx, n_vid = ctx_BND.shape[1], K * h * w
         N = n_ctx + n_act + n_vid
         if attention == "full":
@@ -424,7 +377,7 @@ class ActionVideoTransformer(nn.Module):
             action_v = self.action_out(a, temb_BGD, ((n_act, 1),), embodiment_id_B)
         if wants_video:
             v = x_BND[:, n_ctx + n_act :]
-            v = self.video_out(v, temb_BGD, tuple(vid_runs))
+            v = self.video_out(v, temb_BGD, plan.vid_runs)
             video_v = rearrange(
                 v,
                 "b (k h w) (pt ph pw c) -> b c (k pt) (h ph) (w pw)",
@@ -518,7 +471,16 @@ class ActionVideoTransformer(nn.Module):
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> ActionVideoTransformer:
     """Instantiate on ``device`` (``"meta"`` builds the module without allocating weights)."""
     with torch.device(device or "cpu"):
-        return ActionVideoTransformer(cfg)
+        return model_class(cfg)(cfg)
+
+
+def model_class(cfg: ModelConfig) -> type[ActionVideoTransformer]:
+    """The shared-backbone model, or the action-expert one (``pretrain/action_expert.py``)."""
+    if cfg.has_action_expert:
+        from pretrain.action_expert import MoTActionVideoTransformer
+
+        return MoTActionVideoTransformer
+    return ActionVideoTransformer
 
 
 def param_count(cfg_or_model: ModelConfig | nn.Module, trainable_only: bool = False) -> int:

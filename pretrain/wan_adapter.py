@@ -17,7 +17,8 @@ renaming with shape checks. diffusers names → ours::
     proj_out / scale_shift_table             → video_out.proj / video_out.modulation
 
 Not in Wan, so left at their fresh initialisation: the state/action encoders (``state_in``,
-``action_in``) and the action head (``action_out``: modulated norm + decoder). Keys of Wan
+``action_in``) and the action head (``action_out``: modulated norm + decoder), and the action
+expert's blocks where the model has one (``action_expert``; ``pretrain/action_expert.py``). Keys of Wan
 variants this model does not have (the I2V image embedder, added K/V projections) are reported
 as unmapped; with ``strict=True`` they are an error.
 
@@ -41,7 +42,7 @@ from torch import Tensor
 from pretrain.config import ModelConfig, get_model_config
 from pretrain.model import ActionVideoTransformer, build_model
 
-NEW_MODULE_PREFIXES = ("state_in.", "action_in.", "action_out.")
+NEW_MODULE_PREFIXES = ("state_in.", "action_in.", "action_out.", "action_expert.")
 
 _TOP = {
     "patch_embedding": "video_in",
@@ -244,6 +245,8 @@ BACKBONE_FIELDS = (
     "eps",
     "qk_norm",
     "cross_attn_norm",
+    "action_expert_dim",  # a Wan config takes these from the preset, so only our checkpoints differ
+    "action_expert_ffn_dim",
 )
 
 
@@ -285,6 +288,9 @@ def load_wan_backbone(
     result = model.load_state_dict(conv.state_dict, strict=False)
     if result.unexpected_keys:  # cannot happen after the shape check; guard the invariant
         raise RuntimeError(f"load_wan_backbone: unexpected keys {result.unexpected_keys}")
-    return WanLoadReport(
-        loaded=len(conv.state_dict), unmapped=conv.unmapped, fresh=sorted(result.missing_keys)
-    )
+    fresh = set(result.missing_keys)
+    if cfg.has_action_expert and cfg.action_expert_init == "sliced":
+        from pretrain.action_expert import slice_backbone_into_expert
+
+        fresh -= set(slice_backbone_into_expert(model))
+    return WanLoadReport(loaded=len(conv.state_dict), unmapped=conv.unmapped, fresh=sorted(fresh))

@@ -3,6 +3,8 @@
 * causal: future-video tokens (their noise or their content) cannot change the actions — in the
   training pass (``GWPPolicyModel.joint_loss``) and in joint Euler sampling;
 * the context cache is exact: cached action-only decoding equals the uncached one.
+
+Both model kinds: the shared backbone (``debug``) and the action expert (``debug-mot``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ P, K, B = 8, 2, 2
 SPECS = (get_embodiment("metaworld_sawyer"), get_embodiment("agilex_dual_arm"))
 
 
-@pytest.fixture(scope="module")
-def model() -> GWPPolicyModel:
+@pytest.fixture(scope="module", params=["debug", "debug-mot"])  # the shared backbone; the action expert
+def model(request) -> GWPPolicyModel:
     torch.manual_seed(0)
-    cfg = dataclasses.replace(get_model_config("debug"), chunk=P, num_future=K)
+    cfg = dataclasses.replace(get_model_config(request.param), chunk=P, num_future=K)
     return GWPPolicyModel(PolicyConfig(model=cfg, embodiments=SPECS)).eval()
 
 

@@ -216,12 +216,13 @@ def test_optimizer_offload_trains_and_resumes(tmp_path):
 # --------------------------------------------------------------------------- the real model
 
 
-def test_real_model_zero3_activation_checkpointing_resumes(tmp_path):
+@pytest.mark.parametrize("preset", ["debug", "debug-mot"])  # the shared backbone; the action expert
+def test_real_model_zero3_activation_checkpointing_resumes(tmp_path, preset):
     from pretrain.config import get_model_config
     from pretrain.flow import FlowConfig, flow_loss, noise_batch
     from pretrain.model import build_model
 
-    mcfg = replace(get_model_config("debug"), text_dim=16)
+    mcfg = replace(get_model_config(preset), text_dim=16)
     flow = FlowConfig()
     Bt, K, H, W, L = 2, 2, 4, 4, 3
 

@@ -12,6 +12,9 @@ from pretrain.flow import FlowConfig, flow_loss, noise_batch
 from pretrain.model import ActionVideoTransformer, build_model, param_count
 
 CFG = dataclasses.replace(get_model_config("debug"), text_dim=16)
+# the action-expert kind (pretrain/action_expert.py) must pass every test the shared backbone does
+CFG_MOT = dataclasses.replace(get_model_config("debug-mot"), text_dim=16)
+KINDS = pytest.mark.parametrize("cfg", [CFG, CFG_MOT], ids=["dense", "mot"])
 B, C, K, H, W, P, L = 2, CFG.latent_channels, 3, 4, 6, CFG.chunk, 4
 
 
@@ -31,10 +34,10 @@ def batch(seed: int = 0, **over):
     return d
 
 
-@pytest.fixture(scope="module")
-def model() -> ActionVideoTransformer:
+@pytest.fixture(scope="module", params=[CFG, CFG_MOT], ids=["dense", "mot"])
+def model(request) -> ActionVideoTransformer:
     torch.manual_seed(0)
-    return build_model(CFG).eval()
+    return build_model(request.param).eval()
 
 
 def call(model, **kw):
@@ -188,9 +191,10 @@ def test_mode_argument_combinations_are_checked(model):
         call(model, **dict(d, sigma_action_B=None), mode="video")
 
 
-def test_gradients_reach_every_parameter_and_checkpointing_agrees():
+@KINDS
+def test_gradients_reach_every_parameter_and_checkpointing_agrees(cfg):
     torch.manual_seed(1)
-    m = build_model(CFG)
+    m = build_model(cfg)
     d = batch(7)
     obs = d.pop("obs_latent_BCFHW")
 
@@ -214,10 +218,10 @@ def test_gradients_reach_every_parameter_and_checkpointing_agrees():
         torch.testing.assert_close(ckpt[k], g, atol=1e-6, rtol=1e-5)
 
 
-def test_debug_training_steps_learn():
+@pytest.mark.parametrize("preset", ["debug", "debug-mot"])
+def test_debug_training_steps_learn(preset):
     torch.manual_seed(2)
-    cfg = get_model_config("debug")
-    m = build_model(cfg)
+    m = build_model(get_model_config(preset))
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     flow = FlowConfig()
     g = torch.Generator().manual_seed(0)
@@ -258,8 +262,9 @@ def test_debug_training_steps_learn():
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
 
-def test_bf16_forward_runs():
-    m = build_model(CFG).to(torch.bfloat16).eval()
+@KINDS
+def test_bf16_forward_runs(cfg):
+    m = build_model(cfg).to(torch.bfloat16).eval()
     out = call(m, **batch(), mode="joint")
     assert out.action_velocity_BP32.dtype == torch.bfloat16
     assert (
