@@ -76,10 +76,9 @@ from pretrain.layers import (
     Runs,
     TwoLayerMLP,
     rope_1d,
-    rope_for_positions,
     sinusoidal_embedding,
-    video_positions,
 )
+from pretrain.step_tables import StepTables, sequence_rope
 
 MODES = ("joint", "pretrain", "video", "action")
 # parameter names kept in float32 by ``model.to(low precision)`` (see the module docstring)
@@ -115,6 +114,10 @@ class ActionSteps:
     rope: Rope
     temb_BSD: Tensor
     mod_BS6D: Tensor
+
+    def at(self, i: int) -> ActionSteps:
+        """Step i alone (S = 1, views): one step's inputs, the same objects at every step."""
+        return ActionSteps(self.rope, self.temb_BSD[:, i : i + 1], self.mod_BS6D[:, i : i + 1])
 
 
 @dataclass(frozen=True)
@@ -238,20 +241,20 @@ class ActionVideoTransformer(nn.Module):
         return e
 
     def _context_tokens(
-        self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None
-    ) -> tuple[Tensor, Rope]:
-        """C tokens [B, N_C, D] and their RoPE (the state is the 1D token after the P actions)."""
+        self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None, rope: bool = True
+    ) -> tuple[Tensor, Rope | None]:
+        """C tokens [B, N_C, D] and their RoPE (the state is the 1D token after the P actions), or
+        None with ``rope=False`` (the caller has it: :mod:`pretrain.step_tables`)."""
         cfg = self.cfg
         B, (H, W) = obs_BC1HW.shape[0], obs_BC1HW.shape[-2:]
-        h, w = H // cfg.patch[1], W // cfg.patch[2]
         x = rearrange(self.video_in(obs_BC1HW.to(self.dtype)), "b d f h w -> b (f h w) d")
-        rope = rope_for_positions(video_positions([0], h, w, x.device), cfg.rope_split, cfg.rope_theta)
-        if state_B32 is not None:
+        has_state, (h, w) = state_B32 is not None, (H // cfg.patch[1], W // cfg.patch[2])
+        table = sequence_rope(cfg, h, w, state=has_state, device=x.device) if rope else None
+        if has_state:
             e = self._check_embodiment(embodiment_id_B, B)
             s = self.state_in(_expect("state_B32", state_B32, (B, cfg.state_dim)).to(self.dtype)[:, None], e)
             x = torch.cat([s, x], dim=1)
-            rope = Rope.cat([rope_1d(cfg.chunk + 1, 1, cfg.head_dim, cfg.rope_theta, x.device), rope])
-        return x, rope
+        return x, table
 
     def _action_rope(self, P: int, device: torch.device) -> Rope:
         """RoPE of P action tokens: 1D indices 1..P (see ``pretrain/layers.py``, RoPE)."""
@@ -306,6 +309,7 @@ class ActionVideoTransformer(nn.Module):
         *,
         actions_present_B: Tensor | None = None,
         attention: str = "block_causal",
+        tables: StepTables | None = None,
     ) -> ModelOutput:
         """Velocities for the noisy token groups of ``mode`` (see the module docstring).
 
@@ -320,6 +324,8 @@ class ActionVideoTransformer(nn.Module):
         text_mask_BL         [B, L] bool      True = valid text token; None = all valid
         actions_present_B    [B] bool         pretrain: False hides a sample's actions from V
         attention            "block_causal" | "full" (Wan-equivalent, for checking a backbone)
+        tables               this step's RoPE and time tables, made once per chunk from the same σ
+                             (``pretrain.step_tables.chunk_tables(...).at(i)``); None = built here
         """
         cfg = self.cfg
         if mode not in MODES:
@@ -364,11 +370,20 @@ class ActionVideoTransformer(nn.Module):
                 sigmas.extend(_expect("sigma_video_B", sigma_video_B, (B, K)).float().unbind(1))
         elif sigma_video_B is not None:
             raise _err("sigma_video_B", f"must be None in mode {mode!r}")
-        temb_BGD, mod_BG6D = self._time(torch.stack(sigmas, dim=1))
+        if tables is None:  # one step's tables, built here (the samplers pass them, made once per chunk)
+            temb_BGD, mod_BG6D = self._time(torch.stack(sigmas, dim=1))
+            has_state = state_B32 is not None
+            rope = sequence_rope(
+                cfg, h, w, state=has_state, actions=has_actions, future_frames=K, device=obs.device
+            )
+        else:
+            temb_BGD, mod_BG6D, rope = tables.temb_BGD, tables.mod_BG6D, tables.rope
+        if tuple(temb_BGD.shape[:2]) != (B, len(sigmas)):
+            raise _err("tables", f"must hold [B, G] = {[B, len(sigmas)]} time tables of this step")
 
         # ---- tokens, runs (contiguous tokens sharing a group), RoPE positions
-        ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, embodiment_id_B)
-        parts, ropes = [ctx_BND], [ctx_rope]
+        ctx_BND, _ = self._context_tokens(obs, state_B32, embodiment_id_B, rope=False)
+        parts = [ctx_BND]
         runs: list[tuple[int, int]] = [(ctx_BND.shape[1], 0)]
         n_act = 0
         vid_runs: list[tuple[int, int]] = []
@@ -376,16 +391,12 @@ class ActionVideoTransformer(nn.Module):
             e = self._check_embodiment(embodiment_id_B, B)
             acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
             a_BND = self._action_tokens(acts, e)
-            a_rope = self._action_rope(cfg.chunk, a_BND.device)
             n_act = cfg.chunk
             parts.append(a_BND)
-            ropes.append(a_rope)
             runs.append((n_act, 1 if noisy_actions else 0))
         if wants_video:
             v_BND = rearrange(self.video_in(fut.to(self.dtype)), "b d k h w -> b (k h w) d")
             parts.append(v_BND)
-            v_pos = video_positions(range(1, K + 1), h, w, obs.device)
-            ropes.append(rope_for_positions(v_pos, cfg.rope_split, cfg.rope_theta))
             first_v = 2 if noisy_actions else 1
             if sigma_video_B.ndim == 1:
                 vid_runs = [(K * h * w, first_v)]
@@ -398,15 +409,9 @@ class ActionVideoTransformer(nn.Module):
             segments: tuple[int, ...] = (N,)
         else:
             segments = tuple(n for n in (n_ctx, n_act, n_vid) if n)
-        tok = _Tokens(
-            x_BND=torch.cat(parts, dim=1),
-            runs=tuple(runs),
-            rope=Rope.cat(ropes),
-            segments=segments,
-            n_ctx=n_ctx,
-            n_act=n_act,
-            n_vid=n_vid,
-        )
+        if rope.cos_NP.shape[0] != N:
+            raise _err("tables", f"must hold the RoPE of this step's {N} tokens, got {rope.cos_NP.shape[0]}")
+        tok = _Tokens(torch.cat(parts, dim=1), tuple(runs), rope, segments, n_ctx, n_act, n_vid)
 
         key_mask = None
         if actions_present_B is not None:
@@ -455,15 +460,7 @@ class ActionVideoTransformer(nn.Module):
         e = self._check_embodiment(embodiment_id_B, B)
         ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, e)
         n_ctx = ctx_BND.shape[1]
-        tok = _Tokens(
-            x_BND=ctx_BND,
-            runs=((n_ctx, 0),),
-            rope=ctx_rope,
-            segments=(n_ctx,),
-            n_ctx=n_ctx,
-            n_act=0,
-            n_vid=0,
-        )
+        tok = _Tokens(ctx_BND, ((n_ctx, 0),), ctx_rope, (n_ctx,), n_ctx, 0, 0)
         _, mod_BG6D = self._time(torch.zeros(B, 1, device=obs.device))
         text_kv, text_mask = self._text(_expect("text_BLD", text_BLD, (B, None, cfg.text_dim)), text_mask_BL)
         _, kvs = self._run_blocks(tok, mod_BG6D, text_kv, text_mask, keep_kv=True)
