@@ -23,6 +23,9 @@ through the 16× VAE → 24×20 latent, patch (1, 2, 2) → 120 tokens a frame, 
 future frames as one clip): C = 1 + 120, A = 48, V = 120, at a reduced ``--width`` (heads of
 64) and ``--layers`` so that it runs on a CPU; ``per-frame`` — the same with each future frame
 its own latent frame (V = 480); ``debug`` — the ``debug`` preset at a 64×64 image (a smoke run).
+``--full`` keeps the ``wan22-5b`` preset's own width and depth (3072 × 30 layers, heads of 128:
+a GPU's work, ``--device cuda --bf16``); the expert kind at ratio 3 is then GWP-0.5's 1024-wide
+expert with FFN 4096 (the ``wan22-5b-mot`` preset's).
 
 **Kinds** (``--kinds``): ``dense`` — one shared backbone for every token (GWP-0); ``expert`` —
 an action expert (GWP-0.5's Mixture-of-Transformers): state and action tokens through their own
@@ -78,11 +81,13 @@ class Setup:
         return t["context"], t["action"], t["video"]
 
 
-def base_config(geometry: str, width: int, layers: int) -> tuple[ModelConfig, tuple[int, int]]:
-    """The dense model of ``geometry`` and its latent frame's (H, W)."""
+def base_config(
+    geometry: str, width: int, layers: int, full: bool = False
+) -> tuple[ModelConfig, tuple[int, int]]:
+    """The dense model of ``geometry`` and its latent frame's (H, W); ``full``: wan22-5b as is."""
     if geometry == "debug":
         return get_model_config("debug"), (64 // 4, 64 // 4)  # pixel codec: 4× spatial
-    cfg = dataclasses.replace(
+    cfg = get_model_config("wan22-5b") if full else dataclasses.replace(
         get_model_config("wan22-5b"), name=f"wan22-5b-layout-{width}x{layers}", dim=width, heads=width // 64,
         head_dim=64, ffn_dim=4 * width, layers=layers, text_dim=512, mlp_hidden=256,
     )  # fmt: skip
@@ -289,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a ModelConfig override of one kind; repeat (a new KIND defines a new kind)")  # fmt: skip
     p.add_argument("--width", type=int, default=512, help="backbone width of the gwp/per-frame geometries")
     p.add_argument("--layers", type=int, default=4, help="layers of the gwp/per-frame geometries")
+    p.add_argument("--full", action="store_true", help="the wan22-5b preset's own width and depth (GPU)")
     p.add_argument("--expert-ratio", type=float, default=3.0, help="backbone width ÷ action-expert width")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--width must be a positive multiple of 64 (heads of 64), got {args.width}")
         if args.repeats < 1 or args.warmup < 0 or args.layers < 1 or not args.expert_ratio > 0:
             raise ValueError("--repeats and --layers must be ≥ 1, --warmup ≥ 0, --expert-ratio > 0")
-        base, latent_hw = base_config(args.geometry, args.width, args.layers)
+        base, latent_hw = base_config(args.geometry, args.width, args.layers, args.full)
         known = kind_overrides(base, args.expert_ratio)
         sets = parse_sets(args.set)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]

@@ -25,13 +25,18 @@ def test_gwp_geometry_and_the_expert_kind():
     assert bench.Setup("dense", per_frame, latent_hw).tokens() == (121, 48, 480)
     # 512 / 3 ≈ 171 → 192, three of the backbone's 64-wide heads; FFN 4× as GWP-0.5's 1024 / 4096
     kinds = bench.kind_overrides(base, 3.0)
-    assert kinds["dense"] == {} and kinds["expert"] == {
-        "action_expert_dim": 192,
-        "action_expert_ffn_dim": 768,
+    assert kinds["dense"] == {}
+    assert kinds["expert"] == {"action_expert_dim": 192, "action_expert_ffn_dim": 768}
+    debug, _ = bench.base_config("debug", 512, 4)
+    assert bench.kind_overrides(debug, 3.0)["expert"]["action_expert_dim"] == 32  # 64 / 3 → 2 heads of 16
+    # the full wan22-5b backbone: GWP-0.5's expert, 3072 / 3 = 1024 wide (8 heads of 128), FFN 4096
+    full, _ = bench.base_config("gwp", 512, 4, full=True)
+    assert (full.dim, full.layers) == (3072, 30)
+    assert bench.Setup("dense", full, latent_hw).tokens() == (121, 48, 120)
+    assert bench.kind_overrides(full, 3.0)["expert"] == {
+        "action_expert_dim": 1024,
+        "action_expert_ffn_dim": 4096,
     }
-    assert (
-        bench.kind_overrides(bench.base_config("debug", 512, 4)[0], 3.0)["expert"]["action_expert_dim"] == 32
-    )
 
 
 def test_smoke_run_prints_a_table_and_json(tmp_path, capsys):

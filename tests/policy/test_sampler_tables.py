@@ -106,9 +106,9 @@ class Spy:
         self.time = self.rope = 0
         real_time = ActionVideoTransformer._time
 
-        def time(m, sigma_BG):
+        def time(m, *args, **kwargs):
             self.time += 1
-            return real_time(m, sigma_BG)
+            return real_time(m, *args, **kwargs)
 
         monkeypatch.setattr(ActionVideoTransformer, "_time", time)
         for module, name in (
