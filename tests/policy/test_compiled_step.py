@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from pipelines import evaluate as evaluate_cli
 from pipelines import serve as serve_cli
 from policy import Policy
-from policy.inference import CompiledStep, euler_step, sample_actions
+from policy.inference import CompiledStep, Context, euler_step, sample_actions
 from pretrain.flow import sigma_schedule
 from schemas import get_embodiment
 from tests.support.tiny_policy import tiny_policy_model
@@ -130,3 +130,37 @@ def test_compile_option_is_checked_and_plumbed(tmp_path, monkeypatch):
         evaluate_cli.load_policy(str(tmp_path / "policy"), compile=True)
     assert seen[-1] == {"compile": True}
     assert evaluate_cli.build_parser().parse_args(["--policy", "x", "--out", "o", "--compile"]).compile
+
+
+def test_the_step_is_shared_across_models_and_instruction_lengths():
+    """Dynamo's guards on the step (its ``eager`` backend: tracing and guards, no code generation):
+    another model of the same config reuses the graph (its weights are graph inputs); a new
+    instruction length recompiles once, after which the text length is dynamic."""
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(euler_step, fullgraph=True, backend="eager")
+    g = torch.Generator().manual_seed(0)
+    policies = [tiny_policy_model((SPEC,), seed=s, chunk=P, layers=1).transformer.eval() for s in (0, 1)]
+    valid = (torch.arange(32) < SPEC.action_dim)[None]
+
+    def run(m, text_len: int) -> None:
+        ctx = Context(
+            torch.randn(1, 48, 1, 8, 8, generator=g), torch.randn(1, 32, generator=g), torch.tensor([SPEC.id]),
+            torch.randn(1, text_len, m.cfg.text_dim, generator=g), None, valid,
+        )  # fmt: skip
+        noise = torch.randn(1, P, 32, generator=g)
+        got = sample_actions(m, ctx, action_noise_BP32=noise, step_fn=step)
+        assert torch.equal(got, sample_actions(m, ctx, action_noise_BP32=noise))  # same ops, no codegen
+
+    graphs = []
+    for m, text_len in (
+        (policies[0], 4),
+        (policies[1], 4),
+        (policies[0], 7),
+        (policies[1], 11),
+        (policies[0], 2),
+    ):
+        run(m, text_len)
+        graphs.append(counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+    assert graphs == [1, 1, 2, 2, 2], graphs
