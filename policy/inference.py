@@ -250,16 +250,19 @@ def sample_actions(
 
         def velocity(x_BP32: Tensor, i: int) -> Tensor:
             s_B = sigmas[i].expand(B)
-            args = (
+            out = model(
                 ctx.obs_latent_BC1hw,
                 None,
                 ctx.state_B32,
                 ctx.embodiment_id_B,
                 x_BP32.to(model.dtype),
                 s_B,
+                None,
+                ctx.text_BLD,
+                ctx.text_mask_BL,
+                "action",
+                **({} if tables is None else {"tables": tables.at(i)}),
             )
-            kw = {} if tables is None else {"tables": tables.at(i)}
-            out = model(*args, None, ctx.text_BLD, ctx.text_mask_BL, "action", **kw)
             return out.action_velocity_BP32.float()
 
     for i, (s, s_next) in enumerate(itertools.pairwise(sigmas)):
