@@ -18,7 +18,7 @@ from torch._dynamo.utils import counters
 from pipelines import evaluate as evaluate_cli
 from pipelines import serve as serve_cli
 from policy import Policy
-from policy.inference import CompiledStep, Context, euler_step, sample_actions
+from policy.inference import CompiledStep, Context, default_compile_mode, euler_step, sample_actions
 from pretrain.flow import sigma_schedule
 from schemas import get_embodiment
 from tests.support.tiny_policy import tiny_policy_model
@@ -103,6 +103,8 @@ def test_compile_option_is_checked_and_plumbed(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="compile mode must be one of"):
         make_policy(compile="fastest")
     assert make_policy().compiled_step is None
+    # CUDA graphs where they exist (batch-1 steps are launch-bound there), inductor's default on CPU
+    assert (default_compile_mode("cuda"), default_compile_mode("cpu")) == ("reduce-overhead", "default")
     assert (
         make_policy(compile="max-autotune-no-cudagraphs").compiled_step.mode == "max-autotune-no-cudagraphs"
     )
