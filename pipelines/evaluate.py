@@ -11,7 +11,8 @@ Top to bottom:
    policies load through ``policy.Policy.from_pretrained``, imported only when one is asked for;
    ``--server ws://host:port`` evaluates a policy served by ``gwp serve`` through
    :class:`policy.client.PolicyClient`, exactly as the same policy would be evaluated locally
-   (each query's seed travels with it). ``--execution sync|naive|rtc --delay d`` runs the
+   (each query's seed travels with it). ``--compile`` compiles trained policies' action-only
+   steps (``Policy(compile=True)``). ``--execution sync|naive|rtc --delay d`` runs the
    episodes with a simulated inference delay (:mod:`policy.execution`);
 2. start one pool of env workers (:class:`policy.eval_workers.EnvWorkers`) shared by every policy,
    so all of them see the same seeded episodes;
@@ -52,8 +53,9 @@ def parse_policy_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
-def load_policy(target: str, random_chunk: int = 8, seed: int = 0) -> Any:
-    """A baseline by name, or a trained policy from a local folder or Hub repo id."""
+def load_policy(target: str, random_chunk: int = 8, seed: int = 0, compile: bool = False) -> Any:
+    """A baseline by name, or a trained policy from a local folder or Hub repo id (``compile``:
+    its action-only steps under ``torch.compile``)."""
     from policy.baselines import ExpertPolicy, RandomPolicy
 
     if target == "expert":
@@ -77,7 +79,7 @@ def load_policy(target: str, random_chunk: int = 8, seed: int = 0) -> Any:
             f"class is needed to evaluate a trained model. The baselines run without it: --policy expert, --policy random"
         ) from None
     try:
-        return policy_cls.from_pretrained(target)
+        return policy_cls.from_pretrained(target, **({"compile": True} if compile else {}))
     except Exception as err:  # a missing folder, a bad repo id, a config mismatch: say which policy
         raise PolicyLoadError(f"cannot load policy {target!r}: {type(err).__name__}: {err}") from err
 
@@ -152,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch CPU threads for the policy (1: batch-1 inference is latency-bound, and on a machine "
         "with few cores more threads spin against the env workers and make each chunk far slower)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run trained policies' action-only Euler steps under torch.compile (compiles on the first chunk)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -210,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:  # load every policy before spending time on rollouts
-        policies = [(name, load_policy(target, args.random_chunk, args.seed)) for name, target in specs]
+        policies = [
+            (name, load_policy(target, args.random_chunk, args.seed, args.compile)) for name, target in specs
+        ]
     except PolicyLoadError as err:
         raise JobFailed(str(err)) from err
     if execution is not None:

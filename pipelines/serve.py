@@ -1,10 +1,12 @@
 """Serve a trained policy to robots over openpi's websocket protocol.
 
     gwp serve --policy runs/demo/finetune/policy --host 0.0.0.0 --port 8000 [--device cuda] [--dtype bfloat16]
+        [--compile]
 
 Top to bottom: check the arguments (one line and exit 2 for a mistake), load the policy
 (``policy.Policy.from_pretrained``: a local folder or a Hub repo id; exit 1 when it cannot be
-loaded), then serve until SIGINT / SIGTERM (:class:`policy.server.PolicyServer`). Once
+loaded; ``--compile`` runs its action-only steps under ``torch.compile``, compiled on the
+first request), then serve until SIGINT / SIGTERM (:class:`policy.server.PolicyServer`). Once
 listening, one line ``gwp serve: listening on ws://HOST:PORT`` goes to stdout (with
 ``--port 0`` the system picks the port: that line names it). ``GET /healthz`` on the same
 port answers 200. Any openpi client connects unchanged::
@@ -39,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="the transformer's dtype")
     p.add_argument("--num-steps", type=int, default=None, help="Euler steps (default: the policy's own)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="action-only Euler steps under torch.compile (CUDA graphs on CUDA); the first request compiles",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-connection log lines")
     return p
 
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     from policy.server import PolicyServer, policy_metadata
 
     try:
-        policy = Policy.from_pretrained(args.policy, args.revision, device=device, num_steps=args.num_steps)
+        policy = Policy.from_pretrained(
+            args.policy, args.revision, device=device, num_steps=args.num_steps, compile=args.compile
+        )
     except Exception as err:  # a missing file, a bad repo id, a config mismatch: say which policy
         raise JobFailed(f"cannot load policy {args.policy!r}: {type(err).__name__}: {err}") from err
     if args.dtype != "float32":

@@ -36,6 +36,14 @@ bf16; its fp32-critical parts (time embedding, modulation, norms) stay float32
 (``pretrain/model.py``), noise and the Euler integration stay float32, the codec is untouched.
 Padded action dims are masked in the sampler with the embodiment's valid dims
 (:mod:`policy.inference`), as in training.
+
+**Compiled sampling**: ``Policy(..., compile=True)`` (or ``from_pretrained(..., compile=True)``)
+runs each action-only Euler step as one ``torch.compile`` graph (:class:`policy.inference.CompiledStep`:
+CUDA graphs on CUDA, inductor's default mode on CPU; a mode name instead of ``True`` picks
+another). It compiles on the first prediction — seconds to minutes, so serve a warm-up request
+first — and again only for a new input shape (another batch size, a new instruction length; after
+the first such change dynamo makes that size dynamic). Joint (``with_video``) and guided
+(real-time chunking) sampling stay eager. On CPU inductor needs a C++ compiler (``g++``).
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from policy.inference import Context, Guide, sample_actions, sample_joint
+from policy.inference import CompiledStep, Context, Guide, default_compile_mode, sample_actions, sample_joint
 from policy.model import GWPPolicyModel
 from pretrain.objective import text_states
 from pretrain.pixels import tensor_to_uint8, tensor_to_unit_range
@@ -86,6 +94,7 @@ class Policy:
         device: str | torch.device = "cpu",
         num_steps: int | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = False,
     ):
         if not model.norm_stats:
             raise ValueError("Policy: the model carries no normalisation statistics (norm_stats.json)")
@@ -101,6 +110,9 @@ class Policy:
             self.model.transformer.to(dtype)  # the codec keeps its own precision
         self.device = torch.device(device)
         self.num_steps = num_steps or model.cfg.flow.num_steps
+        if compile is True:
+            compile = default_compile_mode(self.device)
+        self.compiled_step = CompiledStep(compile) if compile else None  # a bad mode name fails here
         self.text_encoder = text_encoder_from_config(model.cfg.text)
         if hasattr(self.text_encoder, "to"):  # umT5 runs where the model runs
             self.text_encoder.to(self.device)
@@ -117,14 +129,16 @@ class Policy:
         cache_dir: str | os.PathLike | None = None,
         token: str | None = None,
         dtype: torch.dtype | None = None,
+        compile: bool | str = False,
     ) -> Policy:
         """Load a folder written by ``GWPPolicyModel.save_pretrained`` (or the fine-tune export),
         or a Hub model repo id at ``revision``; ``dtype`` (e.g. ``torch.bfloat16``) is the
-        transformer's serving precision (None: as saved, float32)."""
+        transformer's serving precision (None: as saved, float32); ``compile``: compiled
+        action-only steps (module docstring)."""
         model = GWPPolicyModel.from_pretrained(
             path_or_repo_id, revision=revision, cache_dir=cache_dir, token=token, device="cpu"
         )
-        return cls(model, device=device, num_steps=num_steps, dtype=dtype)
+        return cls(model, device=device, num_steps=num_steps, dtype=dtype, compile=compile)
 
     @property
     def embodiments(self) -> list[str]:
@@ -285,6 +299,7 @@ class Policy:
             action_noise_BP32=action_noise_BP32,
             generator=self._generator(seed),
             guide=guide,
+            step_fn=self.compiled_step if guide is None else None,  # guided sampling differentiates: eager
         )
 
     def predict_action(self, observation: Mapping[str, Any], *, seed: int | None = None) -> np.ndarray:

@@ -81,14 +81,13 @@ from pretrain.layers import (
     Runs,
     TwoLayerMLP,
     rope_1d,
-    rope_for_positions,
     sinusoidal_embedding,
-    video_positions,
 )
 from pretrain.model_inputs import ATTENTION, MODES, forward_plan
 from pretrain.model_inputs import check_values as _check_values
 from pretrain.model_inputs import err as _err
 from pretrain.model_inputs import expect as _expect
+from pretrain.step_tables import StepTables, sequence_rope
 
 __all__ = ["ATTENTION", "MODES", "ActionSteps", "ActionVideoTransformer", "ContextCache", "ModelOutput"]
 
@@ -124,6 +123,10 @@ class ActionSteps:
     rope: Rope
     temb_BSD: Tensor
     mod_BS6D: Tensor
+
+    def at(self, i: int) -> ActionSteps:
+        """Step i alone (S = 1, views): one step's inputs, the same objects at every step."""
+        return ActionSteps(self.rope, self.temb_BSD[:, i : i + 1], self.mod_BS6D[:, i : i + 1])
 
 
 @dataclass(frozen=True)
@@ -226,20 +229,20 @@ class ActionVideoTransformer(nn.Module):
         return e
 
     def _context_tokens(
-        self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None
-    ) -> tuple[Tensor, Rope]:
-        """C tokens [B, N_C, D] and their RoPE (the state is the 1D token after the P actions)."""
+        self, obs_BC1HW: Tensor, state_B32: Tensor | None, embodiment_id_B: Tensor | None, rope: bool = True
+    ) -> tuple[Tensor, Rope | None]:
+        """C tokens [B, N_C, D] and their RoPE (the state is the 1D token after the P actions), or
+        None with ``rope=False`` (the caller has it: :mod:`pretrain.step_tables`)."""
         cfg = self.cfg
         B, (H, W) = obs_BC1HW.shape[0], obs_BC1HW.shape[-2:]
-        h, w = H // cfg.patch[1], W // cfg.patch[2]
         x = rearrange(self.video_in(obs_BC1HW.to(self.dtype)), "b d f h w -> b (f h w) d")
-        rope = rope_for_positions(video_positions([0], h, w, x.device), cfg.rope_split, cfg.rope_theta)
-        if state_B32 is not None:
+        has_state, (h, w) = state_B32 is not None, (H // cfg.patch[1], W // cfg.patch[2])
+        table = sequence_rope(cfg, h, w, state=has_state, device=x.device) if rope else None
+        if has_state:
             e = self._check_embodiment(embodiment_id_B, B)
             s = self.state_in(_expect("state_B32", state_B32, (B, cfg.state_dim)).to(self.dtype)[:, None], e)
             x = torch.cat([s, x], dim=1)
-            rope = Rope.cat([rope_1d(cfg.chunk + 1, 1, cfg.head_dim, cfg.rope_theta, x.device), rope])
-        return x, rope
+        return x, table
 
     def _action_rope(self, P: int, device: torch.device) -> Rope:
         """RoPE of P action tokens: 1D indices 1..P (see ``pretrain/layers.py``, RoPE)."""
@@ -294,6 +297,7 @@ class ActionVideoTransformer(nn.Module):
         *,
         actions_present_B: Tensor | None = None,
         attention: str = "block_causal",
+        tables: StepTables | None = None,
     ) -> ModelOutput:
         """Velocities for the noisy token groups of ``mode`` (see the module docstring).
 
@@ -308,6 +312,8 @@ class ActionVideoTransformer(nn.Module):
         text_mask_BL         [B, L] bool      True = valid text token; None = all valid
         actions_present_B    [B] bool         pretrain: False hides a sample's actions from V
         attention            "block_causal" | "full" (Wan-equivalent, for checking a backbone)
+        tables               this step's RoPE and time tables, made once per chunk from the same σ
+                             (``pretrain.step_tables.chunk_tables(...).at(i)``); None = built here
         """
         cfg = self.cfg
         plan = forward_plan(
@@ -323,27 +329,37 @@ class ActionVideoTransformer(nn.Module):
         )
         obs, fut, B, K, h, w = obs_latent_BCFHW, future_latent_BCKHW, plan.B, plan.K, plan.h, plan.w
         noisy_actions, has_actions, wants_video = plan.noisy_actions, plan.has_actions, plan.wants_video
-        temb_BGD, mod_BG6D = self._time(plan.sigma_BG)
+        if tables is None:  # one step's tables, built here (the samplers pass them, made once per chunk)
+            temb_BGD, mod_BG6D = self._time(plan.sigma_BG)
+            rope = sequence_rope(
+                cfg,
+                h,
+                w,
+                state=state_B32 is not None,
+                actions=has_actions,
+                future_frames=K,
+                device=obs.device,
+            )
+        else:
+            temb_BGD, mod_BG6D, rope = tables.temb_BGD, tables.mod_BG6D, tables.rope
+        if tuple(temb_BGD.shape[:2]) != tuple(plan.sigma_BG.shape):
+            raise _err("tables", f"must hold [B, G] = {list(plan.sigma_BG.shape)} time tables of this step")
 
         # ---- tokens, runs (contiguous tokens sharing a group), RoPE positions
-        ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, embodiment_id_B)
-        parts, ropes = [ctx_BND], [ctx_rope]
+        ctx_BND, _ = self._context_tokens(obs, state_B32, embodiment_id_B, rope=False)
+        parts = [ctx_BND]
         runs: list[tuple[int, int]] = [(ctx_BND.shape[1], 0)]
         n_act = 0
         if has_actions:
             e = self._check_embodiment(embodiment_id_B, B)
             acts = _expect("actions_BP32", actions_BP32, (B, cfg.chunk, cfg.action_dim))
             a_BND = self._action_tokens(acts, e)
-            a_rope = self._action_rope(cfg.chunk, a_BND.device)
             n_act = cfg.chunk
             parts.append(a_BND)
-            ropes.append(a_rope)
             runs.append((n_act, 1 if noisy_actions else 0))
         if wants_video:
             v_BND = rearrange(self.video_in(fut.to(self.dtype)), "b d k h w -> b (k h w) d")
             parts.append(v_BND)
-            v_pos = video_positions(range(1, K + 1), h, w, obs.device)
-            ropes.append(rope_for_positions(v_pos, cfg.rope_split, cfg.rope_theta))
             runs.extend(plan.vid_runs)
         n_ctx, n_vid = ctx_BND.shape[1], K * h * w
         N = n_ctx + n_act + n_vid
@@ -351,15 +367,9 @@ class ActionVideoTransformer(nn.Module):
             segments: tuple[int, ...] = (N,)
         else:
             segments = tuple(n for n in (n_ctx, n_act, n_vid) if n)
-        tok = _Tokens(
-            x_BND=torch.cat(parts, dim=1),
-            runs=tuple(runs),
-            rope=Rope.cat(ropes),
-            segments=segments,
-            n_ctx=n_ctx,
-            n_act=n_act,
-            n_vid=n_vid,
-        )
+        if rope.cos_NP.shape[0] != N:
+            raise _err("tables", f"must hold the RoPE of this step's {N} tokens, got {rope.cos_NP.shape[0]}")
+        tok = _Tokens(torch.cat(parts, dim=1), tuple(runs), rope, segments, n_ctx, n_act, n_vid)
 
         key_mask = None
         if actions_present_B is not None:
@@ -408,15 +418,7 @@ class ActionVideoTransformer(nn.Module):
         e = self._check_embodiment(embodiment_id_B, B)
         ctx_BND, ctx_rope = self._context_tokens(obs, state_B32, e)
         n_ctx = ctx_BND.shape[1]
-        tok = _Tokens(
-            x_BND=ctx_BND,
-            runs=((n_ctx, 0),),
-            rope=ctx_rope,
-            segments=(n_ctx,),
-            n_ctx=n_ctx,
-            n_act=0,
-            n_vid=0,
-        )
+        tok = _Tokens(ctx_BND, ((n_ctx, 0),), ctx_rope, (n_ctx,), n_ctx, 0, 0)
         _, mod_BG6D = self._time(torch.zeros(B, 1, device=obs.device))
         text_kv, text_mask = self._text(_expect("text_BLD", text_BLD, (B, None, cfg.text_dim)), text_mask_BL)
         _, kvs = self._run_blocks(tok, mod_BG6D, text_kv, text_mask, keep_kv=True)

@@ -13,6 +13,7 @@ import torch
 
 from policy.inference import Context, sample_actions
 from pretrain import model as model_module
+from pretrain import step_tables as tables_module
 from pretrain.config import get_model_config
 from pretrain.flow import masked_mse, sigma_schedule
 from pretrain.model import KEEP_FP32, ActionVideoTransformer, build_model
@@ -166,7 +167,7 @@ def test_sampler_computes_rope_and_time_tables_once_per_chunk(model, monkeypatch
     )
     noise = torch.randn(B, CFG.chunk, 32, generator=torch.Generator().manual_seed(3))
     calls = {"rope": 0, "time": 0}
-    real_rope, real_rope_1d = model_module.rope_for_positions, model_module.rope_1d
+    real_rope, real_rope_1d = tables_module.rope_for_positions, tables_module.rope_1d
     real_time = ActionVideoTransformer._time
 
     def counted(fn):
@@ -180,7 +181,8 @@ def test_sampler_computes_rope_and_time_tables_once_per_chunk(model, monkeypatch
         calls["time"] += 1
         return real_time(self, sigma_BG)
 
-    monkeypatch.setattr(model_module, "rope_for_positions", counted(real_rope))
+    monkeypatch.setattr(tables_module, "rope_for_positions", counted(real_rope))
+    monkeypatch.setattr(tables_module, "rope_1d", counted(real_rope_1d))
     monkeypatch.setattr(model_module, "rope_1d", counted(real_rope_1d))
     monkeypatch.setattr(ActionVideoTransformer, "_time", time)
     sample_actions(model, ctx, num_steps=3, action_noise_BP32=noise)
