@@ -187,6 +187,11 @@ def measure(
             m, c, num_steps=STEPS, generator=g
         )
         runs[s.kind, "joint"] = lambda m=model, c=ctx, g=g: sample_joint(m, c, num_steps=STEPS, generator=g)
+        # the context pass alone: what a chunk costs before its first denoising step (the same
+        # visual stream in both kinds), so the per-step cost is (action-only − context) ÷ steps
+        runs[s.kind, "context"] = lambda m=model, c=ctx: m.encode_context(
+            c.obs_latent_BC1hw, state_B32=c.state_B32, embodiment_id_B=c.embodiment_id_B, text_BLD=c.text_BLD
+        )
         if args.compile:
             step = CompiledStep(args.compile_mode or default_compile_mode(device))
             run = _compiled_run(model, ctx, g, step)
@@ -213,6 +218,9 @@ def measure(
         }
     for r in rows.values():
         r["joint_over_action"] = r["joint"]["p50"] / r["action"]["p50"]
+        for sampler in ("action", "action_compiled"):
+            if sampler in r:
+                r[f"{sampler}_per_step"] = max(0.0, r[sampler]["p50"] - r["context"]["p50"]) / STEPS
         if "action_compiled" in r:
             r["compiled_speedup"] = r["action"]["p50"] / r["action_compiled"]["p50"]
     if "dense" in rows:
@@ -221,6 +229,10 @@ def measure(
             if "action_compiled" in r and "action_compiled" in rows["dense"]:
                 dense_c = rows["dense"]["action_compiled"]["p50"]
                 r["action_compiled_speedup_vs_dense"] = dense_c / r["action_compiled"]["p50"]
+            for sampler in ("action", "action_compiled"):
+                key, dense_step = f"{sampler}_per_step", rows["dense"].get(f"{sampler}_per_step")
+                if key in r and dense_step and r[key] > 0:
+                    r[f"{key}_speedup_vs_dense"] = dense_step / r[key]
     return list(rows.values())
 
 
@@ -253,6 +265,10 @@ def machine(device: torch.device, threads: int) -> str:
     return f"CPU {cpu} ({os.cpu_count()} cores, {threads} torch thread(s)), {platform.node()}, torch {torch.__version__}"
 
 
+def _ms_or_dash(r: dict, key: str) -> str:
+    return f"{1e3 * r[key]:.2f}" if key in r else "–"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"`{meta['command']}` (commit `{meta['commit']}`) — {meta['machine']}, batch 1, {STEPS} Euler steps, "
@@ -278,6 +294,24 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {r['kind']} ({r['model']['name']}) | {r['params'] / 1e6:.1f} M | {r['C']} / {r['A']} / {r['V']} | "
             f"{ms(r, 'action')} | {ms(r, 'action_compiled')} | {comp} | {vs} | {ms(r, 'joint')} | "
             f"{r['joint_over_action']:.2f}× | {r['token_bound']:.2f}× |"
+        )
+    lines += [
+        "",
+        "Per denoising step, (action-only − context pass) ÷ steps, p50: the context pass (state, "
+        "observation, text through every layer, once per chunk) is the visual stream in both kinds.",
+        "",
+        "| kind | context pass p50 (ms) | per step eager (ms) | per step compiled (ms) | "
+        "per step vs dense (eager / compiled) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        vs = " / ".join(
+            f"{r[k]:.2f}×" if k in r else "–"
+            for k in ("action_per_step_speedup_vs_dense", "action_compiled_per_step_speedup_vs_dense")
+        )
+        lines.append(
+            f"| {r['kind']} | {1e3 * r['context']['p50']:.1f} | {_ms_or_dash(r, 'action_per_step')} | "
+            f"{_ms_or_dash(r, 'action_compiled_per_step')} | {vs} |"
         )
     if any("compile_s" in r for r in rows):
         lines += ["", "Compile time (first chunk, " + ", ".join(

@@ -67,6 +67,11 @@ def test_smoke_run_prints_a_table_and_json(tmp_path, capsys):
         assert set(r) >= {"action", "joint", "joint_over_action", "token_bound", "action_speedup_vs_dense"}
         assert 0 < r["action"]["p50"] <= r["action"]["p95"] and r["joint"]["p50"] > 0
         assert "action_compiled" not in r
+        # per denoising step: what the chunk costs beyond its one context pass, over the 10 steps
+        assert r["context"]["p50"] > 0 and r["action_per_step"] == pytest.approx(
+            max(0.0, r["action"]["p50"] - r["context"]["p50"]) / 10
+        )
+    assert "| dense | " in table and "per step vs dense" in table
     assert dense["action_speedup_vs_dense"] == 1.0
     assert doc["meta"]["geometry"] == "debug" and doc["meta"]["repeats"] == 1
 
