@@ -26,7 +26,8 @@ from schemas.embodiment import (
 from schemas.episode import Episode, FrameRef, episode_id_for
 from schemas.errors import SchemaError, SchemaVersionError
 from schemas.manifest import DimStats, EmbodimentStats, Manifest, Rejection, ShardInfo, SourceInput
-from schemas.sample import Sample, sample_id_for, validate_sample_table, window_geometry
+from schemas.sample import Sample, sample_id_for, window_geometry
+from schemas.sample_table import validate_sample_table
 from schemas.version import SCHEMA_VERSION, check_schema_version
 
 R = TypeVar("R")
