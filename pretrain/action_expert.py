@@ -318,11 +318,7 @@ class MoTActionVideoTransformer(ActionVideoTransformer):
         if plan.noisy_actions:
             action_v = self.action_out(xa[:, n_state:], temb_a, ((n_act, 1),), e)
         if plan.wants_video:
-            out = self.video_out(xv[:, n_obs:], temb_v, plan.vid_runs)
-            pt, ph, pw = cfg.patch
-            video_v = rearrange(
-                out, "b (k h w) (pt ph pw c) -> b c (k pt) (h ph) (w pw)", k=K, h=h, w=w, pt=pt, ph=ph, pw=pw
-            )
+            video_v = self._video_velocity(xv[:, n_obs:], temb_v, plan.vid_runs, K, h, w)
         return ModelOutput(action_velocity_BP32=action_v, video_velocity_BCKHW=video_v)
 
     # ------------------------------------------------------------ action-only decoding

@@ -386,19 +386,16 @@ class ActionVideoTransformer(nn.Module):
             a = x_BND[:, n_ctx : n_ctx + n_act]
             action_v = self.action_out(a, temb_BGD, ((n_act, 1),), embodiment_id_B)
         if wants_video:
-            v = x_BND[:, n_ctx + n_act :]
-            v = self.video_out(v, temb_BGD, plan.vid_runs)
-            video_v = rearrange(
-                v,
-                "b (k h w) (pt ph pw c) -> b c (k pt) (h ph) (w pw)",
-                k=K,
-                h=h,
-                w=w,
-                pt=cfg.patch[0],
-                ph=cfg.patch[1],
-                pw=cfg.patch[2],
-            )
+            video_v = self._video_velocity(x_BND[:, n_ctx + n_act :], temb_BGD, plan.vid_runs, K, h, w)
         return ModelOutput(action_velocity_BP32=action_v, video_velocity_BCKHW=video_v)
+
+    def _video_velocity(self, v_BND: Tensor, temb_BGD: Tensor, runs: Runs, K: int, h: int, w: int) -> Tensor:
+        """The future tokens through the video head, unpatchified to ``[B, C, K, H, W]``."""
+        pt, ph, pw = self.cfg.patch
+        out = self.video_out(v_BND, temb_BGD, runs)
+        return rearrange(
+            out, "b (k h w) (pt ph pw c) -> b c (k pt) (h ph) (w pw)", k=K, h=h, w=w, pt=pt, ph=ph, pw=pw
+        )
 
     # ------------------------------------------------------------ action-only decoding
 
