@@ -60,6 +60,17 @@ def gwp(*argv: str, cwd: Path) -> None:
     assert done.returncode == 0, f"gwp {argv[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}"
 
 
+def clip_curation(umt5: Path) -> dict:
+    """The curation settings of a GWP-geometry dataset: K = 4 future frames 2 apart (one latent
+    frame of the 4× temporal VAE), SIZE² frames, umT5 token states."""
+    return {
+        "preset": "debug",
+        "windows": {"chunk": 8, "frame_stride": 2, "num_future": 4, "stride": 4},
+        "video": {"width": SIZE, "height": SIZE},
+        "text": {"kind": "umt5", "name": str(umt5), "max_tokens": MAX_TOKENS},
+    }
+
+
 def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
     from policy import Policy
     from pretrain.data import LoaderConfig, ShardLoader
@@ -77,12 +88,7 @@ def test_curate_finetune_from_wan22_and_serve_with_umt5(tmp_path):
     job = {
         "sources": [str(source)],
         "out": str(data),
-        "curation": {
-            "preset": "debug",
-            "windows": {"chunk": 8, "frame_stride": 2, "num_future": 4, "stride": 4},
-            "video": {"width": SIZE, "height": SIZE},
-            "text": {"kind": "umt5", "name": str(umt5), "max_tokens": MAX_TOKENS},
-        },
+        "curation": clip_curation(umt5),
     }
     (tmp_path / "job.json").write_text(json.dumps(job))
     gwp("curate", "--config", str(tmp_path / "job.json"), "--no-progress", cwd=tmp_path)

@@ -29,7 +29,7 @@ import pytest
 
 from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.pipeline import job_from_dict, run
-from tests.e2e.test_real_gwp_path import INSTRUCTIONS, MAX_TOKENS, SIZE, save_umt5, save_wan22
+from tests.e2e.test_real_gwp_path import INSTRUCTIONS, SIZE, clip_curation, save_umt5, save_wan22
 from tests.pretrain.wan_tiny import WAN22_TRANSFORMER
 from tests.support.helpers import make_episodes
 
@@ -54,12 +54,7 @@ def curate(source: Path, out: Path, umt5: Path, latents: dict | None) -> Path:
     job = {
         "sources": [str(source)],
         "out": str(out),
-        "curation": {
-            "preset": "debug",
-            "windows": {"chunk": 8, "frame_stride": 2, "num_future": 4, "stride": 4},
-            "video": {"width": SIZE, "height": SIZE},
-            "text": {"kind": "umt5", "name": str(umt5), "max_tokens": MAX_TOKENS},
-        },
+        "curation": clip_curation(umt5),
         "latents": latents,
         "run": {"progress": False, "num_cpus": 2, "report": False},
     }
