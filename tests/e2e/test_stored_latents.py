@@ -29,9 +29,10 @@ import pytest
 
 from curation.formats.lerobot_v3 import write_lerobot_v3
 from curation.pipeline import job_from_dict, run
-from tests.e2e.test_real_gwp_path import INSTRUCTIONS, SIZE, clip_curation, save_umt5, save_wan22
+from tests.e2e.test_real_gwp_path import INSTRUCTIONS, SIZE, WORDS, clip_curation, save_wan22
 from tests.pretrain.wan_tiny import WAN22_TRANSFORMER
 from tests.support.helpers import make_episodes
+from tests.support.tiny_umt5 import save_tiny_umt5
 
 pytestmark = pytest.mark.slow
 STEPS = 3
@@ -71,7 +72,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {
         "wan": save_wan22(root / "wan22"),
-        "umt5": save_umt5(root / "umt5", WAN22_TRANSFORMER["text_dim"]),
+        "umt5": save_tiny_umt5(root / "umt5", WORDS, seed=1, d_model=WAN22_TRANSFORMER["text_dim"], d_kv=16),
     }
 
 
