@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import time
 from typing import Any
+
+from benchmarks.provenance import command, git_commit, machine
 
 MODES = ("sync", "naive", "rtc")
 
@@ -127,29 +127,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([HEADER, *(_row_md(r) for r in rows)])
 
 
-def git_commit() -> str:
-    """Short hash of HEAD, with ``+`` when tracked files differ from it; ``unknown`` outside git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+" if dirty else "")
-
-
 def section(argv: list[str], args: argparse.Namespace, chunk: int, rows: list[dict[str, Any]],
             loads: list[float], seconds: float) -> str:  # fmt: skip
     """BENCHMARKS.md's paragraph above the table, then the table: what ran, where, on what."""
     tasks = [t for t in args.tasks.split(",") if t]
     horizons = sorted({r["horizon"] for r in rows if r["horizon"] is not None})
-    cpu = platform.processor() or platform.machine()
-    command = shlex.join(["python", "-m", "benchmarks.bench_rtc", *argv])
     where = args.policy or args.server
     return "\n".join(
         [
-            f"`{command}` (commit `{git_commit()}`, {platform.node()}: {os.cpu_count()} cores ({cpu}), "
+            f"`{command('benchmarks.bench_rtc', argv)}` (commit `{git_commit()}`, {machine()}, "
             f"1-minute load average {min(loads):.1f}–{max(loads):.1f} over the cells, {seconds / 60:.0f} min) "
             f"— policy `{where}`, chunk P = {chunk}, execution horizon s = "
             f"{', '.join(map(str, horizons)) or 'n/a'}, **{args.episodes} episodes per task and cell, "
