@@ -1,7 +1,11 @@
 """Real-time chunking in closed loop: sync vs naive async vs RTC under a simulated inference delay.
 
-    python -m benchmarks.bench_rtc --policy runs/demo/finetune/policy --tasks drawer-open-v3 \\
-        --delays 0,2,4,8 --episodes 10 [--horizon 4] [--server ws://host:port] [--out rtc.json]
+    python -m benchmarks.bench_rtc --policy runs/demo16/policy/final --tasks drawer-open-v3 \\
+        --delays 0,2,4,8 --episodes 10 [--horizon 8] [--server ws://host:port] [--out rtc.json]
+
+(``runs/demo16``: ``gwp demo --chunk 16``; the default demo's P = 8 leaves the async modes no
+horizon at d = 8.) Cells run in ``--delays`` order (the largest first keeps the most telling
+rows when a long run is cut short); the final table is ordered by delay.
 
 For every delay d (control steps one inference takes; the environment advances meanwhile) and
 every mode of :mod:`policy.execution` (``sync``: hold still while thinking; ``naive``: keep
@@ -124,7 +128,9 @@ HEADER = (
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    return "\n".join([HEADER, *(_row_md(r) for r in rows)])
+    """The table, by delay then mode, whatever order ``--delays`` ran them in."""
+    ordered = sorted(rows, key=lambda r: (r["delay"], MODES.index(r["mode"])))
+    return "\n".join([HEADER, *(_row_md(r) for r in ordered)])
 
 
 def section(argv: list[str], args: argparse.Namespace, chunk: int, rows: list[dict[str, Any]],

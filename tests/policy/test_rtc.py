@@ -180,4 +180,5 @@ def test_bench_section_says_what_ran_where_and_on_what():
         assert part in head, part
     assert blank == "" and table[0].startswith("| delay d | mode |") and len(table) == 2 + len(rows)
     assert table[2] == "| 0 | sync | 8 | 5/20 (25 %, CI 11–47 %) | 0.250 | 0.125 | 150 |"
-    assert table[4] == "| 8 | naive | n/a | n/a | n/a | n/a | n/a |"
+    assert table[3] == "| 8 | naive | n/a | n/a | n/a | n/a | n/a |"  # by delay, then mode
+    assert table[4].startswith("| 8 | rtc | 8 | 5/20")
