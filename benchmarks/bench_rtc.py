@@ -176,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    git_commit()  # now, before a long run: a commit made meanwhile is not what ran
     if args.server:
         from policy.client import PolicyClient
 

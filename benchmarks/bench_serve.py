@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
     p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    git_commit()  # now, before a long run: a commit made meanwhile is not what ran
     loads = [os.getloadavg()[0]]
     r = run(args)
     loads.append(os.getloadavg()[0])

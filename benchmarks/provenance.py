@@ -3,12 +3,14 @@ typed, the commit (``+`` when tracked files differ from it) and the machine."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shlex
 import subprocess
 
 
+@functools.cache  # a benchmark calls it as it starts: its figures belong to that code, not to a later HEAD
 def git_commit() -> str:
     """Short hash of HEAD, with ``+`` when tracked files differ from it; ``unknown`` outside git."""
     try:
