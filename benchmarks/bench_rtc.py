@@ -1,7 +1,11 @@
 """Real-time chunking in closed loop: sync vs naive async vs RTC under a simulated inference delay.
 
-    python -m benchmarks.bench_rtc --policy runs/demo/finetune/policy --tasks drawer-open-v3 \\
-        --delays 0,2,4,8 --episodes 10 [--horizon 4] [--server ws://host:port] [--out rtc.json]
+    python -m benchmarks.bench_rtc --policy runs/demo16/policy/final --tasks drawer-open-v3 \\
+        --delays 0,2,4,8 --episodes 10 [--horizon 8] [--server ws://host:port] [--out rtc.json]
+
+(``runs/demo16``: ``gwp demo --chunk 16``; the default demo's P = 8 leaves the async modes no
+horizon at d = 8.) Cells run in ``--delays`` order (the largest first keeps the most telling
+rows when a long run is cut short); the final table is ordered by delay.
 
 For every delay d (control steps one inference takes; the environment advances meanwhile) and
 every mode of :mod:`policy.execution` (``sync``: hold still while thinking; ``naive``: keep
@@ -13,14 +17,23 @@ chunk switches vs elsewhere (robot units). The execution horizon s is ``--horizo
 modes (``d > P − d``: the old chunk ends before the new one arrives) is reported as n/a for them
 (sync then runs with ``min(--horizon, P)``). Every cell reuses one env pool; the
 query seeds depend only on (task, env seed, step), so modes differ only in execution.
+
+At the end it prints the section's heading paragraph and table as BENCHMARKS.md has them: the
+command as typed, the commit (``+`` when the work tree had changes), the machine (host, cores,
+the 1-minute load average's range over the cells), the policy and its chunk P, and the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
+import time
 from typing import Any
+
+from benchmarks.provenance import command, git_commit, machine
 
 MODES = ("sync", "naive", "rtc")
 
@@ -32,8 +45,13 @@ def horizon_for(chunk: int, delay: int, horizon: int) -> int | None:
 
 
 def run_table(
-    policy: Any, chunk: int, args: argparse.Namespace, progress: bool = False
+    policy: Any,
+    chunk: int,
+    args: argparse.Namespace,
+    progress: bool = False,
+    loads: list[float] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per (delay, mode); ``loads`` gets the 1-minute load average before each cell and at the end."""
     from policy.eval_workers import EnvWorkers
     from policy.evaluate import EvalConfig, evaluate
     from policy.execution import ExecutionConfig
@@ -44,6 +62,8 @@ def run_table(
         for d in args.delays:
             s = horizon_for(chunk, d, args.horizon)
             for mode in MODES:
+                if loads is not None:
+                    loads.append(os.getloadavg()[0])
                 # one horizon for every mode of a delay; sync alone where async cannot run
                 s_mode = s if s is not None else (min(args.horizon, chunk) if mode == "sync" else None)
                 if s_mode is None:
@@ -85,6 +105,8 @@ def run_table(
                     }
                 )
                 print(_row_md(rows[-1]), flush=True)
+    if loads is not None:
+        loads.append(os.getloadavg()[0])
     return rows
 
 
@@ -106,7 +128,30 @@ HEADER = (
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    return "\n".join([HEADER, *(_row_md(r) for r in rows)])
+    """The table, by delay then mode, whatever order ``--delays`` ran them in."""
+    ordered = sorted(rows, key=lambda r: (r["delay"], MODES.index(r["mode"])))
+    return "\n".join([HEADER, *(_row_md(r) for r in ordered)])
+
+
+def section(argv: list[str], args: argparse.Namespace, chunk: int, rows: list[dict[str, Any]],
+            loads: list[float], seconds: float) -> str:  # fmt: skip
+    """BENCHMARKS.md's paragraph above the table, then the table: what ran, where, on what."""
+    tasks = [t for t in args.tasks.split(",") if t]
+    horizons = sorted({r["horizon"] for r in rows if r["horizon"] is not None})
+    where = args.policy or args.server
+    return "\n".join(
+        [
+            f"`{command('benchmarks.bench_rtc', argv)}` (commit `{git_commit()}`, {machine()}, "
+            f"1-minute load average {min(loads):.1f}–{max(loads):.1f} over the cells, {seconds / 60:.0f} min) "
+            f"— policy `{where}`, chunk P = {chunk}, execution horizon s = "
+            f"{', '.join(map(str, horizons)) or 'n/a'}, **{args.episodes} episodes per task and cell, "
+            f"{args.episodes * len(tasks)} per cell** ({', '.join(tasks)}), the same seeded episodes in every "
+            f"cell; guidance `{args.schedule}`, β = {args.max_guidance_weight:g}, at most {args.max_steps} "
+            f"steps, {args.image_size}² images.",
+            "",
+            markdown(rows),
+        ]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    git_commit()  # now, before a long run: a commit made meanwhile is not what ran
     if args.server:
         from policy.client import PolicyClient
 
@@ -146,12 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         chunk = policy.model.cfg.model.chunk
     print(f"chunk P = {chunk}; {args.episodes} episode(s) per task and cell; tasks {args.tasks}")
     print(HEADER, flush=True)
-    rows = run_table(policy, chunk, args)
+    loads: list[float] = []
+    start = time.time()
+    rows = run_table(policy, chunk, args, loads=loads)
+    seconds = time.time() - start
+    print("\n" + section(sys.argv[1:] if argv is None else argv, args, chunk, rows, loads, seconds))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(
-                {"chunk": chunk, "args": {k: v for k, v in vars(args).items()}, "rows": rows}, f, indent=1
-            )
+                {"chunk": chunk, "args": vars(args), "commit": git_commit(), "host": platform.node(),
+                 "loads": loads, "seconds": seconds, "rows": rows},
+                f,
+                indent=1,
+            )  # fmt: skip
     return 0
 
 

@@ -19,12 +19,17 @@ observation of the demo's shape (two ``--image-size``² uint8 cameras, the Sawye
 
 Without ``--policy`` a random-weight ``debug`` policy (the demo's model preset, chunk 8) at the demo's
 image size is saved to a temporary folder and served: the overhead does not depend on the weights.
+
+It prints BENCHMARKS.md's paragraph (command, commit, machine, the 1-minute load average before
+and after: the overhead on a shared machine is mostly waiting for a CPU) and table; ``--out``
+writes the figures as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks.provenance import command, git_commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,6 +174,26 @@ def requests_per_s(url: str, obs: dict[str, Any], clients: int, each: int) -> fl
     return clients * each / wall
 
 
+def section(argv: list[str], args: argparse.Namespace, r: dict[str, Any], loads: list[float]) -> str:
+    """BENCHMARKS.md's paragraph above the table, then the table."""
+    ms = lambda d: f"{d['p50']:.2f} / {d['p95']:.2f} ms"  # noqa: E731
+    return "\n".join(
+        [
+            f"`{command('benchmarks.bench_serve', argv)}` (commit `{git_commit()}`, {machine()}, 1-minute "
+            f"load average {min(loads):.1f}–{max(loads):.1f}) — policy: {r['policy']}; openpi-style requests "
+            f"of {r['request_bytes']} bytes of arrays, {args.threads} torch thread(s), {args.requests} "
+            f"requests after {args.warmup} warm-up, requests/s over {args.rate_requests} back-to-back "
+            "requests per client.",
+            "",
+            "| round trip p50 / p95 | inference inside the server p50 / p95 | **overhead p50 / p95** "
+            "| in-process `predict_action` p50 | req/s, 1 client | req/s, 4 clients |",
+            "|---|---|---|---|---|---|",
+            f"| {ms(r['rtt_ms'])} | {ms(r['server_infer_ms'])} | **{ms(r['overhead_ms'])}** | "
+            f"{r['local_predict_ms']['p50']:.2f} ms | {r['requests_per_s'][1]:.1f} | {r['requests_per_s'][4]:.1f} |",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", default=None, help="a saved policy folder (default: a random debug policy)")
@@ -175,21 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate-requests", type=int, default=50, help="requests per client for requests/s")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch threads, server and in-process alike")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
+    git_commit()  # now, before a long run: a commit made meanwhile is not what ran
+    loads = [os.getloadavg()[0]]
     r = run(args)
-    load = os.getloadavg()
-    print(
-        f"policy: {r['policy']}; request payload {r['request_bytes']} bytes of arrays; load avg {load[0]:.1f}"
-    )
-    print(
-        "| round trip p50 / p95 | server inference p50 / p95 | overhead p50 / p95 | in-process predict p50 | req/s, 1 client | req/s, 4 clients |"
-    )
-    print("|---|---|---|---|---|---|")
-    ms = lambda d: f"{d['p50']:.2f} / {d['p95']:.2f} ms"  # noqa: E731
-    print(
-        f"| {ms(r['rtt_ms'])} | {ms(r['server_infer_ms'])} | **{ms(r['overhead_ms'])}** | "
-        f"{r['local_predict_ms']['p50']:.2f} ms | {r['requests_per_s'][1]:.1f} | {r['requests_per_s'][4]:.1f} |"
-    )
+    loads.append(os.getloadavg()[0])
+    print(section(sys.argv[1:] if argv is None else argv, args, r, loads))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({**r, "args": vars(args), "commit": git_commit(), "loads": loads}, f, indent=1)
     return 0
 
 

@@ -3,6 +3,7 @@
     gwp demo --out runs/demo                      # the README's main command (`make demo`)
     gwp demo --out runs/smoke --preset smoke      # every stage at toy size, a few minutes
     gwp demo --out runs/order --preset ordering   # the smallest whose GWP beats random (the tests)
+    gwp demo --out runs/demo16 --chunk 16         # the default with 16-action chunks (RTC at d = 8)
 
 Stages, each a separate process running the same command a user would type, each skipped
 when it already finished with the same settings (a ``.done`` marker with its commands and
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--repo-prefix", default=None, help="publish to <prefix>-data and <prefix>-policy on the Hub"
     )
-    add_field_flags(p, DemoConfig, DEMO_FLAGS)  # --eval-episodes
+    add_field_flags(p, DemoConfig, DEMO_FLAGS)  # --eval-episodes, --chunk, ...
     name_flag(p, "--model", MODEL_PRESETS, help="model preset of both trainings (default: the preset's)")
     return p
 
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     job = {
         "sources": sources,
         "out": str(shards),
-        "curation": cfg.curation.to_dict(),
+        "curation": cfg.curation_config().to_dict(),
         "run": {"progress": False},
     }
     (out / "curate_job.json").write_text(json.dumps(job, indent=2))

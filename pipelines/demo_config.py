@@ -50,6 +50,13 @@ class DemoConfig:
     image_size: int
     codec: VideoCodec = "h264"  # of the LeRobot v3.0 half: the codec the RLDS half was converted from, too
     curation: CurationConfig = field(default_factory=lambda: get_preset("debug"))  # the job's "curation"
+    chunk: int | None = field(
+        default=None,
+        metadata={
+            "help": "action chunk P of the curated windows, hence of the policy (none: the curation's own, "
+            "8 in the 64-pixel presets); asynchronous execution at delay d needs P >= 2d"
+        },
+    )
     train: DemoTraining = field(default_factory=DemoTraining)
     eval_episodes: int = field(default=50, metadata={"help": "closed-loop episodes per task and policy"})
     replan_every: int = 4
@@ -67,6 +74,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         check_choices(self, f"demo preset {self.name!r}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError("DemoConfig", "chunk", f"must be >= 1, got {self.chunk}")
         if self.pretrain_video_episodes < 1:
             raise ConfigError(
                 "DemoConfig", "pretrain_video_episodes", f"must be >= 1, got {self.pretrain_video_episodes}"
@@ -76,6 +85,14 @@ class DemoConfig:
             raise ConfigError(
                 "DemoConfig", "pretrain_video_tasks", f"{overlap} are the policy's tasks already"
             )
+
+    def curation_config(self) -> CurationConfig:
+        """The curation job's settings: ``curation`` with ``chunk``, when set, as its windows' chunk.
+        The model's chunk is not configured anywhere else: pretraining and fine-tuning read it
+        from the curated rows."""
+        if self.chunk is None:  # unset: the job is byte for byte the preset's (its stage markers hold)
+            return self.curation
+        return replace(self.curation, windows=replace(self.curation.windows, chunk=self.chunk))
 
 
 # The default recipe; its wall time and held-out success rates are in BENCHMARKS.md, "The demo".
@@ -151,7 +168,7 @@ PRESETS.register(
 
 
 # DemoConfig fields a flag may override
-DEMO_FLAGS = ("eval_episodes", "pretrain_video_tasks", "pretrain_video_episodes")
+DEMO_FLAGS = ("eval_episodes", "pretrain_video_tasks", "pretrain_video_episodes", "chunk")
 
 
 def get_demo_config(name: str) -> DemoConfig:

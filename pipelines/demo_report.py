@@ -42,7 +42,8 @@ def write_demo_report(out: Path, cfg: DemoConfig, times: dict[str, float], total
         "# GigaWorld-Policy demo",
         "",
         f"Preset `{cfg.name}`: tasks {', '.join(cfg.tasks)}; {cfg.episodes_per_task} demonstrations per task "
-        f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.train.model}`.",
+        f"in each of two source formats (LeRobot v3.0, RLDS); model `{cfg.train.model}`, action chunk "
+        f"P = {cfg.curation_config().windows.chunk}.",
         "",
         *(
             [

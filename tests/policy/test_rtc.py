@@ -158,3 +158,27 @@ def test_bench_runs_every_mode_and_delay_in_closed_loop(policy):
     # the guided chunk starts where the old one is: far smaller jumps at the switch than naive
     assert by[(2, "rtc")]["switch_mean"] < by[(2, "naive")]["switch_mean"]
     assert "| 8 | naive | n/a |" in markdown(rows)
+
+
+def test_bench_section_says_what_ran_where_and_on_what():
+    from benchmarks.bench_rtc import build_parser, section
+
+    argv = ["--policy", "runs/p", "--tasks", "a-v3,b-v3", "--delays", "0,8", "--episodes", "10", "--horizon", "8"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    cell = {"episodes": 20, "successes": 5, "success_rate": 0.25, "ci95": [0.11, 0.47], "mean_length": 150.0,
+            "switch_mean": 0.25, "elsewhere_mean": 0.125, "switches": 40}  # fmt: skip
+    rows = [
+        {"delay": 0, "mode": "sync", "horizon": 8, **cell},
+        {"delay": 8, "mode": "rtc", "horizon": 8, **cell},
+        {"delay": 8, "mode": "naive", "horizon": None},
+    ]
+    text = section(argv, args, 16, rows, [3.0, 9.5, 4.25], 1800.0)
+    head, blank, *table = text.splitlines()
+    assert head.startswith("`python -m benchmarks.bench_rtc --policy runs/p --tasks a-v3,b-v3 --delays 0,8 ")
+    for part in ("(commit `", "load average 3.0–9.5", "30 min", "policy `runs/p`", "chunk P = 16",
+                 "horizon s = 8,", "10 episodes per task and cell, 20 per cell", "(a-v3, b-v3)"):  # fmt: skip
+        assert part in head, part
+    assert blank == "" and table[0].startswith("| delay d | mode |") and len(table) == 2 + len(rows)
+    assert table[2] == "| 0 | sync | 8 | 5/20 (25 %, CI 11–47 %) | 0.250 | 0.125 | 150 |"
+    assert table[3] == "| 8 | naive | n/a | n/a | n/a | n/a | n/a |"  # by delay, then mode
+    assert table[4].startswith("| 8 | rtc | 8 | 5/20")
