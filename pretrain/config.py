@@ -36,7 +36,7 @@ duplicate names and ``get_model_config`` answers a misspelt name with "did you m
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from schemas.config import from_dict
@@ -232,19 +232,9 @@ register_model_config(
         freq_dim=64,
     )
 )
-register_model_config(
-    ModelConfig(
-        name="cpu-video",  # debug's size and cost, with the residual video target (BENCHMARKS.md)
-        dim=64,
-        layers=2,
-        heads=4,
-        head_dim=16,
-        ffn_dim=128,
-        text_dim=512,
-        mlp_hidden=64,
-        freq_dim=64,
-        video_residual=True,
-    )
+# derived presets state only what differs from their base
+register_model_config(  # debug's size and cost, with the residual video target (BENCHMARKS.md)
+    replace(get_model_config("debug"), name="cpu-video", video_residual=True)
 )
 register_model_config(
     ModelConfig(
@@ -271,33 +261,11 @@ register_model_config(
         video_geometry="clip",  # GWP: observation + 4 future frames through the VAE as one clip
     )
 )
-register_model_config(
-    ModelConfig(
-        name="debug-mot",  # debug's visual stream; state and actions through a half-width expert
-        dim=64,
-        layers=2,
-        heads=4,
-        head_dim=16,
-        ffn_dim=128,
-        text_dim=512,
-        mlp_hidden=64,
-        freq_dim=64,
-        action_expert_dim=32,
-        action_expert_ffn_dim=128,
-    )
+register_model_config(  # debug's visual stream; state and actions through a half-width expert
+    replace(get_model_config("debug"), name="debug-mot", action_expert_dim=32, action_expert_ffn_dim=128)
 )
-register_model_config(
-    ModelConfig(
-        name="wan22-5b-mot",  # GWP-0.5: the Wan2.2-5B visual stream and a 1024-wide action expert
-        dim=3072,
-        layers=30,
-        heads=24,
-        head_dim=128,
-        ffn_dim=14336,
-        text_dim=4096,
-        mlp_hidden=1024,
-        video_geometry="clip",
-        action_expert_dim=1024,
-        action_expert_ffn_dim=4096,
+register_model_config(  # GWP-0.5: the Wan2.2-5B visual stream and a 1024-wide action expert
+    replace(
+        get_model_config("wan22-5b"), name="wan22-5b-mot", action_expert_dim=1024, action_expert_ffn_dim=4096
     )
 )
