@@ -52,7 +52,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -61,6 +60,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.provenance import git_commit
 from policy.inference import CompiledStep, Context, default_compile_mode, sample_actions, sample_joint
 from pretrain.config import ModelConfig, get_model_config
 from pretrain.model import build_model, param_count
@@ -240,19 +240,6 @@ def _compiled_run(model: torch.nn.Module, ctx: Context, g: torch.Generator, step
     return lambda: sample_actions(model, ctx, num_steps=STEPS, generator=g, step_fn=step)
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        )
-        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
@@ -345,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    git_commit()  # now, before the run: a commit made meanwhile is not what ran
     try:
         if args.width < 64 or args.width % 64:
             raise ValueError(f"--width must be a positive multiple of 64 (heads of 64), got {args.width}")

@@ -31,12 +31,13 @@ import copy
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from benchmarks.provenance import git_commit
 
 RESULT_JSON = "result.json"
 
@@ -82,16 +83,6 @@ CANDIDATES: dict[str, Candidate] = {
 
 def load_avg() -> float:
     return os.getloadavg()[0]
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_candidate(name: str, args: argparse.Namespace) -> dict[str, Any]:
